@@ -1,0 +1,41 @@
+# doudi — the two commands of the README, and the steps behind them.
+#   make demo   sets up what it needs and runs doudi on the sample feeds (embedded SQLite)
+#   make test   sets up Kafka and PostgreSQL and runs every test
+# Build output is kept outside the clone so that rebuilds on the same machine are fast.
+
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/doudi/target
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+DOUDI := $(CARGO_TARGET_DIR)/release/doudi
+CARGO_TEST_FLAGS ?=
+
+.PHONY: demo test setup build services lint unit integration bench clean-demo stop
+
+setup:
+	@scripts/setup
+
+build: setup
+	cargo build --release --locked
+
+services: setup
+	@scripts/kafka start
+	@scripts/postgres start >/dev/null
+
+demo: build
+	@scripts/kafka start
+	@DOUDI=$(DOUDI) scripts/demo
+
+lint:
+	cargo fmt --check
+	cargo clippy --release --locked --all-targets -- -D warnings
+
+test: build services lint
+	DOUDI_TEST_DATABASE_URL=$$(scripts/postgres url) DOUDI_KAFKA_BOOTSTRAP_SERVERS=$$(scripts/kafka bootstrap) \
+	  cargo test --release --locked $(CARGO_TEST_FLAGS) -- --test-threads=2
+
+bench: build services
+	scripts/bench
+
+stop:
+	-scripts/kafka stop
+	-scripts/postgres stop

@@ -1,0 +1,11 @@
+//! doudi (兜底): the inter-agency data exchange of a provincial social-assistance system, built for
+//! Jilin's 吉民发〔2019〕38号. See `docs/architecture.md` for how the parts fit together.
+
+pub mod config;
+pub mod db;
+pub mod division;
+pub mod doctor;
+pub mod http;
+pub mod idnum;
+pub mod kafka;
+pub mod telemetry;

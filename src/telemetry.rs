@@ -1,0 +1,37 @@
+//! Logging and metrics set-up, shared by every subcommand.
+//!
+//! Guarantees: logs go to stderr (stdout is reserved for command output such as JSON summaries), in
+//! the configured format; metrics are recorded into one Prometheus registry whose rendering backs
+//! `/metrics`. Metric names follow `doudi_<component>_<noun>_<unit>[_total]` (STYLE.md §5).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LogSettings};
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global tracing subscriber. Safe to call more than once (later calls do nothing).
+pub fn init_logging(settings: &LogSettings) {
+    let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match settings.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Human => builder.with_target(false).try_init(),
+    };
+}
+
+/// Installs the global metrics recorder (once) and returns the handle that renders it.
+pub fn metrics_handle() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests); the handle still renders ours.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
