@@ -8,4 +8,6 @@ pub mod doctor;
 pub mod http;
 pub mod idnum;
 pub mod kafka;
+pub mod money;
+pub mod policy;
 pub mod telemetry;

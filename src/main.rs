@@ -33,6 +33,45 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Assess one household on a date with the policy engine and print the decision as JSON.
+    Assess {
+        /// Assessment date, YYYY-MM-DD.
+        #[arg(long)]
+        date: chrono::NaiveDate,
+        /// Policy parameter file (default: the shipped policy/jilin.toml).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Add a step-by-step explanation in Chinese, fit to show a caseworker or an applicant.
+        #[arg(long)]
+        explain: bool,
+        /// Household JSON file (POLICY.md §4), or - for standard input.
+        household: PathBuf,
+    },
+    /// Policy parameter tools.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Check and describe resident ID numbers (GB 11643); prints one JSON object per argument.
+    Id {
+        /// Show the numbers unmasked (the output is then personal data: do not log or share it).
+        #[arg(long)]
+        unmasked: bool,
+        /// ID numbers (18 characters, or legacy 15 digits).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print every region and year with the S1 and S2 bounds; exit 1 on any violation.
+    Check {
+        /// Policy parameter file (default: the shipped policy/jilin.toml).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -74,6 +113,37 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
             println!("{settings:#?}");
             ExitCode::SUCCESS
         }
+        Command::Assess { date, policy, explain, household } => assess(date, policy, explain, &household),
+        Command::Policy(PolicyCommand::Check { policy, json }) => {
+            let params = match load_policy(policy.as_deref()) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let rows = doudi::policy::check::check(&params);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+            } else {
+                print!("{}", doudi::policy::check::render(&rows));
+            }
+            let violations = rows.iter().filter(|r| !r.ok).count();
+            if violations > 0 {
+                eprintln!("doudi: {violations} violation(s) of S1/S2 in {}", params.policy.version);
+                ExitCode::from(exit::FOUND_PROBLEM)
+            } else {
+                eprintln!("doudi: policy {} version {}: {} checks passed", params.policy.id, params.policy.version, rows.len());
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Id { unmasked, ids } => {
+            let today = chrono::Local::now().date_naive();
+            let mut all_valid = true;
+            for raw in &ids {
+                let report = doudi::idnum::report(raw, today, unmasked);
+                all_valid &= report.valid;
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            }
+            if all_valid { ExitCode::SUCCESS } else { ExitCode::from(exit::FOUND_PROBLEM) }
+        }
         Command::Doctor { no_kafka, json } => {
             let checks = doudi::doctor::run(&settings, !no_kafka).await;
             if json {
@@ -84,6 +154,50 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
                 }
             }
             if checks.iter().all(|c| c.ok) { ExitCode::SUCCESS } else { ExitCode::from(exit::INFRASTRUCTURE) }
+        }
+    }
+}
+
+fn load_policy(path: Option<&std::path::Path>) -> Result<doudi::policy::Params, ExitCode> {
+    let loaded = match path {
+        Some(path) => doudi::policy::Params::load(path),
+        None => doudi::policy::Params::shipped(),
+    };
+    loaded.map_err(|e| {
+        eprintln!("doudi: {e}");
+        ExitCode::from(exit::USAGE)
+    })
+}
+
+fn assess(date: chrono::NaiveDate, policy: Option<PathBuf>, explain: bool, household: &std::path::Path) -> ExitCode {
+    let params = match load_policy(policy.as_deref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let text = if household == std::path::Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(household)
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("doudi: cannot read {}: {e}", household.display());
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    match doudi::policy::assess_json(&params, &text, date) {
+        Ok(mut decision) => {
+            if !explain {
+                decision.explanation.clear();
+            }
+            println!("{}", serde_json::to_string_pretty(&decision).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("doudi: {e}");
+            ExitCode::from(exit::FOUND_PROBLEM)
         }
     }
 }
