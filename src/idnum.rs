@@ -173,6 +173,13 @@ fn normalise_chars(raw: &str) -> Vec<char> {
         .collect()
 }
 
+/// Completes 17 digits with their check character, e.g. to build synthetic test data. `None` unless
+/// `first17` is exactly 17 ASCII digits.
+pub fn complete(first17: &str) -> Option<String> {
+    let chars: Vec<char> = first17.chars().collect();
+    (chars.len() == 17 && chars.iter().all(char::is_ascii_digit)).then(|| format!("{first17}{}", check_char(&chars)))
+}
+
 /// The MOD 11-2 check character of the first 17 digits.
 fn check_char(first17: &[char]) -> char {
     let sum: u32 = first17.iter().zip(WEIGHTS).map(|(c, w)| c.to_digit(10).unwrap_or(0) * w).sum();
@@ -306,10 +313,8 @@ mod tests {
         assert_eq!(age_on(leap, NaiveDate::from_ymd_opt(2018, 3, 1).expect("date")), 18);
     }
 
-    /// Appends the right check character to 17 digits (test helper).
-    pub(crate) fn with_check(first17: &str) -> String {
-        let chars: Vec<char> = first17.chars().collect();
-        format!("{first17}{}", check_char(&chars))
+    fn with_check(first17: &str) -> String {
+        complete(first17).expect("17 digits")
     }
 
     proptest::proptest! {

@@ -486,10 +486,25 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
     let double = Decimal::TWO * std;
     let d1 = per_capita <= std && as1;
     let l1 = per_capita > std && per_capita <= double && as2;
+    let medical = h.medical_self_paid_12m;
     let (category, basis, x) = if d1 {
         fired.add("D1");
         steps.push(format!("人均月收入 {} 元 ≤ 低保标准 {} 元，且家庭财产符合低保条件，认定为低保家庭（D1）。", round_yuan(per_capita), round_yuan(std)));
-        (Category::Dibao, Some(Basis::Income), per_capita)
+        if medical > Decimal::ZERO {
+            // Item 3 deducts self-paid medical costs from income. Applying it only when D1 fails
+            // (the literal order of E1) would let a household that earns more be paid more, so a
+            // 低保 household with medical costs is paid on the adjusted income, which is lower.
+            let adjusted = (Decimal::from(12) * net - medical) / n / Decimal::from(12);
+            fired.add("E1");
+            steps.push(format!(
+                "近 12 个月个人自付医疗费 {} 元，扣减后人均月收入 {} 元，按扣减后收入计算低保金（E1）。",
+                round_yuan(medical),
+                round_yuan(adjusted)
+            ));
+            (Category::Dibao, Some(Basis::Expense), adjusted)
+        } else {
+            (Category::Dibao, Some(Basis::Income), per_capita)
+        }
     } else {
         if per_capita <= std {
             fired.add("AS1");
@@ -498,7 +513,6 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
             fired.add("AS2");
             steps.push("人均收入在低收入标准以内，但家庭财产不符合低收入条件（AS2）。".into());
         }
-        let medical = h.medical_self_paid_12m;
         let expense = if medical > Decimal::ZERO {
             let adjusted = (Decimal::from(12) * net - medical) / n / Decimal::from(12);
             steps.push(format!(

@@ -257,6 +257,31 @@ fn input_error(field: impl Into<String>, message: impl Into<String>) -> InputErr
     InputError { field: field.into(), message: message.into() }
 }
 
+/// Removes quoted input values from a serde message ("invalid type: string \"王某\", expected u32"),
+/// which could be personal data, keeping field and variant names, which are ours.
+fn without_values(message: &str) -> String {
+    if ["unknown field", "missing field", "duplicate field"].iter().any(|p| message.starts_with(p)) {
+        return message.to_string();
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `").and_then(|r| r.split_once("`, ")) {
+        return format!("unknown value, {}", rest.1);
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut quote: Option<char> = None;
+    for c in message.chars() {
+        match (quote, c) {
+            (None, '`' | '"') => {
+                quote = Some(c);
+                out.push_str("(value)");
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, c) => out.push(c),
+        }
+    }
+    out
+}
+
 /// A household whose every field has been checked.
 #[derive(Clone, Debug)]
 pub struct CheckedHousehold {
@@ -274,8 +299,7 @@ impl Household {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            // serde_json messages can quote values (e.g. an unknown variant); keep the structure only.
-            let message = inner.to_string().split(" at line ").next().unwrap_or_default().to_string();
+            let message = without_values(inner.to_string().split(" at line ").next().unwrap_or_default());
             input_error(if path == "." { "(document)".to_string() } else { path }, message)
         })
     }
