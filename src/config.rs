@@ -21,7 +21,16 @@ pub const CONFIG_ENV: &str = "DOUDI_CONFIG";
 const ENV_PREFIX: &str = "DOUDI_";
 const KAFKA_OPTIONS_PREFIX: &str = "DOUDI_KAFKA_OPTIONS_";
 /// Variables with the doudi prefix that are not configuration fields.
-const NON_FIELD_VARS: &[&str] = &[CONFIG_ENV, "DOUDI_CACHE", "DOUDI_KAFKA_DATA", "DOUDI_KAFKA_PORT", "DOUDI_PG_DATA", "DOUDI_PG_PORT", "DOUDI_TEST_DATABASE_URL", "DOUDI_BENCH_ROWS"];
+const NON_FIELD_VARS: &[&str] = &[
+    CONFIG_ENV,
+    "DOUDI_CACHE",
+    "DOUDI_KAFKA_DATA",
+    "DOUDI_KAFKA_PORT",
+    "DOUDI_PG_DATA",
+    "DOUDI_PG_PORT",
+    "DOUDI_TEST_DATABASE_URL",
+    "DOUDI_BENCH_ROWS",
+];
 
 /// Why the configuration was refused. Each variant names the field or variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -154,12 +163,8 @@ impl Default for KeySettings {
 
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let options: BTreeMap<&str, &str> = self
-            .kafka
-            .options
-            .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret_option(k) { "<redacted>" } else { v.as_str() }))
-            .collect();
+        let options: BTreeMap<&str, &str> =
+            self.kafka.options.iter().map(|(k, v)| (k.as_str(), if is_secret_option(k) { "<redacted>" } else { v.as_str() })).collect();
         f.debug_struct("Settings")
             .field("kafka.bootstrap_servers", &self.kafka.bootstrap_servers)
             .field("kafka.options", &options)
@@ -198,8 +203,9 @@ impl Settings {
         let mut tree = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-                let value: toml::Table =
-                    text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.into(), message: e.message().to_string() })?;
+                let value: toml::Table = text
+                    .parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.into(), message: e.message().to_string() })?;
                 value
             }
             None => toml::Table::new(),
@@ -286,11 +292,11 @@ fn apply_env(tree: &mut toml::Table, env: impl IntoIterator<Item = (String, Stri
         };
         let field = path.join(".");
         let value = match default {
-            toml::Value::Integer(_) => raw
-                .trim()
-                .parse::<i64>()
-                .map(toml::Value::Integer)
-                .map_err(|_| ConfigError::Variable { var: var.clone(), field: field.clone(), message: "expected a whole number".into() })?,
+            toml::Value::Integer(_) => raw.trim().parse::<i64>().map(toml::Value::Integer).map_err(|_| ConfigError::Variable {
+                var: var.clone(),
+                field: field.clone(),
+                message: "expected a whole number".into(),
+            })?,
             toml::Value::Boolean(_) => match raw.trim() {
                 "true" | "1" | "yes" => toml::Value::Boolean(true),
                 "false" | "0" | "no" => toml::Value::Boolean(false),
@@ -354,19 +360,19 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named() {
-        let err = load("[kafka]\nbootstrap = \"x:1\"\n", &[]).err().expect("refused").to_string();
+        let err = load("[kafka]\nbootstrap = \"x:1\"\n", &[]).expect_err("refused").to_string();
         assert!(err.contains("kafka") && err.contains("bootstrap"), "{err}");
     }
 
     #[test]
     fn wrong_type_is_named() {
-        let err = load("[http]\nport = \"eighty\"\n", &[]).err().expect("refused").to_string();
+        let err = load("[http]\nport = \"eighty\"\n", &[]).expect_err("refused").to_string();
         assert!(err.contains("http.port"), "{err}");
     }
 
     #[test]
     fn bad_enum_is_named() {
-        let err = load("[log]\nformat = \"xml\"\n", &[]).err().expect("refused").to_string();
+        let err = load("[log]\nformat = \"xml\"\n", &[]).expect_err("refused").to_string();
         assert!(err.contains("log.format"), "{err}");
     }
 
@@ -396,9 +402,9 @@ mod tests {
 
     #[test]
     fn bad_env_is_named() {
-        let err = load("", &[("DOUDI_HTTP_PORT", "x")]).err().expect("refused").to_string();
+        let err = load("", &[("DOUDI_HTTP_PORT", "x")]).expect_err("refused").to_string();
         assert!(err.contains("DOUDI_HTTP_PORT") && err.contains("http.port"), "{err}");
-        let err = load("", &[("DOUDI_KAFKA_BOOTSTRAP", "x:1")]).err().expect("refused").to_string();
+        let err = load("", &[("DOUDI_KAFKA_BOOTSTRAP", "x:1")]).expect_err("refused").to_string();
         assert!(err.contains("DOUDI_KAFKA_BOOTSTRAP"), "{err}");
     }
 
@@ -411,7 +417,7 @@ mod tests {
             ("[keys]\nproduction = true\n", "keys.hmac_secret"),
             ("[kafka.options]\n\"bootstrap.servers\" = \"x:1\"\n", "kafka.options.bootstrap.servers"),
         ] {
-            let err = load(text, &[]).err().expect("refused").to_string();
+            let err = load(text, &[]).expect_err("refused").to_string();
             assert!(err.contains(field), "{field}: {err}");
         }
     }

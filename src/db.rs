@@ -36,7 +36,7 @@ pub enum DbError {
 }
 
 /// A pooled connection to the recipient database.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Database {
     pool: AnyPool,
     backend: Backend,

@@ -310,7 +310,11 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
             fired.add("A2");
             fired.add("V1");
             review_tasks.push(ReviewTask { kind: "deceased_member", person: id.clone(), rule: "V1" });
-            steps.push(format!("成员 {} 已于 {} 死亡，不计入家庭人口（A2），其待遇终止，生成复核任务（V1）。", id.masked(), m.death_date.unwrap_or(date)));
+            steps.push(format!(
+                "成员 {} 已于 {} 死亡，不计入家庭人口（A2），其待遇终止，生成复核任务（V1）。",
+                id.masked(),
+                m.death_date.unwrap_or(date)
+            ));
         }
         let by_w1 = age >= ELDERLY_AGE || age < rules.working_age.min || m.disability.is_some_and(|d| d.severe());
         if by_w1 && counted {
@@ -318,7 +322,8 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
         }
         let able = !by_w1 && m.work_ability == super::household::WorkAbility::Able;
         let counted_income = m.income.counted();
-        let employment_cost = if m.employed { (m.income.wages + m.income.business).min(rules.employment_cost_share * std) } else { Decimal::ZERO };
+        let employment_cost =
+            if m.employed { (m.income.wages + m.income.business).min(rules.employment_cost_share * std) } else { Decimal::ZERO };
         members.push(MemberStatus {
             person: id.clone(),
             age,
@@ -343,7 +348,13 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
     let mut decision = Decision {
         date,
         region: h.region.clone(),
-        household: HouseholdResult { category: Category::None, basis: None, size, per_capita_income: per_capita_all, monthly_payment: Decimal::ZERO },
+        household: HouseholdResult {
+            category: Category::None,
+            basis: None,
+            size,
+            per_capita_income: per_capita_all,
+            monthly_payment: Decimal::ZERO,
+        },
         payment: PaymentParts::default(),
         members: Vec::new(),
         entitlements: Vec::new(),
@@ -367,7 +378,8 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
         let months = rules.migrant.months;
         let eligible_migrant = head.hukou_type == HukouType::Agricultural
             && head.residence_permit.as_ref().is_some_and(|p| {
-                prefecture_of(&p.region) == household_prefecture && p.issued.checked_add_months(Months::new(months)).is_some_and(|due| due <= date)
+                prefecture_of(&p.region) == household_prefecture
+                    && p.issued.checked_add_months(Months::new(months)).is_some_and(|due| due <= date)
             })
             && head.pension_months >= months
             && head.medical_insurance_months >= months;
@@ -377,7 +389,9 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
             ));
             return Ok(finish(decision, members, review_tasks, fired, steps, h, household, rules.premium_subsidy_fixed_yuan));
         }
-        steps.push(format!("户主为进城农业人口，持本地居住证满 {months} 个月，养老、医疗保险缴费均满 {months} 个月，按本地居民认定（R1）。"));
+        steps.push(format!(
+            "户主为进城农业人口，持本地居住证满 {months} 个月，养老、医疗保险缴费均满 {months} 个月，按本地居民认定（R1）。"
+        ));
     }
 
     // AS1 / AS2 on the whole counted household.
@@ -442,7 +456,12 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
                 round_yuan(wage.value),
                 round_yuan(basic.value + care)
             ));
-            decision.payment.tekun.push(TekunSupport { person: members[i].person.clone(), basic: basic.value, care, self_care: m.self_care });
+            decision.payment.tekun.push(TekunSupport {
+                person: members[i].person.clone(),
+                basic: basic.value,
+                care,
+                self_care: m.self_care,
+            });
         }
     } else if !as1 && counted.iter().any(|&i| members[i].age >= ELDERLY_AGE || h.members[i].disability.is_some()) {
         fired.add("AS1");
@@ -489,7 +508,11 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
     let medical = h.medical_self_paid_12m;
     let (category, basis, x) = if d1 {
         fired.add("D1");
-        steps.push(format!("人均月收入 {} 元 ≤ 低保标准 {} 元，且家庭财产符合低保条件，认定为低保家庭（D1）。", round_yuan(per_capita), round_yuan(std)));
+        steps.push(format!(
+            "人均月收入 {} 元 ≤ 低保标准 {} 元，且家庭财产符合低保条件，认定为低保家庭（D1）。",
+            round_yuan(per_capita),
+            round_yuan(std)
+        ));
         if medical > Decimal::ZERO {
             // Item 3 deducts self-paid medical costs from income. Applying it only when D1 fails
             // (the literal order of E1) would let a household that earns more be paid more, so a
@@ -522,11 +545,19 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
             ));
             if adjusted <= std && as1 {
                 fired.add("E1");
-                steps.push(format!("扣减后人均 {} 元 ≤ 低保标准 {} 元，按支出型贫困认定为低保家庭（E1）。", round_yuan(adjusted), round_yuan(std)));
+                steps.push(format!(
+                    "扣减后人均 {} 元 ≤ 低保标准 {} 元，按支出型贫困认定为低保家庭（E1）。",
+                    round_yuan(adjusted),
+                    round_yuan(std)
+                ));
                 Some((Category::Dibao, Some(Basis::Expense), adjusted))
             } else if !l1 && adjusted <= double && as2 {
                 fired.add("E1");
-                steps.push(format!("扣减后人均 {} 元 ≤ 2 倍低保标准 {} 元，按支出型贫困认定为低收入家庭（E1）。", round_yuan(adjusted), round_yuan(double)));
+                steps.push(format!(
+                    "扣减后人均 {} 元 ≤ 2 倍低保标准 {} 元，按支出型贫困认定为低收入家庭（E1）。",
+                    round_yuan(adjusted),
+                    round_yuan(double)
+                ));
                 Some((Category::LowIncome, Some(Basis::Expense), adjusted))
             } else {
                 None
@@ -548,7 +579,11 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
             }
             None => {
                 if per_capita > double {
-                    steps.push(format!("人均月收入 {} 元 > 2 倍低保标准 {} 元，不符合低保和低收入条件。", round_yuan(per_capita), round_yuan(double)));
+                    steps.push(format!(
+                        "人均月收入 {} 元 > 2 倍低保标准 {} 元，不符合低保和低收入条件。",
+                        round_yuan(per_capita),
+                        round_yuan(double)
+                    ));
                 }
                 (Category::None, None, per_capita)
             }
@@ -587,7 +622,14 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
                 fired.add("P2");
                 let amount = *rate * std;
                 payment += amount;
-                steps.push(format!("成员 {}（{}）增发 {} × {} = {} 元（P2，取最高一项）。", s.person.masked(), label, rate, round_yuan(std), round_yuan(amount)));
+                steps.push(format!(
+                    "成员 {}（{}）增发 {} × {} = {} 元（P2，取最高一项）。",
+                    s.person.masked(),
+                    label,
+                    rate,
+                    round_yuan(std),
+                    round_yuan(amount)
+                ));
                 decision.payment.addons.push(Addon { person: s.person.clone(), reason, rate: *rate, amount });
             }
         }

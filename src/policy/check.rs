@@ -119,7 +119,10 @@ pub fn check(params: &Params) -> Vec<CheckRow> {
 
 /// A readable table of the rows.
 pub fn render(rows: &[CheckRow]) -> String {
-    let mut out = format!("{:<4} {:<7} {:<24} {:>5} {:>9} {:>9} {:>9}  {:<9} {}\n", "rule", "region", "name", "year", "value", "lower", "upper", "result", "detail");
+    let mut out = format!(
+        "{:<4} {:<7} {:<24} {:>5} {:>9} {:>9} {:>9}  {:<9} {}\n",
+        "rule", "region", "name", "year", "value", "lower", "upper", "result", "detail"
+    );
     let show = |d: &Option<Decimal>| d.map(|d| d.to_string()).unwrap_or_else(|| "-".into());
     for r in rows {
         out.push_str(&format!(

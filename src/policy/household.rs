@@ -340,7 +340,13 @@ impl Household {
             {
                 return Err(input_error(format!("members[{i}].disability.grade"), "must be 1, 2, 3 or 4"));
             }
-            let income = [("wages", m.income.wages), ("business", m.income.business), ("property", m.income.property), ("transfer", m.income.transfer), ("other", m.income.other)];
+            let income = [
+                ("wages", m.income.wages),
+                ("business", m.income.business),
+                ("property", m.income.property),
+                ("transfer", m.income.transfer),
+                ("other", m.income.other),
+            ];
             for (name, value) in income {
                 if value < Decimal::ZERO {
                     return Err(input_error(format!("members[{i}].income.{name}"), "must not be negative"));

@@ -207,17 +207,16 @@ impl Params {
 
     /// Reads a parameter file.
     pub fn load(path: &Path) -> Result<Self, ParamsError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ParamsError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ParamsError::Read { path: path.display().to_string(), message: e.to_string() })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parses and checks a parameter file's text.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ParamsError> {
         let de = toml::Deserializer::parse(text).map_err(|e| ParamsError::Read { path: origin.into(), message: e.to_string() })?;
-        let mut params: Params = serde_path_to_error::deserialize(de).map_err(|e| ParamsError::Field {
-            field: e.path().to_string(),
-            message: e.into_inner().message().trim().to_string(),
-        })?;
+        let mut params: Params = serde_path_to_error::deserialize(de)
+            .map_err(|e| ParamsError::Field { field: e.path().to_string(), message: e.into_inner().message().trim().to_string() })?;
         params.check()?;
         params.dibao_standard.sort_by(|a, b| (&a.region, a.from).cmp(&(&b.region, b.from)));
         params.minimum_wage.sort_by_key(|w| w.from);
@@ -236,7 +235,8 @@ impl Params {
         let mut regions: Vec<(String, &str)> = Vec::new();
         regions.extend(self.dibao_standard.iter().enumerate().map(|(i, e)| (format!("dibao_standard[{i}].region"), e.region.as_str())));
         regions.extend(self.wage_tier.iter().enumerate().map(|(i, e)| (format!("wage_tier[{i}].region"), e.region.as_str())));
-        regions.extend(self.disposable_income.iter().enumerate().map(|(i, e)| (format!("disposable_income[{i}].region"), e.region.as_str())));
+        regions
+            .extend(self.disposable_income.iter().enumerate().map(|(i, e)| (format!("disposable_income[{i}].region"), e.region.as_str())));
         regions.extend(self.tekun_basic.iter().enumerate().map(|(i, e)| (format!("tekun_basic[{i}].region"), e.region.as_str())));
         regions.extend(self.rules.iter().enumerate().map(|(i, e)| (format!("rules[{i}].region"), e.region.as_str())));
         for (name, region) in regions {
@@ -258,7 +258,10 @@ impl Params {
             let wages = self.minimum_wage.iter().filter(|w| w.from <= t.from).max_by_key(|w| w.from);
             let max = wages.map(|w| w.tiers.len()).unwrap_or(0);
             if t.tier == 0 || t.tier > max {
-                return field(format!("wage_tier[{i}].tier"), format!("tier {} does not exist in the minimum wage in force on {}", t.tier, t.from));
+                return field(
+                    format!("wage_tier[{i}].tier"),
+                    format!("tier {} does not exist in the minimum wage in force on {}", t.tier, t.from),
+                );
             }
         }
         for (i, r) in self.rules.iter().enumerate() {
@@ -319,13 +322,13 @@ impl Params {
     /// The monthly minimum wage of `region`'s tier on `date`.
     pub fn minimum_wage(&self, region: &str, date: NaiveDate) -> Result<Resolved<Decimal>, ParamsError> {
         let tier = self.tier(region, date)?;
-        let wages = self
-            .minimum_wage
-            .iter()
-            .filter(|w| w.from <= date)
-            .max_by_key(|w| w.from)
-            .ok_or(ParamsError::Missing { parameter: "minimum_wage", region: region.to_string(), date })?;
-        let value = *wages.tiers.get(tier - 1).ok_or(ParamsError::Missing { parameter: "minimum_wage tier", region: region.to_string(), date })?;
+        let wages = self.minimum_wage.iter().filter(|w| w.from <= date).max_by_key(|w| w.from).ok_or(ParamsError::Missing {
+            parameter: "minimum_wage",
+            region: region.to_string(),
+            date,
+        })?;
+        let value =
+            *wages.tiers.get(tier - 1).ok_or(ParamsError::Missing { parameter: "minimum_wage tier", region: region.to_string(), date })?;
         Ok(Resolved { value, region: format!("tier {tier}"), from: wages.from })
     }
 

@@ -57,9 +57,17 @@ fn worked_tekun_single_person() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policy/examples/tekun-single.json")).expect("example");
     let decision = assess_json(&params(), &text, d("2020-01-15")).expect("assess");
     let out = serde_json::to_value(&decision).expect("json");
-    assert_eq!(out["household"], json!({"category": "tekun", "basis": null, "size": 1, "per_capita_income": "300.00", "monthly_payment": "1149.00"}));
     assert_eq!(
-        out["entitlements"].as_array().expect("array").iter().map(|e| (e["agency"].clone(), e["kind"].clone(), e["person"].clone())).collect::<Vec<_>>(),
+        out["household"],
+        json!({"category": "tekun", "basis": null, "size": 1, "per_capita_income": "300.00", "monthly_payment": "1149.00"})
+    );
+    assert_eq!(
+        out["entitlements"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|e| (e["agency"].clone(), e["kind"].clone(), e["person"].clone()))
+            .collect::<Vec<_>>(),
         vec![
             (json!("medical"), json!("premium_subsidy_full"), json!("2201**********0015")),
             (json!("medical"), json!("medical_assistance_class1"), json!("2201**********0015")),
@@ -241,7 +249,8 @@ fn refuser(refusals: Value) -> Value {
 
 #[test]
 fn six_month_refusal_window() {
-    let tasks = |r: Value| run(&refuser(r), "2020-01-15").review_tasks.iter().filter(|t| t.kind == "cancel_dibao_refused_referrals").count();
+    let tasks =
+        |r: Value| run(&refuser(r), "2020-01-15").review_tasks.iter().filter(|t| t.kind == "cancel_dibao_refused_referrals").count();
     // The window is (2019-07-15, 2020-01-15].
     assert_eq!(tasks(json!(["2019-07-15", "2019-12-01"])), 0);
     assert_eq!(tasks(json!(["2019-07-16", "2019-12-01"])), 1);
@@ -529,14 +538,16 @@ mod properties {
     }
 
     fn arb_household() -> impl Strategy<Value = Value> {
-        (arb_member("head"), prop::collection::vec(arb_member("child"), 0..4), 0i64..3_000_000, 0i64..5_000_000).prop_map(|(head, others, financial, medical)| {
-            let mut members = vec![head];
-            members.extend(others);
-            let mut h = household(members);
-            h["assets"]["financial"] = json!(Decimal::new(financial, 2).to_string());
-            h["medical_self_paid_12m"] = json!(Decimal::new(medical, 2).to_string());
-            h
-        })
+        (arb_member("head"), prop::collection::vec(arb_member("child"), 0..4), 0i64..3_000_000, 0i64..5_000_000).prop_map(
+            |(head, others, financial, medical)| {
+                let mut members = vec![head];
+                members.extend(others);
+                let mut h = household(members);
+                h["assets"]["financial"] = json!(Decimal::new(financial, 2).to_string());
+                h["medical_self_paid_12m"] = json!(Decimal::new(medical, 2).to_string());
+                h
+            },
+        )
     }
 
     fn assess_ok(h: &Value) -> Option<Decision> {

@@ -1,0 +1,52 @@
+//! The database layer on both backends, from the same code: SQLite (embedded) and PostgreSQL (real
+//! server started by scripts/postgres).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use doudi::config::DatabaseSettings;
+use doudi::db::{Backend, Database};
+
+async fn write_and_read(settings: &DatabaseSettings, backend: Backend) {
+    let db = Database::connect(settings).await.expect("connect and migrate");
+    assert_eq!(db.backend(), backend);
+    assert!(db.schema_version().await.expect("version") >= 1);
+    db.ping().await.expect("ping");
+    let name = common::unique("job");
+    let first = db.start_job("test", &name).await.expect("start");
+    db.finish_job(first, "ok", &serde_json::json!({"read": 3})).await.expect("finish");
+    let second = db.start_job("test", &name).await.expect("start");
+    db.finish_job(second, "failed", &serde_json::json!({"error": "broker unreachable"})).await.expect("finish");
+    assert!(second > first);
+    let run = db.job(first).await.expect("read").expect("exists");
+    assert_eq!((run.outcome.as_str(), run.summary.as_str()), ("ok", r#"{"read":3}"#));
+    assert!(run.finished_at.is_some());
+    let last: Vec<_> = db.last_successful_runs().await.expect("runs").into_iter().filter(|r| r.name == name).collect();
+    assert_eq!(last.len(), 1, "the failed later run does not replace the last successful one");
+    assert_eq!(last[0].id, first);
+    // Connecting again does not re-apply migrations.
+    let again = Database::connect(settings).await.expect("reconnect");
+    assert_eq!(again.schema_version().await.unwrap(), db.schema_version().await.unwrap());
+}
+
+#[tokio::test]
+async fn sqlite_write_and_read() {
+    let (settings, _dir) = common::sqlite();
+    write_and_read(&settings, Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_write_and_read() {
+    write_and_read(&common::postgres(), Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn unreachable_database_is_a_clear_error_without_the_password() {
+    let settings = DatabaseSettings {
+        url: "postgres://doudi:s3cret@127.0.0.1:1/doudi".into(),
+        connect_timeout_secs: 2,
+        ..DatabaseSettings::default()
+    };
+    let err = Database::connect(&settings).await.expect_err("refused").to_string();
+    assert!(err.contains("127.0.0.1:1") && !err.contains("s3cret"), "{err}");
+}
