@@ -50,6 +50,9 @@ enum Command {
     /// Policy parameter tools.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Topic catalogue and JSON Schema tools.
+    #[command(subcommand)]
+    Schemas(SchemasCommand),
     /// Check and describe resident ID numbers (GB 11643); prints one JSON object per argument.
     Id {
         /// Show the numbers unmasked (the output is then personal data: do not log or share it).
@@ -58,6 +61,37 @@ enum Command {
         /// ID numbers (18 characters, or legacy 15 digits).
         #[arg(required = true)]
         ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemasCommand {
+    /// Check every schema, example, fixture and the catalogue, and refuse breaking changes to
+    /// published versions. Exit 1 on any problem.
+    Check {
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+    },
+    /// Validate data payloads, one JSON object per line, against a topic's schema. Exit 1 when any
+    /// line is invalid; each error is printed with its line number and JSON pointer.
+    Validate {
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+        /// Topic whose schema applies, e.g. dept.edu.student.v1.
+        #[arg(long)]
+        topic: String,
+        /// JSON Lines file, or - for standard input.
+        file: PathBuf,
+    },
+    /// Record the current schemas as published (schemas.lock.json). Refused while a check fails.
+    Publish {
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+    },
+    /// Print the topic catalogue as Markdown (docs/topics.md).
+    Docs {
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
     },
 }
 
@@ -134,6 +168,7 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::Schemas(command) => schemas(command),
         Command::Id { unmasked, ids } => {
             let today = chrono::Local::now().date_naive();
             let mut all_valid = true;
@@ -198,6 +233,85 @@ fn assess(date: chrono::NaiveDate, policy: Option<PathBuf>, explain: bool, house
         Err(e) => {
             eprintln!("doudi: {e}");
             ExitCode::from(exit::FOUND_PROBLEM)
+        }
+    }
+}
+
+fn schemas(command: SchemasCommand) -> ExitCode {
+    use doudi::schema;
+    match command {
+        SchemasCommand::Check { dir } => {
+            let problems = schema::check(&dir);
+            for p in &problems {
+                println!("{}: {}", p.file, p.message);
+            }
+            if problems.is_empty() {
+                let count = schema::Registry::load(&dir).map(|r| (r.catalogue.topics.len(), r.schemas.len())).unwrap_or_default();
+                println!("ok: {} topics, {} schemas, examples, fixtures and published versions all pass", count.0, count.1);
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("doudi: {} problem(s) in {}", problems.len(), dir.display());
+                ExitCode::from(exit::FOUND_PROBLEM)
+            }
+        }
+        SchemasCommand::Publish { dir } => match schema::publish(&dir) {
+            Ok(n) => {
+                println!("published {n} schemas to {}", dir.join(schema::LOCK_FILE).display());
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                for p in &problems {
+                    eprintln!("{}: {}", p.file, p.message);
+                }
+                eprintln!("doudi: nothing published");
+                ExitCode::from(exit::FOUND_PROBLEM)
+            }
+        },
+        SchemasCommand::Docs { dir } => match schema::Catalogue::load(&dir) {
+            Ok(catalogue) => {
+                print!("{}", catalogue.render_markdown());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("doudi: {e}");
+                ExitCode::from(exit::USAGE)
+            }
+        },
+        SchemasCommand::Validate { dir, topic, file } => {
+            let registry = match schema::Registry::load(&dir) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("doudi: {e}");
+                    return ExitCode::from(exit::USAGE);
+                }
+            };
+            let schema = match registry.for_topic(&topic) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("doudi: {e}");
+                    return ExitCode::from(exit::USAGE);
+                }
+            };
+            let result = if file == std::path::Path::new("-") {
+                schema::validate_lines(schema, std::io::stdin().lock())
+            } else {
+                std::fs::File::open(&file).and_then(|f| schema::validate_lines(schema, std::io::BufReader::new(f)))
+            };
+            match result {
+                Ok((count, invalid)) => {
+                    for line in &invalid {
+                        for v in &line.violations {
+                            println!("{}:{}: {}", file.display(), line.line, v);
+                        }
+                    }
+                    println!("{count} lines, {} valid, {} invalid ({topic})", count - invalid.len(), invalid.len());
+                    if invalid.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(exit::FOUND_PROBLEM) }
+                }
+                Err(e) => {
+                    eprintln!("doudi: cannot read {}: {e}", file.display());
+                    ExitCode::from(exit::INFRASTRUCTURE)
+                }
+            }
         }
     }
 }
