@@ -272,14 +272,37 @@ fn working_age(rules: &RuleSet, age: i32, sex: Sex) -> bool {
     age >= rules.working_age.min && age < below
 }
 
+/// The explanation, built only when asked for: batch re-evaluation does not pay for the text.
+struct Steps {
+    enabled: bool,
+    lines: Vec<String>,
+}
+
+impl Steps {
+    fn add(&mut self, line: impl FnOnce() -> String) {
+        if self.enabled {
+            self.lines.push(line());
+        }
+    }
+}
+
 /// Applies every rule to `household` on `date`.
 pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) -> Result<Decision, AssessError> {
+    evaluate(params, household, date, false)
+}
+
+/// As [`assess`], with the step-by-step explanation in Chinese (`Decision::explanation`).
+pub fn assess_explained(params: &Params, household: &CheckedHousehold, date: NaiveDate) -> Result<Decision, AssessError> {
+    evaluate(params, household, date, true)
+}
+
+fn evaluate(params: &Params, household: &CheckedHousehold, date: NaiveDate, explain: bool) -> Result<Decision, AssessError> {
     let h = &household.input;
     let standard = params.standard(&h.region, date)?;
     let std = standard.value;
     let rules = params.rules(&h.region, date)?;
     let mut fired = Fired::default();
-    let mut steps: Vec<String> = Vec::new();
+    let mut steps = Steps { enabled: explain, lines: Vec::new() };
     let mut review_tasks = Vec::new();
     let mut parameters = UsedParameters {
         policy_version: params.policy.version.clone(),
@@ -289,15 +312,17 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
         tekun_basic: None,
         care_minimum_wage: None,
     };
-    steps.push(format!(
-        "评估日期 {date}，家庭所在地 {}（{}）；适用低保标准 {} 元/人·月（{} 自 {} 起执行，参数版本 {}）。",
-        h.region,
-        crate::division::Divisions::shipped().full_name(&h.region).unwrap_or_default(),
-        round_yuan(std),
-        standard.region,
-        standard.from,
-        params.policy.version
-    ));
+    steps.add(|| {
+        format!(
+            "评估日期 {date}，家庭所在地 {}（{}）；适用低保标准 {} 元/人·月（{} 自 {} 起执行，参数版本 {}）。",
+            h.region,
+            crate::division::Divisions::shipped().full_name(&h.region).unwrap_or_default(),
+            round_yuan(std),
+            standard.region,
+            standard.from,
+            params.policy.version
+        )
+    });
 
     // A1, A2, W1, I1, I2 per member.
     fired.add("A1");
@@ -310,11 +335,13 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
             fired.add("A2");
             fired.add("V1");
             review_tasks.push(ReviewTask { kind: "deceased_member", person: id.clone(), rule: "V1" });
-            steps.push(format!(
-                "成员 {} 已于 {} 死亡，不计入家庭人口（A2），其待遇终止，生成复核任务（V1）。",
-                id.masked(),
-                m.death_date.unwrap_or(date)
-            ));
+            steps.add(|| {
+                format!(
+                    "成员 {} 已于 {} 死亡，不计入家庭人口（A2），其待遇终止，生成复核任务（V1）。",
+                    id.masked(),
+                    m.death_date.unwrap_or(date)
+                )
+            });
         }
         let by_w1 = age >= ELDERLY_AGE || age < rules.working_age.min || m.disability.is_some_and(|d| d.severe());
         if by_w1 && counted {
@@ -343,7 +370,7 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
     let size = counted.len();
     let total_net: Decimal = counted.iter().map(|&i| members[i].counted_income - members[i].employment_cost).sum();
     let per_capita_all = if size == 0 { Decimal::ZERO } else { total_net / Decimal::from(size) };
-    steps.push(format!("家庭成员 {} 人，计入家庭人口 {} 人。", members.len(), size));
+    steps.add(|| format!("家庭成员 {} 人，计入家庭人口 {} 人。", members.len(), size));
 
     let mut decision = Decision {
         date,
@@ -365,7 +392,7 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
     };
 
     if size == 0 {
-        steps.push("没有计入的家庭成员，不予认定。".into());
+        steps.add(|| "没有计入的家庭成员，不予认定。".into());
         return Ok(finish(decision, members, review_tasks, fired, steps, h, household, rules.premium_subsidy_fixed_yuan));
     }
 
@@ -384,14 +411,14 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
             && head.pension_months >= months
             && head.medical_insurance_months >= months;
         if !eligible_migrant {
-            steps.push(format!(
+            steps.add(|| format!(
                 "户主户籍不在本地，且不满足进城农业人口条件（持本地居住证满 {months} 个月并缴纳养老、医疗保险各满 {months} 个月），不予认定（R1）。"
             ));
             return Ok(finish(decision, members, review_tasks, fired, steps, h, household, rules.premium_subsidy_fixed_yuan));
         }
-        steps.push(format!(
-            "户主为进城农业人口，持本地居住证满 {months} 个月，养老、医疗保险缴费均满 {months} 个月，按本地居民认定（R1）。"
-        ));
+        steps.add(|| {
+            format!("户主为进城农业人口，持本地居住证满 {months} 个月，养老、医疗保险缴费均满 {months} 个月，按本地居民认定（R1）。")
+        });
     }
 
     // AS1 / AS2 on the whole counted household.
@@ -430,22 +457,28 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
             };
             let care = share * wage.value;
             members[i].status = Category::Tekun;
-            steps.push(format!(
-                "成员 {}（{} 岁）符合特困人员条件（T1）：{}，无劳动能力，本人月收入 {} 元 ≤ 低保标准 {} 元，{}。",
-                members[i].person.masked(),
-                members[i].age,
-                if members[i].age >= ELDERLY_AGE {
-                    "老年人"
-                } else if members[i].age < minor_age {
-                    "未成年人"
-                } else {
-                    "残疾人"
-                },
-                round_yuan(members[i].counted_income),
-                round_yuan(std),
-                if m.supporters == Supporters::None { "无法定赡养抚养扶养义务人" } else { "法定义务人无履行能力" }
-            ));
-            steps.push(format!(
+            steps.add(|| {
+                format!(
+                    "成员 {}（{} 岁）符合特困人员条件（T1）：{}，无劳动能力，本人月收入 {} 元 ≤ 低保标准 {} 元，{}。",
+                    members[i].person.masked(),
+                    members[i].age,
+                    if members[i].age >= ELDERLY_AGE {
+                        "老年人"
+                    } else if members[i].age < minor_age {
+                        "未成年人"
+                    } else {
+                        "残疾人"
+                    },
+                    round_yuan(members[i].counted_income),
+                    round_yuan(std),
+                    if m.supporters == Supporters::None {
+                        "无法定赡养抚养扶养义务人"
+                    } else {
+                        "法定义务人无履行能力"
+                    }
+                )
+            });
+            steps.add(|| format!(
                 "特困供养（T2）：基本生活标准 {} 元（{} × 上年末低保标准 {} 元{}）+ 照料护理 {} 元（{} × 上年末最低工资 {} 元）= {} 元/月。",
                 round_yuan(basic.value),
                 rules.tekun_basic_factor,
@@ -473,11 +506,11 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
     if remaining.is_empty() {
         decision.household.category = Category::Tekun;
         decision.household.monthly_payment = tekun_total;
-        steps.push(format!("全部计入成员均为特困人员，家庭按特困供养，月供养金合计 {} 元（T3）。", round_yuan(tekun_total)));
+        steps.add(|| format!("全部计入成员均为特困人员，家庭按特困供养，月供养金合计 {} 元（T3）。", round_yuan(tekun_total)));
         return Ok(finish(decision, members, review_tasks, fired, steps, h, household, rules.premium_subsidy_fixed_yuan));
     }
     if !tekun_members.is_empty() {
-        steps.push(format!("特困成员单独供养；其余 {} 名成员按家庭认定，只计其人数和收入（T3）。", remaining.len()));
+        steps.add(|| format!("特困成员单独供养；其余 {} 名成员按家庭认定，只计其人数和收入（T3）。", remaining.len()));
     }
 
     // I1–I3 over the members assessed as the household.
@@ -494,13 +527,15 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
     if !tekun_members.is_empty() {
         decision.household.per_capita_income = per_capita;
     }
-    steps.push(format!(
-        "家庭月收入 {} 元，扣除就业成本 {} 元（I2：每名就业成员 min(工资+经营收入, {} × 标准)），人均月收入 {} 元（I3）。",
-        round_yuan(gross),
-        round_yuan(deductions),
-        rules.employment_cost_share,
-        round_yuan(per_capita)
-    ));
+    steps.add(|| {
+        format!(
+            "家庭月收入 {} 元，扣除就业成本 {} 元（I2：每名就业成员 min(工资+经营收入, {} × 标准)），人均月收入 {} 元（I3）。",
+            round_yuan(gross),
+            round_yuan(deductions),
+            rules.employment_cost_share,
+            round_yuan(per_capita)
+        )
+    });
 
     let double = Decimal::TWO * std;
     let d1 = per_capita <= std && as1;
@@ -508,22 +543,26 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
     let medical = h.medical_self_paid_12m;
     let (category, basis, x) = if d1 {
         fired.add("D1");
-        steps.push(format!(
-            "人均月收入 {} 元 ≤ 低保标准 {} 元，且家庭财产符合低保条件，认定为低保家庭（D1）。",
-            round_yuan(per_capita),
-            round_yuan(std)
-        ));
+        steps.add(|| {
+            format!(
+                "人均月收入 {} 元 ≤ 低保标准 {} 元，且家庭财产符合低保条件，认定为低保家庭（D1）。",
+                round_yuan(per_capita),
+                round_yuan(std)
+            )
+        });
         if medical > Decimal::ZERO {
             // Item 3 deducts self-paid medical costs from income. Applying it only when D1 fails
             // (the literal order of E1) would let a household that earns more be paid more, so a
             // 低保 household with medical costs is paid on the adjusted income, which is lower.
             let adjusted = (Decimal::from(12) * net - medical) / n / Decimal::from(12);
             fired.add("E1");
-            steps.push(format!(
-                "近 12 个月个人自付医疗费 {} 元，扣减后人均月收入 {} 元，按扣减后收入计算低保金（E1）。",
-                round_yuan(medical),
-                round_yuan(adjusted)
-            ));
+            steps.add(|| {
+                format!(
+                    "近 12 个月个人自付医疗费 {} 元，扣减后人均月收入 {} 元，按扣减后收入计算低保金（E1）。",
+                    round_yuan(medical),
+                    round_yuan(adjusted)
+                )
+            });
             (Category::Dibao, Some(Basis::Expense), adjusted)
         } else {
             (Category::Dibao, Some(Basis::Income), per_capita)
@@ -531,33 +570,35 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
     } else {
         if per_capita <= std {
             fired.add("AS1");
-            steps.push("人均收入在低保标准以内，但家庭财产不符合低保条件（AS1）。".into());
+            steps.add(|| "人均收入在低保标准以内，但家庭财产不符合低保条件（AS1）。".into());
         } else if per_capita <= double && !as2 {
             fired.add("AS2");
-            steps.push("人均收入在低收入标准以内，但家庭财产不符合低收入条件（AS2）。".into());
+            steps.add(|| "人均收入在低收入标准以内，但家庭财产不符合低收入条件（AS2）。".into());
         }
         let expense = if medical > Decimal::ZERO {
             let adjusted = (Decimal::from(12) * net - medical) / n / Decimal::from(12);
-            steps.push(format!(
-                "因病支出：近 12 个月个人自付医疗费 {} 元，扣减后人均月收入 {} 元（E1）。",
-                round_yuan(medical),
-                round_yuan(adjusted)
-            ));
+            steps.add(|| {
+                format!(
+                    "因病支出：近 12 个月个人自付医疗费 {} 元，扣减后人均月收入 {} 元（E1）。",
+                    round_yuan(medical),
+                    round_yuan(adjusted)
+                )
+            });
             if adjusted <= std && as1 {
                 fired.add("E1");
-                steps.push(format!(
-                    "扣减后人均 {} 元 ≤ 低保标准 {} 元，按支出型贫困认定为低保家庭（E1）。",
-                    round_yuan(adjusted),
-                    round_yuan(std)
-                ));
+                steps.add(|| {
+                    format!("扣减后人均 {} 元 ≤ 低保标准 {} 元，按支出型贫困认定为低保家庭（E1）。", round_yuan(adjusted), round_yuan(std))
+                });
                 Some((Category::Dibao, Some(Basis::Expense), adjusted))
             } else if !l1 && adjusted <= double && as2 {
                 fired.add("E1");
-                steps.push(format!(
-                    "扣减后人均 {} 元 ≤ 2 倍低保标准 {} 元，按支出型贫困认定为低收入家庭（E1）。",
-                    round_yuan(adjusted),
-                    round_yuan(double)
-                ));
+                steps.add(|| {
+                    format!(
+                        "扣减后人均 {} 元 ≤ 2 倍低保标准 {} 元，按支出型贫困认定为低收入家庭（E1）。",
+                        round_yuan(adjusted),
+                        round_yuan(double)
+                    )
+                });
                 Some((Category::LowIncome, Some(Basis::Expense), adjusted))
             } else {
                 None
@@ -569,21 +610,25 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
             Some(found) => found,
             None if l1 => {
                 fired.add("L1");
-                steps.push(format!(
-                    "低保标准 {} 元 < 人均月收入 {} 元 ≤ 2 倍标准 {} 元，且财产符合低收入条件，认定为低收入家庭（L1）。",
-                    round_yuan(std),
-                    round_yuan(per_capita),
-                    round_yuan(double)
-                ));
+                steps.add(|| {
+                    format!(
+                        "低保标准 {} 元 < 人均月收入 {} 元 ≤ 2 倍标准 {} 元，且财产符合低收入条件，认定为低收入家庭（L1）。",
+                        round_yuan(std),
+                        round_yuan(per_capita),
+                        round_yuan(double)
+                    )
+                });
                 (Category::LowIncome, Some(Basis::Income), per_capita)
             }
             None => {
                 if per_capita > double {
-                    steps.push(format!(
-                        "人均月收入 {} 元 > 2 倍低保标准 {} 元，不符合低保和低收入条件。",
-                        round_yuan(per_capita),
-                        round_yuan(double)
-                    ));
+                    steps.add(|| {
+                        format!(
+                            "人均月收入 {} 元 > 2 倍低保标准 {} 元，不符合低保和低收入条件。",
+                            round_yuan(per_capita),
+                            round_yuan(double)
+                        )
+                    });
                 }
                 (Category::None, None, per_capita)
             }
@@ -603,7 +648,7 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
         let gap = (std - x) * n;
         decision.payment.dibao_gap = gap;
         payment += gap;
-        steps.push(format!("低保金（P1）=（{} − {}）× {} = {} 元。", round_yuan(std), round_yuan(x), remaining.len(), round_yuan(gap)));
+        steps.add(|| format!("低保金（P1）=（{} − {}）× {} = {} 元。", round_yuan(std), round_yuan(x), remaining.len(), round_yuan(gap)));
         let rates = &rules.addon_rate;
         for &i in &remaining {
             let (m, s) = (&h.members[i], &members[i]);
@@ -622,21 +667,23 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
                 fired.add("P2");
                 let amount = *rate * std;
                 payment += amount;
-                steps.push(format!(
-                    "成员 {}（{}）增发 {} × {} = {} 元（P2，取最高一项）。",
-                    s.person.masked(),
-                    label,
-                    rate,
-                    round_yuan(std),
-                    round_yuan(amount)
-                ));
+                steps.add(|| {
+                    format!(
+                        "成员 {}（{}）增发 {} × {} = {} 元（P2，取最高一项）。",
+                        s.person.masked(),
+                        label,
+                        rate,
+                        round_yuan(std),
+                        round_yuan(amount)
+                    )
+                });
                 decision.payment.addons.push(Addon { person: s.person.clone(), reason, rate: *rate, amount });
             }
         }
     }
     decision.household.monthly_payment = payment;
     if category != Category::None || !tekun_members.is_empty() {
-        steps.push(format!("每月救助金合计 {} 元（只在最后一步四舍五入到分）。", round_yuan(payment)));
+        steps.add(|| format!("每月救助金合计 {} 元（只在最后一步四舍五入到分）。", round_yuan(payment)));
     }
 
     // J1: refused referrals (a review task; the amount is not changed).
@@ -648,7 +695,7 @@ pub fn assess(params: &Params, household: &CheckedHousehold, date: NaiveDate) ->
             if s.working_age && s.able_to_work && !m.employed && refusals >= rules.referral.refusals {
                 fired.add("J1");
                 review_tasks.push(ReviewTask { kind: "cancel_dibao_refused_referrals", person: s.person.clone(), rule: "J1" });
-                steps.push(format!(
+                steps.add(|| format!(
                     "成员 {} 在劳动年龄内有劳动能力，{} 至 {} 期间无正当理由拒绝职业介绍 {} 次，生成取消低保复核任务（J1），金额不自动变更。",
                     s.person.masked(),
                     since,
@@ -668,7 +715,7 @@ fn finish(
     members: Vec<MemberStatus>,
     review_tasks: Vec<ReviewTask>,
     mut fired: Fired,
-    mut steps: Vec<String>,
+    mut steps: Steps,
     h: &super::household::Household,
     household: &CheckedHousehold,
     premium_subsidy_fixed: Decimal,
@@ -726,7 +773,7 @@ fn finish(
             let none_employed = members.iter().zip(&h.members).filter(|(m, _)| m.counted).all(|(_, i)| !i.employed);
             if any_able && none_employed {
                 fired.add("J2");
-                steps.push("家庭有劳动年龄内有劳动能力的成员但无人就业，认定为零就业家庭，推送人社部门就业援助（J2）。".into());
+                steps.add(|| "家庭有劳动年龄内有劳动能力的成员但无人就业，认定为零就业家庭，推送人社部门就业援助（J2）。".into());
                 entitlements.push(grant(Agency::Hrss, "zero_employment_family", rep, None, None, &["J2"]));
             }
         }
@@ -745,6 +792,6 @@ fn finish(
     decision.entitlements = entitlements;
     decision.review_tasks = review_tasks;
     decision.rules = fired.ordered();
-    decision.explanation = steps;
+    decision.explanation = steps.lines;
     decision
 }

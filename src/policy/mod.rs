@@ -12,7 +12,7 @@ pub mod params;
 #[cfg(test)]
 mod tests;
 
-pub use assess::{Agency, Basis, Category, Decision, Entitlement, ReviewTask, assess};
+pub use assess::{Agency, Basis, Category, Decision, Entitlement, ReviewTask, assess, assess_explained};
 pub use household::{CheckedHousehold, Household, InputError};
 pub use params::Params;
 
@@ -27,8 +27,8 @@ pub enum AssessInputError {
     Assess(#[from] assess::AssessError),
 }
 
-/// Parses, checks and assesses a household given as JSON.
+/// Parses, checks and assesses a household given as JSON, with the explanation.
 pub fn assess_json(params: &Params, json: &str, date: NaiveDate) -> Result<Decision, AssessInputError> {
     let household = Household::from_json(json)?.validate(date, &params.policy.province)?;
-    Ok(assess(params, &household, date)?)
+    Ok(assess_explained(params, &household, date)?)
 }

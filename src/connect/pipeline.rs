@@ -1,0 +1,97 @@
+//! What happens to one record between the source and Kafka: map, validate, key.
+//!
+//! Guarantees: every source item ends as exactly one [`Outcome`]: an event for the topic, or a
+//! dead letter with its error code, stage, row, column and a reason without personal data.
+
+use serde_json::{Map, Value};
+
+use super::config::ConnectorConfig;
+use super::mapping::{ErrorCode, MapFailure, lookup, map_record};
+use super::source::Item;
+use crate::idnum::IdNumber;
+use crate::schema::Schema;
+
+/// A record ready for the topic.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub row: u64,
+    pub sheet: Option<String>,
+    pub record: Map<String, Value>,
+    /// The ID number that keys the message (HMAC'd before it leaves the process).
+    pub key_id: IdNumber,
+}
+
+/// A record that goes to `dlq.<topic>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub row: u64,
+    pub sheet: Option<String>,
+    pub code: ErrorCode,
+    pub column: Option<String>,
+    pub reason: String,
+    pub original: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Event(Event),
+    DeadLetter(DeadLetter),
+}
+
+fn dead(row: u64, sheet: Option<String>, failure: MapFailure, original: Vec<u8>) -> Outcome {
+    Outcome::DeadLetter(DeadLetter { row, sheet, code: failure.code, column: failure.column, reason: failure.reason, original })
+}
+
+/// Maps, validates and keys one item. `extra` fields (a snapshot's change and file hash) are added
+/// before validation.
+pub fn process(config: &ConnectorConfig, schema: &Schema, item: Item, extra: &Map<String, Value>) -> Outcome {
+    let record = match item {
+        Item::Failure(f) => {
+            return Outcome::DeadLetter(DeadLetter {
+                row: f.row,
+                sheet: f.sheet,
+                code: f.code,
+                column: f.column,
+                reason: f.reason,
+                original: f.original,
+            });
+        }
+        Item::Record(r) => r,
+    };
+    let mapped = match map_record(config, &record.fields) {
+        Ok(mut m) => {
+            m.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            m
+        }
+        Err(failure) => return dead(record.row, record.sheet, failure, record.original),
+    };
+    let violations = schema.violations(&Value::Object(mapped.clone()));
+    if let Some(first) = violations.first() {
+        let column = first.pointer.trim_start_matches('/').split('/').next().map(String::from).filter(|c| !c.is_empty());
+        let reason = format!(
+            "第{}行不符合 {} 的数据规范：{}",
+            record.row,
+            config.connector.topic,
+            violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("；")
+        );
+        return Outcome::DeadLetter(DeadLetter {
+            row: record.row,
+            sheet: record.sheet,
+            code: ErrorCode::Validation,
+            column,
+            reason,
+            original: record.original,
+        });
+    }
+    let key_field = &config.connector.key_field;
+    let key_id = lookup(&mapped, key_field).and_then(Value::as_str).and_then(|s| IdNumber::parse(s).ok());
+    let Some(key_id) = key_id else {
+        return dead(
+            record.row,
+            record.sheet,
+            MapFailure::new(ErrorCode::Mapping, Some(key_field), format!("{key_field}：缺少用作消息键的身份证号")),
+            record.original,
+        );
+    };
+    Outcome::Event(Event { row: record.row, sheet: record.sheet, record: mapped, key_id })
+}
