@@ -14,3 +14,4 @@ pub mod money;
 pub mod policy;
 pub mod schema;
 pub mod telemetry;
+pub mod topics;

@@ -12,9 +12,10 @@ use doudi::config::Settings;
 #[derive(Parser)]
 #[command(name = "doudi", version, about = "兜底 doudi — the social-assistance data exchange of 吉民发〔2019〕38号")]
 struct Cli {
-    /// Configuration file (TOML). Every field can also be set by a DOUDI_* environment variable.
+    /// Settings file (TOML: Kafka, database, logs, keys). Every field can also be set by a DOUDI_*
+    /// environment variable.
     #[arg(long, global = true, env = "DOUDI_CONFIG")]
-    config: Option<PathBuf>,
+    settings: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,6 +51,11 @@ enum Command {
     /// Policy parameter tools.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run a connector: a department feed into its validated topic, exactly once.
+    Connect(ConnectArgs),
+    /// Kafka topics from the catalogue.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
     /// Topic catalogue and JSON Schema tools.
     #[command(subcommand)]
     Schemas(SchemasCommand),
@@ -61,6 +67,66 @@ enum Command {
         /// ID numbers (18 characters, or legacy 15 digits).
         #[arg(required = true)]
         ids: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct ConnectArgs {
+    #[command(subcommand)]
+    action: Option<ConnectAction>,
+    /// Connector config, e.g. connectors/edu-student.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Process this file and exit (with --once), printing a JSON summary.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Process --input once and exit instead of running as a daemon.
+    #[arg(long, requires = "input")]
+    once: bool,
+    /// Schema folder with topics.toml.
+    #[arg(long, default_value = "schemas")]
+    schemas: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ConnectAction {
+    /// Check a connector config without running it.
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = "schemas")]
+        schemas: PathBuf,
+    },
+    /// Run the mapping on the fixture input beside the config and compare with the expected
+    /// records and dead letters (no Kafka needed).
+    Test {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = "schemas")]
+        schemas: PathBuf,
+        /// Write the current output as the expected files instead of comparing.
+        #[arg(long)]
+        update: bool,
+    },
+    /// Release roster removals held back because too much of the roster vanished at once.
+    Confirm {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = "schemas")]
+        schemas: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create every catalogue topic that does not exist yet (partitions, cleanup, retention).
+    Apply {
+        #[arg(long, default_value = "schemas")]
+        schemas: PathBuf,
+        /// Replication factor (1 for a single development broker; 3 in production).
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
     },
 }
 
@@ -123,7 +189,7 @@ mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(cli.config.as_deref()) {
+    let settings = match Settings::load(cli.settings.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("doudi: {e}");
@@ -169,6 +235,30 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
             }
         }
         Command::Schemas(command) => schemas(command),
+        Command::Connect(args) => connect(args, &settings).await,
+        Command::Topics(TopicsCommand::Apply { schemas, replication }) => {
+            let catalogue = match doudi::schema::Catalogue::load(&schemas) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("doudi: {e}");
+                    return ExitCode::from(exit::USAGE);
+                }
+            };
+            match doudi::topics::apply(&settings.kafka, &catalogue, replication).await {
+                Ok(applied) => {
+                    let created = applied.iter().filter(|a| a.created).count();
+                    for a in &applied {
+                        println!("{:<40} {}", a.topic, if a.created { "created" } else { "exists" });
+                    }
+                    println!("{created} created, {} already existed", applied.len() - created);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("doudi: {e}");
+                    ExitCode::from(exit::INFRASTRUCTURE)
+                }
+            }
+        }
         Command::Id { unmasked, ids } => {
             let today = chrono::Local::now().date_naive();
             let mut all_valid = true;
@@ -310,6 +400,107 @@ fn schemas(command: SchemasCommand) -> ExitCode {
                 Err(e) => {
                     eprintln!("doudi: cannot read {}: {e}", file.display());
                     ExitCode::from(exit::INFRASTRUCTURE)
+                }
+            }
+        }
+    }
+}
+
+fn load_connector(
+    config: &std::path::Path,
+    schemas: &std::path::Path,
+) -> Result<(doudi::connect::config::ConnectorConfig, std::sync::Arc<doudi::schema::Registry>), ExitCode> {
+    let registry = doudi::schema::Registry::load(schemas).map_err(|e| {
+        eprintln!("doudi: {e}");
+        ExitCode::from(exit::USAGE)
+    })?;
+    let config = doudi::connect::config::ConnectorConfig::load(config, schemas).map_err(|e| {
+        eprintln!("doudi: {e}");
+        ExitCode::from(exit::USAGE)
+    })?;
+    Ok((config, std::sync::Arc::new(registry)))
+}
+
+async fn connect(args: ConnectArgs, settings: &Settings) -> ExitCode {
+    use doudi::connect::{offline, run::Connector};
+    match args.action {
+        Some(ConnectAction::Validate { config, schemas }) => match load_connector(&config, &schemas) {
+            Ok((c, _)) => {
+                println!("{}: ok ({} → {}, {} fields)", config.display(), c.connector.name, c.connector.topic, c.fields.len());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Some(ConnectAction::Test { config, schemas, update }) => {
+            let (c, registry) = match load_connector(&config, &schemas) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            match offline::test_fixtures(&c, &registry, &doudi::envelope::KeyDeriver::new(&settings.keys), update) {
+                Ok(report) => {
+                    println!("{report}");
+                    if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(exit::FOUND_PROBLEM) }
+                }
+                Err(e) => {
+                    eprintln!("doudi: {e}");
+                    ExitCode::from(exit::USAGE)
+                }
+            }
+        }
+        Some(ConnectAction::Confirm { config, schemas }) => {
+            let (c, registry) = match load_connector(&config, &schemas) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            let result = match Connector::start(c, registry, settings).await {
+                Ok(mut connector) => connector.confirm_held().await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(summary) => {
+                    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("doudi: {e}");
+                    ExitCode::from(exit::INFRASTRUCTURE)
+                }
+            }
+        }
+        None => {
+            let Some(config) = args.config else {
+                eprintln!("doudi: connect needs --config connectors/<feed>.toml");
+                return ExitCode::from(exit::USAGE);
+            };
+            let (c, registry) = match load_connector(&config, &args.schemas) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            let mut connector = match Connector::start(c, registry, settings).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("doudi: {e}");
+                    return ExitCode::from(exit::INFRASTRUCTURE);
+                }
+            };
+            if let (Some(input), true) = (args.input, args.once) {
+                match connector.process_file(&input).await {
+                    Ok(summary) => {
+                        println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("doudi: {e}");
+                        ExitCode::from(exit::INFRASTRUCTURE)
+                    }
+                }
+            } else {
+                match doudi::connect::daemon::run(connector, settings).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("doudi: {e}");
+                        ExitCode::from(exit::INFRASTRUCTURE)
+                    }
                 }
             }
         }

@@ -103,13 +103,16 @@ fn comma() -> String {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum Encoding {
     /// UTF-8; a byte-order mark, if present, is skipped.
+    #[serde(rename = "utf-8")]
     Utf8,
     /// UTF-8 that starts with a byte-order mark.
+    #[serde(rename = "utf-8-bom")]
     Utf8Bom,
+    #[serde(rename = "gbk")]
     Gbk,
+    #[serde(rename = "gb18030")]
     Gb18030,
 }
 

@@ -181,7 +181,9 @@ fn apply(config: &ConnectorConfig, column: &str, transforms: &[Transform], mut v
                     .map(String::as_str)
                     .chain(std::iter::once("%Y-%m-%d"))
                     .find_map(|f| NaiveDate::parse_from_str(&text, f).ok())
-                    .ok_or_else(|| fail(format!("不是有效日期（格式：{}）", formats.join(" 或 "))))?;
+                    .ok_or_else(|| {
+                        fail(format!("不是有效日期（应写作 {}）", formats.iter().map(|f| date_example(f)).collect::<Vec<_>>().join(" 或 ")))
+                    })?;
                 Value::String(date.format("%Y-%m-%d").to_string())
             }
             Transform::ExcelDate => {
@@ -228,6 +230,11 @@ fn toml_to_json(v: &toml::Value) -> Value {
         toml::Value::Boolean(b) => Value::Bool(*b),
         other => Value::String(other.to_string()),
     }
+}
+
+/// How a date format looks to a person: `%Y年%m月%d日` → `2019年12月25日`.
+fn date_example(format: &str) -> String {
+    format.replace("%Y", "2019").replace("%m", "12").replace("%d", "25").replace("%-m", "12").replace("%-d", "25")
 }
 
 /// An Excel serial day number (1900 system, with its fictitious 1900-02-29) as a date.
