@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use serde_json::{Map, Value};
 
 use super::config::{ConnectorConfig, DerivedPart, FieldMap, MappingMode, Transform};
@@ -181,6 +181,8 @@ fn apply(config: &ConnectorConfig, column: &str, transforms: &[Transform], mut v
                     .map(String::as_str)
                     .chain(std::iter::once("%Y-%m-%d"))
                     .find_map(|f| NaiveDate::parse_from_str(&text, f).ok())
+                    // chrono's %Y takes any number of digits: "19/9/1" would be the year 19.
+                    .filter(|d| (1900..=2100).contains(&d.year()))
                     .ok_or_else(|| {
                         fail(format!("不是有效日期（应写作 {}）", formats.iter().map(|f| date_example(f)).collect::<Vec<_>>().join(" 或 ")))
                     })?;

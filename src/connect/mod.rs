@@ -10,4 +10,7 @@ pub mod poll;
 pub mod push;
 pub mod run;
 pub mod snapshot;
+
 pub mod source;
+#[cfg(test)]
+mod tests;

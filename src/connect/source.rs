@@ -118,6 +118,48 @@ fn join_raw(record: &csv::ByteRecord, delimiter: u8) -> Vec<u8> {
     out
 }
 
+/// Remembers the most recent bytes read, so that a record's true first line can be found: the csv
+/// crate reports a record's position *before* any blank lines it skipped.
+struct RecentBytes<R> {
+    inner: R,
+    recent: std::sync::Arc<std::sync::Mutex<(u64, std::collections::VecDeque<u8>)>>,
+}
+
+const RECENT_WINDOW: usize = 1 << 20;
+
+impl<R: Read> Read for RecentBytes<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Ok(mut guard) = self.recent.lock() {
+            let (start, bytes) = &mut *guard;
+            bytes.extend(&buf[..n]);
+            if bytes.len() > RECENT_WINDOW {
+                let excess = bytes.len() - RECENT_WINDOW;
+                bytes.drain(..excess);
+                *start += excess as u64;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The line a record really starts on, given the position csv reported for it.
+fn first_line(recent: &std::sync::Mutex<(u64, std::collections::VecDeque<u8>)>, byte: u64, line: u64) -> u64 {
+    let Ok(guard) = recent.lock() else { return line };
+    let (start, bytes) = &*guard;
+    let mut line = line;
+    let mut at = byte;
+    while at >= *start {
+        match bytes.get((at - start) as usize) {
+            Some(b'\n') => line += 1,
+            Some(b'\r') => {}
+            _ => break,
+        }
+        at += 1;
+    }
+    line
+}
+
 fn read_csv(
     file: std::fs::File,
     encoding: Encoding,
@@ -126,11 +168,10 @@ fn read_csv(
     emit: &mut dyn FnMut(Item) -> bool,
 ) -> Result<(), SourceError> {
     let shown = path.display().to_string();
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .delimiter(delimiter)
-        .from_reader(BufReader::with_capacity(256 * 1024, file));
+    let recent = std::sync::Arc::new(std::sync::Mutex::new((0u64, std::collections::VecDeque::with_capacity(RECENT_WINDOW))));
+    let tracked = RecentBytes { inner: BufReader::with_capacity(64 * 1024, file), recent: recent.clone() };
+    let mut reader =
+        csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delimiter).buffer_capacity(64 * 1024).from_reader(tracked);
     let mut record = csv::ByteRecord::new();
     let mut header: Option<Arc<Header>> = None;
     loop {
@@ -156,7 +197,7 @@ fn read_csv(
                 continue;
             }
         }
-        let row = record.position().map(|p| p.line()).unwrap_or(row);
+        let row = record.position().map(|p| first_line(&recent, p.byte(), p.line())).unwrap_or(row);
         let original = join_raw(&record, delimiter);
         let mut cells = Vec::with_capacity(record.len());
         let mut failed_column = None;
