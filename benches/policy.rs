@@ -6,6 +6,8 @@
 //! incomes, disabilities, students and assets drawn from a fixed seed across the four reference
 //! regions, so the mix of 特困, 低保, 低收入 and none is like a real caseload.
 
+#![allow(clippy::float_arithmetic)] // rates and durations in a benchmark report, never money
+
 use std::time::Instant;
 
 use chrono::NaiveDate;

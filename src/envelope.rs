@@ -17,7 +17,6 @@ use sha2::Sha256;
 
 use crate::config::KeySettings;
 use crate::idnum::IdNumber;
-use crate::schema::compat::fingerprint;
 
 /// Namespace of doudi's v5 event ids.
 const EVENT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b1d_0f2a_94c1_4b7e_9a53_2e1c_d0a8_7f41);
@@ -47,7 +46,14 @@ pub enum EnvelopeError {
 
 /// The deterministic event id of a record: same source, identity and content, same id.
 pub fn event_id(source: &str, record_identity: &str, data: &Value) -> String {
-    let name = format!("{source}\n{record_identity}\n{}", fingerprint(data));
+    event_id_for_payload(source, record_identity, serde_json::to_string(data).unwrap_or_default().as_bytes())
+}
+
+/// As [`event_id`], from the serialised data. serde_json writes object keys in sorted order (its
+/// map is ordered), so the serialisation is canonical and equal data gives equal bytes.
+pub fn event_id_for_payload(source: &str, record_identity: &str, payload: &[u8]) -> String {
+    let digest = hex::encode(<Sha256 as sha2::Digest>::digest(payload));
+    let name = format!("{source}\n{record_identity}\n{digest}");
     uuid::Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes()).to_string()
 }
 
@@ -62,6 +68,17 @@ impl Envelope {
     pub fn new(source: &str, topic: &str, dataschema: &str, record_identity: &str, data: &Value, time: DateTime<Utc>) -> Self {
         Envelope {
             id: event_id(source, record_identity, data),
+            source: source.into(),
+            kind: event_type(topic),
+            time,
+            dataschema: dataschema.into(),
+        }
+    }
+
+    /// An envelope for an already serialised payload (see [`event_id_for_payload`]).
+    pub fn for_payload(source: &str, topic: &str, dataschema: &str, record_identity: &str, payload: &[u8], time: DateTime<Utc>) -> Self {
+        Envelope {
+            id: event_id_for_payload(source, record_identity, payload),
             source: source.into(),
             kind: event_type(topic),
             time,
@@ -162,6 +179,7 @@ mod tests {
         assert_ne!(a, event_id("doudi://connector/other", "abc:row-3", &data));
         assert_ne!(a, event_id("doudi://connector/vital", "abc:row-3", &json!({"event": "death_revoked"})));
         assert_eq!(uuid::Uuid::parse_str(&a).map(|u| u.get_version_num()), Ok(5));
+        assert_eq!(a, event_id_for_payload("doudi://connector/vital", "abc:row-3", serde_json::to_string(&data).expect("json").as_bytes()));
     }
 
     #[test]

@@ -21,6 +21,24 @@ pub struct Event {
     pub key_id: IdNumber,
 }
 
+/// An event serialised for Kafka: value, pseudonymous key and deterministic `ce_id`.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub event: Event,
+    pub payload: Vec<u8>,
+    pub key: String,
+    pub ce_id: String,
+    pub identity: String,
+}
+
+/// Serialises an event; `identity` names the source record (e.g. `<sha256>:<row>`).
+pub fn prepare(event: Event, identity: String, source: &str, keys: &crate::envelope::KeyDeriver) -> Prepared {
+    let payload = serde_json::to_vec(&event.record).unwrap_or_default();
+    let ce_id = crate::envelope::event_id_for_payload(source, &identity, &payload);
+    let key = keys.key(&event.key_id);
+    Prepared { event, payload, key, ce_id, identity }
+}
+
 /// A record that goes to `dlq.<topic>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -65,7 +83,11 @@ pub fn process(config: &ConnectorConfig, schema: &Schema, item: Item, extra: &Ma
         }
         Err(failure) => return dead(record.row, record.sheet, failure, record.original),
     };
-    let violations = schema.violations(&Value::Object(mapped.clone()));
+    let value = Value::Object(mapped);
+    let violations = schema.violations(&value);
+    let Value::Object(mapped) = value else {
+        return dead(record.row, record.sheet, MapFailure::new(ErrorCode::Mapping, None, "映射结果不是对象"), record.original);
+    };
     if let Some(first) = violations.first() {
         let column = first.pointer.trim_start_matches('/').split('/').next().map(String::from).filter(|c| !c.is_empty());
         let reason = format!(
@@ -94,4 +116,48 @@ pub fn process(config: &ConnectorConfig, schema: &Schema, item: Item, extra: &Ma
         );
     };
     Outcome::Event(Event { row: record.row, sheet: record.sheet, record: mapped, key_id })
+}
+
+/// A mapped item: prepared for Kafka, or a dead letter.
+pub enum Ready {
+    Event(Box<Prepared>),
+    DeadLetter(DeadLetter),
+}
+
+/// Maps, validates and serialises a batch, in parallel on the machine's cores for larger batches;
+/// the results keep the items' order. `identity` names each event's source record.
+pub fn process_batch(
+    config: &ConnectorConfig,
+    schema: &Schema,
+    items: Vec<Item>,
+    extra: &Map<String, Value>,
+    keys: &crate::envelope::KeyDeriver,
+    identity: &(dyn Fn(&Event) -> String + Sync),
+) -> Vec<Ready> {
+    let source = config.event_source();
+    let one = |item: Item| match process(config, schema, item, extra) {
+        Outcome::Event(e) => {
+            let id = identity(&e);
+            Ready::Event(Box::new(prepare(e, id, &source, keys)))
+        }
+        Outcome::DeadLetter(d) => Ready::DeadLetter(d),
+    };
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    if threads < 2 || items.len() < 256 {
+        return items.into_iter().map(one).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<Item>> = Vec::with_capacity(threads);
+    let mut items = items.into_iter();
+    loop {
+        let part: Vec<Item> = items.by_ref().take(chunk).collect();
+        if part.is_empty() {
+            break;
+        }
+        chunks.push(part);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks.into_iter().map(|part| scope.spawn(|| part.into_iter().map(one).collect::<Vec<_>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
 }

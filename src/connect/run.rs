@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use super::compacted::read_latest;
 use super::config::ConnectorConfig;
 use super::offline::snapshot_extra;
-use super::pipeline::{DeadLetter, Event, Outcome, process};
+use super::pipeline::{DeadLetter, Event, Outcome, Prepared, Ready, prepare, process, process_batch};
 use super::snapshot::{self, StateEntry};
 use super::source::{self, Item};
 use crate::config::Settings;
@@ -161,25 +161,19 @@ impl Connector {
         self.positions.get(&self.position_key(source))
     }
 
-    fn event_record<'a>(
-        &'a self,
-        event: &'a Event,
-        payload: &'a [u8],
-        identity: &str,
-        provenance: &[(&str, String)],
-        key: &'a str,
-    ) -> (FutureRecord<'a, str, [u8]>, String) {
-        let schema_id = self.registry.for_topic(&self.config.connector.topic).map(|s| s.id.clone()).unwrap_or_default();
-        let envelope = Envelope::new(
-            &self.config.event_source(),
-            &self.config.connector.topic,
-            &schema_id,
-            identity,
-            &Value::Object(event.record.clone()),
-            Utc::now(),
-        );
-        let headers = record_headers(&envelope, provenance);
-        (FutureRecord::to(&self.config.connector.topic).key(key).payload(payload).headers(headers), envelope.id)
+    fn event_record<'a>(&'a self, prepared: &'a Prepared, provenance: &[(&str, String)]) -> FutureRecord<'a, str, [u8]> {
+        let schema_id = self.registry.for_topic(&self.config.connector.topic).map(|s| s.id.as_str()).unwrap_or_default();
+        let envelope = Envelope {
+            id: prepared.ce_id.clone(),
+            source: self.config.event_source(),
+            kind: crate::envelope::event_type(&self.config.connector.topic),
+            time: Utc::now(),
+            dataschema: schema_id.to_string(),
+        };
+        FutureRecord::to(&self.config.connector.topic)
+            .key(prepared.key.as_str())
+            .payload(prepared.payload.as_slice())
+            .headers(record_headers(&envelope, provenance))
     }
 
     fn dead_letter_headers(&self, d: &DeadLetter, file: &str, sha: &str) -> OwnedHeaders {
@@ -211,10 +205,8 @@ impl Connector {
             attempt += 1;
             self.producer.begin_transaction().map_err(|e| ConnectError::Transaction(format!("begin: {e}")))?;
             let mut deliveries = Vec::with_capacity(batch.events.len() + batch.dead_letters.len() + batch.state.len() + 1);
-            let payloads: Vec<Vec<u8>> = batch.events.iter().map(|(e, _, _)| serde_json::to_vec(&e.record).unwrap_or_default()).collect();
-            let keys: Vec<String> = batch.events.iter().map(|(e, _, _)| self.keys.key(&e.key_id)).collect();
-            for (((event, identity, provenance), payload), key) in batch.events.iter().zip(&payloads).zip(&keys) {
-                let (record, _) = self.event_record(event, payload, identity, provenance, key);
+            for (prepared, provenance) in &batch.events {
+                let record = self.event_record(prepared, provenance);
                 deliveries.push(self.producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
             }
             for d in &batch.dead_letters {
@@ -293,38 +285,65 @@ impl Connector {
         if resume_after > 0 {
             tracing::info!(connector = self.name(), file = %file, sha256 = %sha, row = resume_after, "resuming after the last committed row");
         }
-        let (tx, mut rx) = mpsc::channel::<Item>(2048);
+        // Reading, mapping, validation and serialisation run on a blocking thread (in parallel chunks),
+        // overlapped with producing and committing the previous batch here.
+        let (tx, mut rx) = mpsc::channel::<Vec<(u64, Option<Ready>)>>(16);
         let mut reader = Some({
-            let source = self.config.source.clone();
+            let config = self.config.clone();
+            let registry = self.registry.clone();
+            let keys = self.keys.clone();
             let path = path.to_path_buf();
-            tokio::task::spawn_blocking(move || source::read(&source, &path, &mut |item| tx.blocking_send(item).is_ok()))
+            let sha = sha.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), ConnectError> {
+                let schema = registry.for_topic(&config.connector.topic).map_err(|e| ConnectError::Schema(e.to_string()))?;
+                let extra = Map::new();
+                let identity = |e: &Event| format!("{sha}:{}{}", e.sheet.as_deref().map(|s| format!("{s}!")).unwrap_or_default(), e.row);
+                let mut chunk: Vec<Item> = Vec::with_capacity(1024);
+                let mut skipped: Vec<(u64, Option<Ready>)> = Vec::new();
+                let flush = |chunk: &mut Vec<Item>, skipped: &mut Vec<(u64, Option<Ready>)>| -> bool {
+                    let rows: Vec<u64> = chunk.iter().map(Item::row).collect();
+                    let ready = process_batch(&config, schema, std::mem::take(chunk), &extra, &keys, &identity);
+                    let mut out = std::mem::take(skipped);
+                    out.extend(rows.into_iter().zip(ready.into_iter().map(Some)));
+                    tx.blocking_send(out).is_ok()
+                };
+                source::read(&config.source, &path, &mut |item| {
+                    if item.row() <= resume_after {
+                        skipped.push((item.row(), None));
+                        return true;
+                    }
+                    chunk.push(item);
+                    chunk.len() < 1024 || flush(&mut chunk, &mut skipped)
+                })?;
+                if !chunk.is_empty() || !skipped.is_empty() {
+                    flush(&mut chunk, &mut skipped);
+                }
+                Ok(())
+            })
         });
         let batch_rows = self.config.connector.batch_rows;
-        let extra = Map::new();
         let mut events = Vec::new();
         let mut dead = Vec::new();
         let mut last_row = resume_after;
         let mut rows_seen = 0u64;
         loop {
-            let item = rx.recv().await;
-            let end = item.is_none();
-            if let Some(item) = item {
-                rows_seen = rows_seen.max(item.row());
-                if item.row() <= resume_after {
+            let received = rx.recv().await;
+            let end = received.is_none();
+            for (row, ready) in received.unwrap_or_default() {
+                rows_seen = rows_seen.max(row);
+                let Some(ready) = ready else {
                     summary.unchanged += 1;
                     continue;
-                }
+                };
                 summary.read += 1;
-                last_row = item.row();
-                let schema = self.registry.for_topic(&self.config.connector.topic).map_err(|e| ConnectError::Schema(e.to_string()))?;
-                match process(&self.config, schema, item, &extra) {
-                    Outcome::Event(e) => {
-                        let identity = format!("{sha}:{}{}", e.sheet.as_deref().map(|s| format!("{s}!")).unwrap_or_default(), e.row);
+                last_row = row;
+                match ready {
+                    Ready::Event(p) => {
                         let provenance =
-                            vec![("source_file", file.clone()), ("source_sha256", sha.clone()), ("source_row", e.row.to_string())];
-                        events.push((e, identity, provenance));
+                            vec![("source_file", file.clone()), ("source_sha256", sha.clone()), ("source_row", p.event.row.to_string())];
+                        events.push((*p, provenance));
                     }
-                    Outcome::DeadLetter(d) => dead.push(d),
+                    Ready::DeadLetter(d) => dead.push(d),
                 }
             }
             if events.len() + dead.len() >= batch_rows || end {
@@ -332,7 +351,7 @@ impl Connector {
                 if end && let Some(reader) = reader.take() {
                     match reader.await {
                         Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(e.into()),
+                        Ok(Err(e)) => return Err(e),
                         Err(e) => return Err(ConnectError::Io { path: path.display().to_string(), message: e.to_string() }),
                     }
                 }
@@ -430,7 +449,8 @@ impl Connector {
             let row = change.row.unwrap_or(0);
             let identity = format!("{sha}:{}:{}", change.key, change.change);
             let provenance = vec![("source_file", file.to_string()), ("source_sha256", sha.to_string()), ("source_row", row.to_string())];
-            out_events.push((Event { row, sheet: None, record, key_id }, identity, provenance));
+            out_events
+                .push((prepare(Event { row, sheet: None, record, key_id }, identity, &self.config.event_source(), &self.keys), provenance));
             let value = if change.change == "removed" {
                 None
             } else {
@@ -504,7 +524,7 @@ impl Connector {
                 Outcome::Event(e) => {
                     let identity = format!("{source_id}:{}", e.row);
                     let provenance = vec![("source_request", source_id.to_string()), ("source_row", e.row.to_string())];
-                    events.push((e, identity, provenance));
+                    events.push((prepare(e, identity, &self.config.event_source(), &self.keys), provenance));
                 }
                 Outcome::DeadLetter(d) => dead.push(d),
             }
@@ -557,7 +577,10 @@ impl Connector {
                 continue;
             };
             let identity = format!("held:{key}:removed:{}", entry.fingerprint);
-            events.push((Event { row: 0, sheet: None, record, key_id }, identity, vec![("source_file", held.1.clone())]));
+            events.push((
+                prepare(Event { row: 0, sheet: None, record, key_id }, identity, &self.config.event_source(), &self.keys),
+                vec![("source_file", held.1.clone())],
+            ));
             tombstones.push((format!("{}/{key}", self.name()), None));
         }
         let now = crate::db::now_rfc3339();
@@ -575,7 +598,7 @@ impl Connector {
 
 /// One transaction's content.
 pub struct Batch<'a> {
-    pub events: Vec<(Event, String, Vec<(&'static str, String)>)>,
+    pub events: Vec<(Prepared, Vec<(&'static str, String)>)>,
     pub dead_letters: Vec<DeadLetter>,
     /// Snapshot state updates: key and value (None = tombstone).
     pub state: Vec<(String, Option<Vec<u8>>)>,

@@ -1,0 +1,132 @@
+//! Connector throughput against the broker's own producer, on the same broker, in one run.
+//!
+//! `cargo bench --bench connector` (broker from scripts/kafka; DOUDI_BENCH_ROWS rows, default
+//! 200,000) generates a GBK CSV of student records, runs the edu-student mapping over it into a
+//! fresh 3-partition topic through doudi's transactional, exactly-once path (decode, map, validate
+//! against the schema, HMAC key, CloudEvents headers, progress commit), then runs Kafka's
+//! `kafka-producer-perf-test` with records of the same average size and the same producer settings
+//! (idempotent, acks=all, lz4, linger 20 ms), and prints both rates and their ratio.
+
+#![allow(clippy::float_arithmetic)] // rates and durations in a benchmark report, never money
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use doudi::config::{KafkaSettings, Settings};
+use doudi::connect::config::{ConnectorConfig, Encoding, SourceSection};
+use doudi::connect::run::Connector;
+use doudi::schema::Registry;
+
+fn main() {
+    let rows: usize = std::env::var("DOUDI_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let kafka = KafkaSettings {
+        bootstrap_servers: std::env::var("DOUDI_KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
+        ..KafkaSettings::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+
+    // A GBK CSV of valid student records.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("students-gbk.csv");
+    {
+        let mut text = String::with_capacity(rows * 80);
+        text.push_str("学生姓名,身份证件号,学段,学校名称,在读状态,变动日期\r\n");
+        for i in 0..rows {
+            let birth = chrono::NaiveDate::from_ymd_opt(2003, 1, 1).unwrap_or_default() + chrono::Duration::days((i % 5000) as i64);
+            let id = doudi::idnum::complete(&format!("2201{:02}{}{:03}", 2 + (i / 5000) % 5, birth.format("%Y%m%d"), i % 1000))
+                .unwrap_or_default();
+            text.push_str(&format!("学生{i},{id},初中,长春市第{}中学,在读,2019/9/1\r\n", i % 90));
+        }
+        let mut file = std::fs::File::create(&csv).expect("create");
+        file.write_all(&encoding_rs::GBK.encode(&text).0).expect("write");
+    }
+    let csv_bytes = std::fs::metadata(&csv).map(|m| m.len()).unwrap_or(0);
+
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let topic = format!("bench.connector.{suffix}");
+    let perf_topic = format!("bench.perftest.{suffix}");
+    let mut registry = Registry::load(&root.join("schemas")).expect("schemas");
+    let mut config = ConnectorConfig::load(&root.join("connectors/edu-student.toml"), &root.join("schemas")).expect("config");
+    for (name, from) in
+        [(topic.clone(), "dept.edu.student.v1".to_string()), (format!("dlq.{topic}"), "dlq.dept.edu.student.v1".to_string())]
+    {
+        let mut t = registry.catalogue.topic(&from).expect("topic").clone();
+        t.name = name;
+        registry.catalogue.topics.push(t);
+    }
+    config.connector.topic = topic.clone();
+    config.connector.name = format!("bench{}", &suffix[..12]);
+    config.connector.batch_rows = std::env::var("DOUDI_BENCH_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    config.source = SourceSection::Csv { encoding: Encoding::Gbk, delimiter: ",".into() };
+    let settings = Settings { kafka: kafka.clone(), ..Settings::default() };
+
+    let (elapsed, summary, avg_size) = runtime.block_on(async {
+        for t in [&topic, &format!("dlq.{topic}"), &perf_topic] {
+            doudi::kafka::ensure_topic(&kafka, t, 3, 1).await.expect("topic");
+        }
+        let mut connector = Connector::start(config, Arc::new(registry), &settings).await.expect("connector");
+        let started = Instant::now();
+        let summary = connector.process_file(&csv).await.expect("process");
+        let elapsed = started.elapsed();
+        // Average record size on the wire, read back: value + key + header names and values.
+        use rdkafka::Message;
+        use rdkafka::consumer::Consumer;
+        use rdkafka::message::Headers;
+        let consumer = doudi::kafka::committed_consumer(&kafka, &format!("bench-{suffix}")).expect("consumer");
+        consumer.subscribe(&[topic.as_str()]).expect("subscribe");
+        let mut total = 0usize;
+        for _ in 0..1000 {
+            let m = consumer.recv().await.expect("message");
+            total += m.payload_len() + m.key().map(<[u8]>::len).unwrap_or(0);
+            total += m.headers().map(|h| h.iter().map(|h| h.key.len() + h.value.map(<[u8]>::len).unwrap_or(0)).sum::<usize>()).unwrap_or(0);
+        }
+        (elapsed, summary, total / 1000)
+    });
+    assert_eq!(summary.produced as usize, rows, "every row produced");
+    let ours = rows as f64 / elapsed.as_secs_f64();
+
+    let script = root.join("scripts/kafka");
+    let output = Command::new(&script)
+        .args([
+            "cli",
+            "kafka-producer-perf-test",
+            "--topic",
+            &perf_topic,
+            "--num-records",
+            &rows.to_string(),
+            "--record-size",
+            &avg_size.to_string(),
+            "--throughput",
+            "-1",
+            "--producer-props",
+            &format!("bootstrap.servers={}", kafka.bootstrap_servers),
+            "acks=all",
+            "enable.idempotence=true",
+            "linger.ms=20",
+            "batch.size=1000000",
+            "compression.type=lz4",
+        ])
+        .output()
+        .expect("kafka-producer-perf-test runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let last = text.lines().rev().find(|l| l.contains("records sent")).unwrap_or_default().to_string();
+    let theirs: f64 =
+        last.split(" records sent, ").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+
+    println!("connector throughput, {rows} rows, GBK CSV of {:.1} MB, broker {}", csv_bytes as f64 / 1e6, kafka.bootstrap_servers);
+    println!("| producer | records/s | notes |");
+    println!("|---|---|---|");
+    println!(
+        "| doudi connect (edu-student mapping, GBK) | {ours:.0} | decode + map + schema validation + HMAC key + CloudEvents headers, {} transactions |",
+        summary.transactions
+    );
+    println!(
+        "| kafka-producer-perf-test | {theirs:.0} | {avg_size}-byte records (doudi's average value + key + headers), idempotent, acks=all, lz4, linger 20 ms |"
+    );
+    println!("| ratio | {:.2} | goal ≥ 0.50 |", ours / theirs);
+    println!("perf-test: {last}");
+}
