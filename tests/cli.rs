@@ -36,7 +36,7 @@ fn bad_configuration_stops_with_the_field_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("doudi.toml");
     std::fs::write(&path, "[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\nlinger = 5\n").unwrap();
-    let out = doudi(&["--config", path.to_str().unwrap(), "config", "check"], &[]);
+    let out = doudi(&["--settings", path.to_str().unwrap(), "config", "check"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("linger"), "{}", text(&out.stderr));
     let out = doudi(&["config", "check"], &[("DOUDI_HTTP_PORT", "nine")]);
