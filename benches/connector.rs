@@ -60,7 +60,9 @@ fn main() {
     }
     config.connector.topic = topic.clone();
     config.connector.name = format!("bench{}", &suffix[..12]);
-    config.connector.batch_rows = std::env::var("DOUDI_BENCH_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    if let Some(rows) = std::env::var("DOUDI_BENCH_BATCH").ok().and_then(|v| v.parse().ok()) {
+        config.connector.batch_rows = rows;
+    }
     config.source = SourceSection::Csv { encoding: Encoding::Gbk, delimiter: ",".into() };
     let settings = Settings { kafka: kafka.clone(), ..Settings::default() };
 

@@ -80,7 +80,7 @@ pub struct TestSection {
 }
 
 fn default_batch_rows() -> usize {
-    500
+    5000
 }
 
 /// The format of the records.

@@ -30,7 +30,7 @@ use super::pipeline::{DeadLetter, Event, Outcome, Prepared, Ready, prepare, proc
 use super::snapshot::{self, StateEntry};
 use super::source::{self, Item};
 use crate::config::Settings;
-use crate::envelope::{Envelope, KeyDeriver};
+use crate::envelope::KeyDeriver;
 use crate::kafka::{KafkaError, client_config};
 use crate::schema::Registry;
 use crate::schema::compat::fingerprint;
@@ -123,9 +123,12 @@ fn sha256_file(path: &Path) -> Result<String, ConnectError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-fn record_headers(envelope: &Envelope, provenance: &[(&str, String)]) -> OwnedHeaders {
-    let extra: Vec<(&str, &str)> = provenance.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    envelope.to_headers(&extra)
+/// The envelope attributes shared by one batch's events.
+struct BatchAttributes {
+    source: String,
+    kind: String,
+    time: String,
+    dataschema: String,
 }
 
 impl Connector {
@@ -136,7 +139,11 @@ impl Connector {
             .set("transactional.id", format!("doudi-connect-{}", config.connector.name))
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "20")
+            // Each transaction ends by waiting for its records, so a long linger only adds latency.
+            .set("linger.ms", "5")
+            // A new transaction right after a commit can meet CONCURRENT_TRANSACTIONS while the
+            // markers are written; retry quickly instead of librdkafka's default 100 ms.
+            .set("retry.backoff.ms", "10")
             .set("batch.size", "1000000")
             .set("compression.type", "lz4")
             .set("transaction.timeout.ms", "120000")
@@ -161,19 +168,38 @@ impl Connector {
         self.positions.get(&self.position_key(source))
     }
 
-    fn event_record<'a>(&'a self, prepared: &'a Prepared, provenance: &[(&str, String)]) -> FutureRecord<'a, str, [u8]> {
-        let schema_id = self.registry.for_topic(&self.config.connector.topic).map(|s| s.id.as_str()).unwrap_or_default();
-        let envelope = Envelope {
-            id: prepared.ce_id.clone(),
+    /// The CloudEvents attributes every event of one batch shares (one `ce_time` per batch).
+    fn batch_attributes(&self) -> BatchAttributes {
+        BatchAttributes {
             source: self.config.event_source(),
             kind: crate::envelope::event_type(&self.config.connector.topic),
-            time: Utc::now(),
-            dataschema: schema_id.to_string(),
-        };
-        FutureRecord::to(&self.config.connector.topic)
-            .key(prepared.key.as_str())
-            .payload(prepared.payload.as_slice())
-            .headers(record_headers(&envelope, provenance))
+            time: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            dataschema: self.registry.for_topic(&self.config.connector.topic).map(|s| s.id.clone()).unwrap_or_default(),
+        }
+    }
+
+    fn event_record<'a>(
+        &'a self,
+        prepared: &'a Prepared,
+        provenance: &[(&str, String)],
+        shared: &BatchAttributes,
+    ) -> FutureRecord<'a, str, [u8]> {
+        let mut headers = OwnedHeaders::new_with_capacity(7 + provenance.len());
+        for (key, value) in [
+            ("ce_specversion", crate::envelope::SPEC_VERSION),
+            ("ce_id", prepared.ce_id.as_str()),
+            ("ce_source", shared.source.as_str()),
+            ("ce_type", shared.kind.as_str()),
+            ("ce_time", shared.time.as_str()),
+            ("ce_dataschema", shared.dataschema.as_str()),
+            ("content-type", crate::envelope::CONTENT_TYPE),
+        ]
+        .into_iter()
+        .chain(provenance.iter().map(|(k, v)| (*k, v.as_str())))
+        {
+            headers = headers.insert(Header { key, value: Some(value) });
+        }
+        FutureRecord::to(&self.config.connector.topic).key(prepared.key.as_str()).payload(prepared.payload.as_slice()).headers(headers)
     }
 
     fn dead_letter_headers(&self, d: &DeadLetter, file: &str, sha: &str) -> OwnedHeaders {
@@ -205,8 +231,9 @@ impl Connector {
             attempt += 1;
             self.producer.begin_transaction().map_err(|e| ConnectError::Transaction(format!("begin: {e}")))?;
             let mut deliveries = Vec::with_capacity(batch.events.len() + batch.dead_letters.len() + batch.state.len() + 1);
+            let shared = self.batch_attributes();
             for (prepared, provenance) in &batch.events {
-                let record = self.event_record(prepared, provenance);
+                let record = self.event_record(prepared, provenance, &shared);
                 deliveries.push(self.producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
             }
             for d in &batch.dead_letters {
