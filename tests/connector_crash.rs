@@ -135,3 +135,56 @@ async fn sigkill_mid_file_never_loses_or_duplicates() {
     assert_eq!(dead, bad, "every bad row exactly once");
     doudi::kafka::delete_topics(&common::kafka(), &[&topic, &format!("dlq.{topic}")]).await.unwrap();
 }
+
+/// The daemon watching a drop folder: a good file is produced and moves to done/, a file in the
+/// wrong encoding moves to failed/ with a reason naming its row, and nothing else happens to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_folder_daemon_processes_and_sorts_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let topic = format!("test.drop.{suffix}");
+    let name = format!("drop{}", &suffix[..12]);
+    for t in [topic.clone(), format!("dlq.{topic}")] {
+        doudi::kafka::ensure_topic(&common::kafka(), &t, 3, 1).await.unwrap();
+    }
+    let (schemas, config) = workspace(dir.path(), &topic, &name);
+    let drop = dir.path().join("drop");
+    std::fs::create_dir(&drop).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("path = \"/var/lib/doudi/drop/edu-student\"", &format!("path = \"{}\"\npoll_secs = 1", drop.display()));
+    std::fs::write(&config, text).unwrap();
+    std::fs::copy(root().join("connectors/samples/edu-student.csv"), drop.join("2019-09.csv")).unwrap();
+    std::fs::write(drop.join("2019-10.csv"), encoding_rs::GBK.encode("学生姓名,身份证件号,学段,学校名称,在读状态,变动日期\r\n").0).unwrap();
+    std::fs::write(drop.join("notes.txt"), "not a feed file").unwrap();
+    let mut daemon = Command::new(common::doudi_bin())
+        .args(["connect", "--config", config.to_str().unwrap(), "--schemas", schemas.to_str().unwrap()])
+        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
+        .env("DOUDI_DATABASE_URL", format!("sqlite://{}", dir.path().join("doudi.db").display()))
+        .env("DOUDI_LOG_LEVEL", "warn")
+        .env_remove("DOUDI_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(drop.join("done/2019-09.csv").exists() && drop.join("failed/2019-10.csv").exists()) {
+        assert!(std::time::Instant::now() < deadline, "the daemon did not sort the files in time");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let reason = std::fs::read_to_string(drop.join("failed/2019-10.reason.txt")).unwrap();
+    assert!(reason.contains("row 1"), "{reason}");
+    assert!(drop.join("notes.txt").exists(), "files not matching the pattern are left alone");
+    let consumer = doudi::kafka::committed_consumer(&common::kafka(), &common::unique("test-group")).unwrap();
+    consumer.subscribe(&[topic.as_str()]).unwrap();
+    let mut count = 0;
+    while let Ok(m) = tokio::time::timeout(Duration::from_secs(4), consumer.recv()).await {
+        m.unwrap();
+        count += 1;
+    }
+    assert_eq!(count, 4, "the four good rows of the sample");
+    // The run was recorded as the connector's last successful run.
+    let db = doudi::db::Database::connect(&doudi::config::DatabaseSettings { url: format!("sqlite://{}", dir.path().join("doudi.db").display()), ..Default::default() }).await.unwrap();
+    assert!(db.last_successful_runs().await.unwrap().iter().any(|r| r.component == "connector" && r.name == name));
+}
