@@ -495,6 +495,24 @@ async fn connect(args: ConnectArgs, settings: &Settings) -> ExitCode {
                     }
                 }
             } else {
+                // The ops endpoint (/healthz, /readyz, /metrics) runs beside the daemon.
+                if settings.http.port != 0 {
+                    let addr = format!("{}:{}", settings.http.bind, settings.http.port).parse::<std::net::SocketAddr>();
+                    let router = doudi::http::ops_router(doudi::telemetry::metrics_handle(), Vec::new());
+                    match addr {
+                        Ok(addr) => match doudi::http::serve(addr, router, std::future::pending()).await {
+                            Ok((bound, _task)) => tracing::info!(address = %bound, "serving /healthz, /readyz and /metrics"),
+                            Err(e) => {
+                                eprintln!("doudi: http.port: cannot listen on {addr}: {e}");
+                                return ExitCode::from(exit::USAGE);
+                            }
+                        },
+                        Err(e) => {
+                            eprintln!("doudi: http.bind: {e}");
+                            return ExitCode::from(exit::USAGE);
+                        }
+                    }
+                }
                 match doudi::connect::daemon::run(connector, settings).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {

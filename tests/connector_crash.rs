@@ -156,8 +156,10 @@ async fn drop_folder_daemon_processes_and_sorts_files() {
     std::fs::copy(root().join("connectors/samples/edu-student.csv"), drop.join("2019-09.csv")).unwrap();
     std::fs::write(drop.join("2019-10.csv"), encoding_rs::GBK.encode("学生姓名,身份证件号,学段,学校名称,在读状态,变动日期\r\n").0).unwrap();
     std::fs::write(drop.join("notes.txt"), "not a feed file").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut daemon = Command::new(common::doudi_bin())
         .args(["connect", "--config", config.to_str().unwrap(), "--schemas", schemas.to_str().unwrap()])
+        .env("DOUDI_HTTP_PORT", port.to_string())
         .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
         .env("DOUDI_DATABASE_URL", format!("sqlite://{}", dir.path().join("doudi.db").display()))
         .env("DOUDI_LOG_LEVEL", "warn")
@@ -171,6 +173,17 @@ async fn drop_folder_daemon_processes_and_sorts_files() {
         assert!(std::time::Instant::now() < deadline, "the daemon did not sort the files in time");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // The ops endpoint runs beside the daemon and counts what it did.
+    let metrics = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        text
+    };
+    assert!(metrics.contains(&format!("doudi_connector_records_produced_total{{connector=\"{name}\"}} 4")), "{metrics}");
+    assert!(metrics.contains("error_code=\"mapping\""), "{metrics}");
     daemon.kill().unwrap();
     daemon.wait().unwrap();
     let reason = std::fs::read_to_string(drop.join("failed/2019-10.reason.txt")).unwrap();
@@ -185,6 +198,11 @@ async fn drop_folder_daemon_processes_and_sorts_files() {
     }
     assert_eq!(count, 4, "the four good rows of the sample");
     // The run was recorded as the connector's last successful run.
-    let db = doudi::db::Database::connect(&doudi::config::DatabaseSettings { url: format!("sqlite://{}", dir.path().join("doudi.db").display()), ..Default::default() }).await.unwrap();
+    let db = doudi::db::Database::connect(&doudi::config::DatabaseSettings {
+        url: format!("sqlite://{}", dir.path().join("doudi.db").display()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     assert!(db.last_successful_runs().await.unwrap().iter().any(|r| r.component == "connector" && r.name == name));
 }

@@ -416,7 +416,8 @@ impl Connector {
         summary.produced += batch.events.len() as u64;
         summary.dead_lettered += batch.dead_letters.len() as u64;
         let name = self.name().to_string();
-        metrics::counter!("doudi_connector_records_read_total", "connector" => name.clone()).increment((batch.events.len() + batch.dead_letters.len()) as u64);
+        metrics::counter!("doudi_connector_records_read_total", "connector" => name.clone())
+            .increment((batch.events.len() + batch.dead_letters.len()) as u64);
         metrics::counter!("doudi_connector_records_produced_total", "connector" => name.clone()).increment(batch.events.len() as u64);
         for d in &batch.dead_letters {
             metrics::counter!("doudi_connector_records_dead_lettered_total", "connector" => name.clone(), "error_code" => d.code.as_str(), "stage" => d.code.stage()).increment(1);
