@@ -314,7 +314,7 @@ impl Connector {
         }
         // Reading, mapping, validation and serialisation run on a blocking thread (in parallel chunks),
         // overlapped with producing and committing the previous batch here.
-        let (tx, mut rx) = mpsc::channel::<Vec<(u64, Option<Ready>)>>(16);
+        let (tx, mut rx) = mpsc::channel::<Vec<(u64, Option<Ready>)>>(4);
         let mut reader = Some({
             let config = self.config.clone();
             let registry = self.registry.clone();
