@@ -21,10 +21,12 @@ pub struct Event {
     pub key_id: IdNumber,
 }
 
-/// An event serialised for Kafka: value, pseudonymous key and deterministic `ce_id`.
+/// An event serialised for Kafka: value, pseudonymous key and deterministic `ce_id`. The mapped
+/// record itself is dropped once serialised, so a large transaction holds bytes, not trees.
 #[derive(Clone, Debug)]
 pub struct Prepared {
-    pub event: Event,
+    pub row: u64,
+    pub sheet: Option<String>,
     pub payload: Vec<u8>,
     pub key: String,
     pub ce_id: String,
@@ -36,7 +38,7 @@ pub fn prepare(event: Event, identity: String, source: &str, keys: &crate::envel
     let payload = serde_json::to_vec(&event.record).unwrap_or_default();
     let ce_id = crate::envelope::event_id_for_payload(source, &identity, &payload);
     let key = keys.key(&event.key_id);
-    Prepared { event, payload, key, ce_id, identity }
+    Prepared { row: event.row, sheet: event.sheet, payload, key, ce_id, identity }
 }
 
 /// A record that goes to `dlq.<topic>`.

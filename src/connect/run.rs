@@ -367,7 +367,7 @@ impl Connector {
                 match ready {
                     Ready::Event(p) => {
                         let provenance =
-                            vec![("source_file", file.clone()), ("source_sha256", sha.clone()), ("source_row", p.event.row.to_string())];
+                            vec![("source_file", file.clone()), ("source_sha256", sha.clone()), ("source_row", p.row.to_string())];
                         events.push((*p, provenance));
                     }
                     Ready::DeadLetter(d) => dead.push(d),
