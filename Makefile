@@ -16,6 +16,8 @@ setup:
 
 build: setup
 	cargo build --release --locked
+	@# target/release/doudi in the clone points at the binary in the shared target directory.
+	@if [ "$$(realpath -m $(CARGO_TARGET_DIR))" != "$$(realpath -m target)" ]; then mkdir -p target/release && ln -sfn $(DOUDI) target/release/doudi; fi
 
 services: setup
 	@scripts/kafka start
