@@ -456,16 +456,7 @@ async fn connect(args: ConnectArgs, settings: &Settings) -> ExitCode {
                 Ok(mut connector) => connector.confirm_held().await,
                 Err(e) => Err(e),
             };
-            match result {
-                Ok(summary) => {
-                    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("doudi: {e}");
-                    ExitCode::from(exit::INFRASTRUCTURE)
-                }
-            }
+            print_summary(result)
         }
         None => {
             let Some(config) = args.config else {
@@ -484,16 +475,7 @@ async fn connect(args: ConnectArgs, settings: &Settings) -> ExitCode {
                 }
             };
             if let (Some(input), true) = (args.input, args.once) {
-                match connector.process_file(&input).await {
-                    Ok(summary) => {
-                        println!("{}", serde_json::to_string(&summary).unwrap_or_default());
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("doudi: {e}");
-                        ExitCode::from(exit::INFRASTRUCTURE)
-                    }
-                }
+                print_summary(connector.process_file(&input).await)
             } else {
                 // The ops endpoint (/healthz, /readyz, /metrics) runs beside the daemon.
                 if settings.http.port != 0 {
@@ -521,6 +503,20 @@ async fn connect(args: ConnectArgs, settings: &Settings) -> ExitCode {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Prints a connector run's summary as JSON (stdout) or its error (stderr), and picks the exit code.
+fn print_summary(result: Result<doudi::connect::run::Summary, doudi::connect::run::ConnectError>) -> ExitCode {
+    match result {
+        Ok(summary) => {
+            println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("doudi: {e}");
+            ExitCode::from(exit::INFRASTRUCTURE)
         }
     }
 }

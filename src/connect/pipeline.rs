@@ -66,16 +66,7 @@ fn dead(row: u64, sheet: Option<String>, failure: MapFailure, original: Vec<u8>)
 /// before validation.
 pub fn process(config: &ConnectorConfig, schema: &Schema, item: Item, extra: &Map<String, Value>) -> Outcome {
     let record = match item {
-        Item::Failure(f) => {
-            return Outcome::DeadLetter(DeadLetter {
-                row: f.row,
-                sheet: f.sheet,
-                code: f.code,
-                column: f.column,
-                reason: f.reason,
-                original: f.original,
-            });
-        }
+        Item::Failure(f) => return Outcome::DeadLetter(f),
         Item::Record(r) => r,
     };
     let mapped = match map_record(config, &record.fields) {

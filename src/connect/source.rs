@@ -26,16 +26,8 @@ pub struct RawRecord {
     pub original: Vec<u8>,
 }
 
-/// A row that could not be read.
-#[derive(Clone, Debug)]
-pub struct ReadFailure {
-    pub row: u64,
-    pub sheet: Option<String>,
-    pub code: ErrorCode,
-    pub column: Option<String>,
-    pub reason: String,
-    pub original: Vec<u8>,
-}
+/// A row that could not be read: already a dead letter.
+pub type ReadFailure = super::pipeline::DeadLetter;
 
 #[derive(Clone, Debug)]
 pub enum Item {
