@@ -81,8 +81,8 @@ async fn drop_folder(
     pattern: &str,
     poll_secs: u64,
 ) -> Result<(), ConnectError> {
-    let name = connector.config.connector.name.clone();
-    tracing::info!(connector = %name, folder = %dir.display(), pattern, "watching the drop folder");
+    let feed = connector.config.connector.name.clone();
+    tracing::info!(connector = %feed, folder = %dir.display(), pattern, "watching the drop folder");
     let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         for file in files_to_process(dir, pattern) {
@@ -90,24 +90,24 @@ async fn drop_folder(
             match connector.process_file(&file).await {
                 Ok(summary) => {
                     let json = serde_json::to_value(&summary).unwrap_or_default();
-                    record_run(db.as_ref(), "connector", &name, "ok", &json).await;
-                    metrics::gauge!("doudi_connector_last_success_timestamp_seconds", "connector" => name.clone())
+                    record_run(db.as_ref(), "connector", &feed, "ok", &json).await;
+                    metrics::gauge!("doudi_connector_last_success_timestamp_seconds", "connector" => feed.clone())
                         .set(chrono::Utc::now().timestamp() as f64);
                     if let Err(e) = move_into(&file, "done") {
-                        tracing::error!(connector = %name, file = %label, error = %e, "processed, but could not move the file to done/; it will be recognised as processed");
+                        tracing::error!(connector = %feed, file = %label, error = %e, "processed, but could not move the file to done/; it will be recognised as processed");
                     }
                 }
                 Err(ConnectError::Source(e)) => {
-                    tracing::error!(connector = %name, file = %label, error = %e, "the file cannot be read; moved to failed/ — an operator must act");
-                    record_run(db.as_ref(), "connector", &name, "failed", &serde_json::json!({"file": label, "error": e.to_string()}))
+                    tracing::error!(connector = %feed, file = %label, error = %e, "the file cannot be read; moved to failed/ — an operator must act");
+                    record_run(db.as_ref(), "connector", &feed, "failed", &serde_json::json!({"file": label, "error": e.to_string()}))
                         .await;
                     if let Ok(target) = move_into(&file, "failed") {
                         let _ = std::fs::write(target.with_extension("reason.txt"), e.to_string());
                     }
                 }
                 Err(e) => {
-                    tracing::error!(connector = %name, file = %label, error = %e, "processing stopped; the file stays and will be retried");
-                    record_run(db.as_ref(), "connector", &name, "failed", &serde_json::json!({"file": label, "error": e.to_string()}))
+                    tracing::error!(connector = %feed, file = %label, error = %e, "processing stopped; the file stays and will be retried");
+                    record_run(db.as_ref(), "connector", &feed, "failed", &serde_json::json!({"file": label, "error": e.to_string()}))
                         .await;
                     break;
                 }
@@ -115,7 +115,7 @@ async fn drop_folder(
         }
         tokio::select! {
             _ = &mut stop => {
-                tracing::info!(connector = %name, "stopping");
+                tracing::info!(connector = %feed, "stopping");
                 return Ok(());
             }
             _ = tokio::time::sleep(Duration::from_secs(poll_secs)) => {}

@@ -84,19 +84,19 @@ pub async fn run(
         .await
         .map_err(|e| ConnectError::Io { path: "source database".into(), message: e.to_string() })?;
     let query = batch_query(table, cursor_column, cursor_type);
-    let name = connector.config.connector.name.clone();
-    tracing::info!(connector = %name, table, cursor_column, "polling the source table");
+    let feed = connector.config.connector.name.clone();
+    tracing::info!(connector = %feed, table, cursor_column, "polling the source table");
     let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         match poll_once(&mut connector, &pool, &query, batch_rows).await {
             Ok((n, summary)) if n > 0 => {
-                super::daemon::record_run(db.as_ref(), "connector", &name, "ok", &serde_json::to_value(&summary).unwrap_or_default()).await;
+                super::daemon::record_run(db.as_ref(), "connector", &feed, "ok", &serde_json::to_value(&summary).unwrap_or_default()).await;
                 if n as usize == batch_rows {
                     continue; // more rows are waiting
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::error!(connector = %name, error = %e, "polling failed; retrying"),
+            Err(e) => tracing::error!(connector = %feed, error = %e, "polling failed; retrying"),
         }
         tokio::select! {
             _ = &mut stop => return Ok(()),

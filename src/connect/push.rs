@@ -102,19 +102,19 @@ async fn receive(State(push): State<Arc<Push>>, headers: HeaderMap, body: Bytes)
     }
     let source = format!("http:{key}");
     let mut connector = push.connector.lock().await;
-    let name = connector.config.connector.name.clone();
+    let feed = connector.config.connector.name.clone();
     match connector.process_items(&source, "http", items, None).await {
         Ok(summary) => {
             let json = serde_json::to_value(&summary).unwrap_or_default();
-            super::daemon::record_run(push.db.as_ref(), "connector", &name, "ok", &json).await;
+            super::daemon::record_run(push.db.as_ref(), "connector", &feed, "ok", &json).await;
             (StatusCode::OK, axum::Json(json)).into_response()
         }
         Err(e @ ConnectError::Kafka(_)) | Err(e @ ConnectError::Transaction(_)) => {
-            tracing::error!(connector = %name, error = %e, "a pushed request could not be committed; the department should retry it");
+            tracing::error!(connector = %feed, error = %e, "a pushed request could not be committed; the department should retry it");
             problem(StatusCode::SERVICE_UNAVAILABLE, "the exchange could not store the records; retry with the same Idempotency-Key")
         }
         Err(e) => {
-            tracing::error!(connector = %name, error = %e, "a pushed request failed");
+            tracing::error!(connector = %feed, error = %e, "a pushed request failed");
             problem(StatusCode::INTERNAL_SERVER_ERROR, "the request could not be processed")
         }
     }
@@ -140,7 +140,7 @@ pub async fn serve(
             "transport.token_env: environment variable {token_env} must hold the department's bearer token (at least 16 characters)"
         ))
     })?;
-    let name = connector.config.connector.name.clone();
+    let feed = connector.config.connector.name.clone();
     let app = router(connector, &token, db, max_body_bytes);
     let addr: std::net::SocketAddr =
         format!("{bind}:{port}").parse().map_err(|e| ConnectError::Schema(format!("transport.bind/port: {e}")))?;
@@ -149,7 +149,7 @@ pub async fn serve(
     })
     .await
     .map_err(|e| ConnectError::Io { path: addr.to_string(), message: e.to_string() })?;
-    tracing::info!(connector = %name, address = %bound, "serving HTTP push at /v1/records");
+    tracing::info!(connector = %feed, address = %bound, "serving HTTP push at /v1/records");
     task.await
         .map_err(|e| ConnectError::Io { path: bound.to_string(), message: e.to_string() })?
         .map_err(|e| ConnectError::Io { path: bound.to_string(), message: e.to_string() })
