@@ -155,12 +155,12 @@ impl Connector {
         Ok(Connector { keys: KeyDeriver::new(&settings.keys), config, registry, producer, settings: settings.clone(), positions })
     }
 
-    fn name(&self) -> &str {
+    fn feed(&self) -> &str {
         &self.config.connector.name
     }
 
     fn position_key(&self, source: &str) -> String {
-        format!("{}/{source}", self.name())
+        format!("{}/{source}", self.feed())
     }
 
     /// The committed position of a source, if any.
@@ -280,7 +280,7 @@ impl Connector {
                 }
                 Err(reason) => {
                     let _ = self.producer.abort_transaction(TXN_TIMEOUT);
-                    tracing::warn!(connector = self.name(), attempt, reason = %reason, "a Kafka transaction failed and was aborted; retrying the batch");
+                    tracing::warn!(connector = self.feed(), attempt, reason = %reason, "a Kafka transaction failed and was aborted; retrying the batch");
                     if attempt >= 5 {
                         return Err(ConnectError::Transaction(reason));
                     }
@@ -295,12 +295,12 @@ impl Connector {
         let sha = sha256_file(path)?;
         let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         let source_id = format!("file:{sha}");
-        let mut summary = Summary { connector: self.name().to_string(), source: source_id.clone(), ..Summary::default() };
+        let mut summary = Summary { connector: self.feed().to_string(), source: source_id.clone(), ..Summary::default() };
         let previous = self.position(&source_id).cloned();
         if let Some(p) = &previous
             && p.done
         {
-            tracing::info!(connector = self.name(), file = %file, sha256 = %sha, rows = p.rows, "file already processed; nothing to do");
+            tracing::info!(connector = self.feed(), file = %file, sha256 = %sha, rows = p.rows, "file already processed; nothing to do");
             summary.already_processed = true;
             summary.unchanged = p.rows;
             return Ok(summary);
@@ -310,7 +310,7 @@ impl Connector {
         }
         let resume_after = previous.map(|p| p.row).unwrap_or(0);
         if resume_after > 0 {
-            tracing::info!(connector = self.name(), file = %file, sha256 = %sha, row = resume_after, "resuming after the last committed row");
+            tracing::info!(connector = self.feed(), file = %file, sha256 = %sha, row = resume_after, "resuming after the last committed row");
         }
         // Reading, mapping, validation and serialisation run on a blocking thread (in parallel chunks),
         // overlapped with producing and committing the previous batch here.
@@ -383,7 +383,7 @@ impl Connector {
                     }
                 }
                 let position = Position {
-                    connector: self.name().to_string(),
+                    connector: self.feed().to_string(),
                     source: source_id.clone(),
                     file: Some(file.clone()),
                     row: last_row,
@@ -408,14 +408,14 @@ impl Connector {
                 }
             }
         }
-        tracing::info!(connector = self.name(), file = %file, sha256 = %sha, read = summary.read, produced = summary.produced, dead_lettered = summary.dead_lettered, "file processed");
+        tracing::info!(connector = self.feed(), file = %file, sha256 = %sha, read = summary.read, produced = summary.produced, dead_lettered = summary.dead_lettered, "file processed");
         Ok(summary)
     }
 
     fn count(&self, batch: &Batch<'_>, summary: &mut Summary) {
         summary.produced += batch.events.len() as u64;
         summary.dead_lettered += batch.dead_letters.len() as u64;
-        let name = self.name().to_string();
+        let name = self.feed().to_string();
         metrics::counter!("doudi_connector_records_read_total", "connector" => name.clone())
             .increment((batch.events.len() + batch.dead_letters.len()) as u64);
         metrics::counter!("doudi_connector_records_produced_total", "connector" => name.clone()).increment(batch.events.len() as u64);
@@ -425,7 +425,7 @@ impl Connector {
     }
 
     async fn load_state(&self) -> Result<HashMap<String, StateEntry>, ConnectError> {
-        let prefix = format!("{}/", self.name());
+        let prefix = format!("{}/", self.feed());
         let raw = read_latest(&self.settings.kafka, STATE_TOPIC, &prefix, Duration::from_secs(60)).await?;
         Ok(raw
             .into_iter()
@@ -461,7 +461,7 @@ impl Connector {
         dead.extend(diff.duplicates);
         let mut out_events = Vec::new();
         let mut state = Vec::new();
-        let state_key = |k: &str| format!("{}/{k}", self.name());
+        let state_key = |k: &str| format!("{}/{k}", self.feed());
         for change in &diff.changes {
             let mut record = change.record.clone();
             record.insert(snapshot.change_field.clone(), Value::String(change.change.into()));
@@ -490,16 +490,16 @@ impl Connector {
         }
         let held: Vec<String> = diff.held.iter().map(|c| c.key.clone()).collect();
         if !held.is_empty() {
-            tracing::warn!(connector = self.name(), file = %file, sha256 = %sha, held = held.len(), previous = previous.len(), "more of the roster vanished than allowed; removals are held until `doudi connect confirm`");
+            tracing::warn!(connector = self.feed(), file = %file, sha256 = %sha, held = held.len(), previous = previous.len(), "more of the roster vanished than allowed; removals are held until `doudi connect confirm`");
         }
-        metrics::gauge!("doudi_connector_held_removals", "connector" => self.name().to_string()).set(held.len() as f64);
+        metrics::gauge!("doudi_connector_held_removals", "connector" => self.feed().to_string()).set(held.len() as f64);
         summary.added = Some(diff.added as u64);
         summary.changed = Some(diff.changed as u64);
         summary.removed = Some(diff.removed as u64);
         summary.held = Some(held.len() as u64);
         summary.unchanged = diff.unchanged as u64;
         let position = Position {
-            connector: self.name().to_string(),
+            connector: self.feed().to_string(),
             source: format!("file:{sha}"),
             file: Some(file.to_string()),
             row: rows,
@@ -532,7 +532,7 @@ impl Connector {
         items: Vec<Item>,
         cursor: Option<String>,
     ) -> Result<Summary, ConnectError> {
-        let mut summary = Summary { connector: self.name().to_string(), source: source_id.to_string(), ..Summary::default() };
+        let mut summary = Summary { connector: self.feed().to_string(), source: source_id.to_string(), ..Summary::default() };
         if cursor.is_none()
             && let Some(p) = self.position(source_id)
             && p.done
@@ -559,7 +559,7 @@ impl Connector {
             }
         }
         let position = Position {
-            connector: self.name().to_string(),
+            connector: self.feed().to_string(),
             source: source_id.to_string(),
             file: Some(label.to_string()),
             row: rows,
@@ -580,13 +580,13 @@ impl Connector {
     /// emits `removed` for every held person still absent, with their state tombstones.
     pub async fn confirm_held(&mut self) -> Result<Summary, ConnectError> {
         let snapshot =
-            self.config.snapshot.clone().ok_or_else(|| ConnectError::Schema(format!("{} is not a snapshot connector", self.name())))?;
+            self.config.snapshot.clone().ok_or_else(|| ConnectError::Schema(format!("{} is not a snapshot connector", self.feed())))?;
         let held = self
             .position("held")
             .map(|p| (p.held.clone(), p.file.clone().unwrap_or_default(), p.cursor.clone().unwrap_or_default()))
             .unwrap_or_default();
         let mut summary =
-            Summary { connector: self.name().to_string(), source: "held".into(), removed: Some(0), held: Some(0), ..Summary::default() };
+            Summary { connector: self.feed().to_string(), source: "held".into(), removed: Some(0), held: Some(0), ..Summary::default() };
         if held.0.is_empty() {
             return Ok(summary);
         }
@@ -610,17 +610,17 @@ impl Connector {
                 prepare(Event { row: 0, sheet: None, record, key_id }, identity, &self.config.event_source(), &self.keys),
                 vec![("source_file", held.1.clone())],
             ));
-            tombstones.push((format!("{}/{key}", self.name()), None));
+            tombstones.push((format!("{}/{key}", self.feed()), None));
         }
         let now = crate::db::now_rfc3339();
         let cleared =
-            Position { connector: self.name().to_string(), source: "held".into(), updated_at: now, done: true, ..Position::default() };
+            Position { connector: self.feed().to_string(), source: "held".into(), updated_at: now, done: true, ..Position::default() };
         let batch = Batch { events, dead_letters: Vec::new(), state: tombstones, file: &held.1, sha: &sha };
         self.commit_batch(&batch, vec![cleared]).await?;
         summary.transactions = 1;
         summary.removed = Some(batch.events.len() as u64);
         self.count(&batch, &mut summary);
-        metrics::gauge!("doudi_connector_held_removals", "connector" => self.name().to_string()).set(0.0);
+        metrics::gauge!("doudi_connector_held_removals", "connector" => self.feed().to_string()).set(0.0);
         Ok(summary)
     }
 }
