@@ -13,5 +13,6 @@ pub mod kafka;
 pub mod money;
 pub mod policy;
 pub mod schema;
+pub mod tap;
 pub mod telemetry;
 pub mod topics;

@@ -59,6 +59,20 @@ enum Command {
     /// Topic catalogue and JSON Schema tools.
     #[command(subcommand)]
     Schemas(SchemasCommand),
+    /// Dead letters: what the connectors refused, and why.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Print a live view of a topic with personal data masked.
+    Tap {
+        #[arg(long)]
+        topic: String,
+        /// Keep waiting for new records.
+        #[arg(long)]
+        follow: bool,
+        /// Stop after this many records.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Check and describe resident ID numbers (GB 11643); prints one JSON object per argument.
     Id {
         /// Show the numbers unmasked (the output is then personal data: do not log or share it).
@@ -115,6 +129,24 @@ enum ConnectAction {
         config: PathBuf,
         #[arg(long, default_value = "schemas")]
         schemas: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters (masked): reason, file, sheet, row and column.
+    List {
+        /// The topic the records were meant for (or its dlq.* topic).
+        #[arg(long)]
+        topic: String,
+        /// Only dead letters since this time: RFC 3339 (2019-12-01T00:00:00Z) or an age (24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -236,6 +268,68 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
         }
         Command::Schemas(command) => schemas(command),
         Command::Connect(args) => connect(args, &settings).await,
+        Command::Tap { topic, follow, limit } => {
+            let result = doudi::tap::read(&settings.kafka, &topic, None, limit, follow, &mut |t| {
+                println!("{}", serde_json::to_string(&t).unwrap_or_default());
+            })
+            .await;
+            match result {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("doudi: {e}");
+                    ExitCode::from(exit::INFRASTRUCTURE)
+                }
+            }
+        }
+        Command::Dlq(DlqCommand::List { topic, since, limit, json }) => {
+            let topic = if topic.starts_with("dlq.") { topic } else { format!("dlq.{topic}") };
+            let since_ms = match since.as_deref().map(parse_since).transpose() {
+                Ok(ms) => ms,
+                Err(message) => {
+                    eprintln!("doudi: --since: {message}");
+                    return ExitCode::from(exit::USAGE);
+                }
+            };
+            if !json {
+                println!("{:<8} {:<6} {:<12} {:<10} {:<14} {:<24} reason", "offset", "row", "error_code", "stage", "column", "file");
+            }
+            let result = doudi::tap::read(&settings.kafka, &topic, since_ms, limit, false, &mut |t| {
+                let h = |k: &str| t.headers.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+                if json {
+                    let record = serde_json::json!({
+                        "topic": h("topic"), "error_code": h("error_code"), "stage": h("stage"), "reason": h("reason"),
+                        "source": {"file": h("source_file"), "file_sha256": h("source_sha256"), "sheet": h("source_sheet"),
+                                   "row": h("source_row").parse::<u64>().ok(), "column": h("source_column")},
+                        "original": t.value,
+                    });
+                    println!("{record}");
+                } else {
+                    let row =
+                        if h("source_sheet").is_empty() { h("source_row") } else { format!("{}!{}", h("source_sheet"), h("source_row")) };
+                    println!(
+                        "{:<8} {:<6} {:<12} {:<10} {:<14} {:<24} {}",
+                        t.offset,
+                        row,
+                        h("error_code"),
+                        h("stage"),
+                        h("source_column"),
+                        h("source_file"),
+                        h("reason")
+                    );
+                }
+            })
+            .await;
+            match result {
+                Ok(n) => {
+                    eprintln!("doudi: {n} dead letter(s) in {topic}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("doudi: {e}");
+                    ExitCode::from(exit::INFRASTRUCTURE)
+                }
+            }
+        }
         Command::Topics(TopicsCommand::Apply { schemas, replication }) => {
             let catalogue = match doudi::schema::Catalogue::load(&schemas) {
                 Ok(c) => c,
@@ -519,4 +613,20 @@ fn print_summary(result: Result<doudi::connect::run::Summary, doudi::connect::ru
             ExitCode::from(exit::INFRASTRUCTURE)
         }
     }
+}
+
+/// `--since`: RFC 3339, or an age such as `24h`, `7d`, `30m`; returns epoch milliseconds.
+fn parse_since(text: &str) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.timestamp_millis());
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: i64 = number.parse().map_err(|_| format!("`{text}` is neither RFC 3339 nor an age like 24h or 7d"))?;
+    let seconds = match unit {
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{text}`: the age unit must be m, h or d")),
+    };
+    Ok(chrono::Utc::now().timestamp_millis() - seconds * 1000)
 }

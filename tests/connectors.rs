@@ -7,13 +7,10 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use doudi::config::Settings;
-use doudi::connect::config::ConnectorConfig;
 use doudi::connect::run::Connector;
-use doudi::schema::Registry;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Headers;
@@ -25,28 +22,6 @@ fn root() -> PathBuf {
 
 fn settings() -> Settings {
     Settings { kafka: common::kafka(), ..Settings::default() }
-}
-
-/// The shipped config of `feed`, renamed, writing to a fresh copy of its topic.
-async fn isolated(feed: &str) -> (ConnectorConfig, Arc<Registry>) {
-    let mut registry = Registry::load(&root().join("schemas")).unwrap();
-    let mut config = ConnectorConfig::load(&root().join("connectors").join(format!("{feed}.toml")), &root().join("schemas")).unwrap();
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let original = registry.catalogue.topic(&config.connector.topic).unwrap().clone();
-    let topic = format!("test.{}.{suffix}", original.name);
-    for name in [topic.clone(), format!("dlq.{topic}")] {
-        let mut copy = if name.starts_with("dlq.") {
-            registry.catalogue.topic(&format!("dlq.{}", original.name)).unwrap().clone()
-        } else {
-            original.clone()
-        };
-        copy.name = name.clone();
-        registry.catalogue.topics.push(copy);
-        doudi::kafka::ensure_topic(&common::kafka(), &name, 3, 1).await.unwrap();
-    }
-    config.connector.topic = topic;
-    config.connector.name = format!("t{}", &suffix[..16]);
-    (config, Arc::new(registry))
 }
 
 /// Everything committed on a topic, read with read_committed.
@@ -87,7 +62,7 @@ async fn every_sample_feed_round_trips_exactly() {
         "vital-event",
         "cdpf-disability",
     ] {
-        let (config, registry) = isolated(feed).await;
+        let (config, registry) = common::isolated(feed).await;
         let test = config.test.clone().unwrap();
         let input = config.relative(&test.input);
         let topic = config.connector.topic.clone();
@@ -147,7 +122,7 @@ fn roster_file(dir: &Path, name: &str, rows: &[(String, String, &str)]) -> PathB
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roster_snapshots_identical_change_removal_and_truncation() {
-    let (config, registry) = isolated("union-roster").await;
+    let (config, registry) = common::isolated("union-roster").await;
     let topic = config.connector.topic.clone();
     let dir = tempfile::tempdir().unwrap();
     let ids: Vec<String> = (1..=10).map(|i| doudi::idnum::complete(&format!("22010219800101{i:03}")).unwrap()).collect();
@@ -191,7 +166,7 @@ async fn roster_snapshots_identical_change_removal_and_truncation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_push_is_authenticated_and_idempotent() {
-    let (config, registry) = isolated("hrss-employment").await;
+    let (config, registry) = common::isolated("hrss-employment").await;
     let topic = config.connector.topic.clone();
     let connector = Connector::start(config, registry, &settings()).await.unwrap();
     let token = "test-token-0123456789";
@@ -232,7 +207,7 @@ async fn http_push_is_authenticated_and_idempotent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_table_polling_resumes_from_the_cursor() {
-    let (mut config, registry) = isolated("vital-event").await;
+    let (mut config, registry) = common::isolated("vital-event").await;
     let topic = config.connector.topic.clone();
     let table = format!("vital_{}", uuid::Uuid::new_v4().simple());
     let url = common::postgres().url;

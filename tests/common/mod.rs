@@ -36,3 +36,29 @@ pub fn sqlite() -> (DatabaseSettings, tempfile::TempDir) {
 pub fn doudi_bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_doudi"))
 }
+
+/// The shipped config of `feed`, renamed, writing to a fresh copy of its topic (and dlq topic), so
+/// a test sees only its own records.
+pub async fn isolated(feed: &str) -> (doudi::connect::config::ConnectorConfig, std::sync::Arc<doudi::schema::Registry>) {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut registry = doudi::schema::Registry::load(&root.join("schemas")).unwrap();
+    let mut config =
+        doudi::connect::config::ConnectorConfig::load(&root.join("connectors").join(format!("{feed}.toml")), &root.join("schemas"))
+            .unwrap();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let original = registry.catalogue.topic(&config.connector.topic).unwrap().clone();
+    let topic = format!("test.{}.{suffix}", original.name);
+    for name in [topic.clone(), format!("dlq.{topic}")] {
+        let mut copy = if name.starts_with("dlq.") {
+            registry.catalogue.topic(&format!("dlq.{}", original.name)).unwrap().clone()
+        } else {
+            original.clone()
+        };
+        copy.name = name.clone();
+        registry.catalogue.topics.push(copy);
+        doudi::kafka::ensure_topic(&kafka(), &name, 3, 1).await.unwrap();
+    }
+    config.connector.topic = topic;
+    config.connector.name = format!("t{}", &suffix[..16]);
+    (config, std::sync::Arc::new(registry))
+}
