@@ -223,6 +223,43 @@ impl Connector {
         headers
     }
 
+    /// Enqueues every record of a batch in the open transaction.
+    fn send_batch(
+        &self,
+        batch: &Batch<'_>,
+        positions: &[Position],
+        dlq_topic: &str,
+    ) -> Result<Vec<rdkafka::producer::DeliveryFuture>, ConnectError> {
+        let mut deliveries = Vec::with_capacity(batch.events.len() + batch.dead_letters.len() + batch.state.len() + positions.len());
+        let shared = self.batch_attributes();
+        for (prepared, provenance) in &batch.events {
+            let record = self.event_record(prepared, provenance, &shared);
+            deliveries.push(self.producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
+        }
+        for d in &batch.dead_letters {
+            let record =
+                FutureRecord::<str, [u8]>::to(dlq_topic).payload(&d.original).headers(self.dead_letter_headers(d, batch.file, batch.sha));
+            deliveries.push(self.producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
+        }
+        for (key, value) in &batch.state {
+            let mut record = FutureRecord::<str, [u8]>::to(STATE_TOPIC).key(key);
+            if let Some(v) = value {
+                record = record.payload(v);
+            }
+            deliveries.push(self.producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
+        }
+        for p in positions {
+            let key = self.position_key(&p.source);
+            let payload = serde_json::to_vec(p).unwrap_or_default();
+            deliveries.push(
+                self.producer
+                    .send_result(FutureRecord::<str, [u8]>::to(PROGRESS_TOPIC).key(&key).payload(&payload))
+                    .map_err(|(e, _)| ConnectError::from(e))?,
+            );
+        }
+        Ok(deliveries)
+    }
+
     /// Produces one transaction: events, dead letters, state updates and the new positions.
     async fn commit_batch(&mut self, batch: &Batch<'_>, positions: Vec<Position>) -> Result<(), ConnectError> {
         let dlq_topic = format!("dlq.{}", self.config.connector.topic);
@@ -230,43 +267,22 @@ impl Connector {
         loop {
             attempt += 1;
             self.producer.begin_transaction().map_err(|e| ConnectError::Transaction(format!("begin: {e}")))?;
-            let mut deliveries = Vec::with_capacity(batch.events.len() + batch.dead_letters.len() + batch.state.len() + 1);
-            let shared = self.batch_attributes();
-            for (prepared, provenance) in &batch.events {
-                let record = self.event_record(prepared, provenance, &shared);
-                deliveries.push(self.producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
-            }
-            for d in &batch.dead_letters {
-                let record = FutureRecord::<str, [u8]>::to(&dlq_topic)
-                    .payload(&d.original)
-                    .headers(self.dead_letter_headers(d, batch.file, batch.sha));
-                deliveries.push(self.producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
-            }
-            let state_payloads: Vec<(String, Option<Vec<u8>>)> = batch.state.clone();
-            for (key, value) in &state_payloads {
-                let mut record = FutureRecord::<str, [u8]>::to(STATE_TOPIC).key(key);
-                if let Some(v) = value {
-                    record = record.payload(v);
+            let failed = match self.send_batch(batch, &positions, &dlq_topic) {
+                // Every record is enqueued; wait for each delivery, then commit.
+                Ok(deliveries) => {
+                    let mut failed = None;
+                    for d in deliveries {
+                        match d.await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err((e, _))) => failed = Some(e.to_string()),
+                            Err(_) => failed = Some("delivery cancelled".into()),
+                        }
+                    }
+                    failed
                 }
-                deliveries.push(self.producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
-            }
-            let progress: Vec<(String, Vec<u8>)> =
-                positions.iter().map(|p| (self.position_key(&p.source), serde_json::to_vec(p).unwrap_or_default())).collect();
-            for (key, payload) in &progress {
-                deliveries.push(
-                    self.producer
-                        .send_result(FutureRecord::<str, [u8]>::to(PROGRESS_TOPIC).key(key).payload(payload))
-                        .map_err(|(e, _)| ConnectError::from(e))?,
-                );
-            }
-            let mut failed = None;
-            for d in deliveries {
-                match d.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => failed = Some(e.to_string()),
-                    Err(_) => failed = Some("delivery cancelled".into()),
-                }
-            }
+                // Enqueueing failed (e.g. the local queue is full): abort and retry the batch.
+                Err(e) => Some(e.to_string()),
+            };
             let outcome = match failed {
                 None => self.producer.commit_transaction(TXN_TIMEOUT).map_err(|e| e.to_string()),
                 Some(e) => Err(e),
