@@ -75,36 +75,10 @@ impl Envelope {
         }
     }
 
-    /// An envelope for an already serialised payload (see [`event_id_for_payload`]).
-    pub fn for_payload(source: &str, topic: &str, dataschema: &str, record_identity: &str, payload: &[u8], time: DateTime<Utc>) -> Self {
-        Envelope {
-            id: event_id_for_payload(source, record_identity, payload),
-            source: source.into(),
-            kind: event_type(topic),
-            time,
-            dataschema: dataschema.into(),
-        }
-    }
-
     /// Kafka headers in binary mode, plus any extra headers (e.g. provenance).
     pub fn to_headers(&self, extra: &[(&str, &str)]) -> OwnedHeaders {
         let time = self.time.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let mut headers = OwnedHeaders::new_with_capacity(7 + extra.len());
-        for (key, value) in [
-            ("ce_specversion", SPEC_VERSION),
-            ("ce_id", self.id.as_str()),
-            ("ce_source", self.source.as_str()),
-            ("ce_type", self.kind.as_str()),
-            ("ce_time", time.as_str()),
-            ("ce_dataschema", self.dataschema.as_str()),
-            ("content-type", CONTENT_TYPE),
-        ]
-        .into_iter()
-        .chain(extra.iter().copied())
-        {
-            headers = headers.insert(Header { key, value: Some(value) });
-        }
-        headers
+        binary_mode_headers(&self.id, &self.source, &self.kind, &time, &self.dataschema, extra.iter().copied())
     }
 
     /// Reads the envelope back from a consumed message's headers.
@@ -122,6 +96,35 @@ impl Envelope {
         let time = DateTime::parse_from_rfc3339(&time).map_err(|e| EnvelopeError::Invalid("ce_time", e.to_string()))?.with_timezone(&Utc);
         Ok(Envelope { id: get("ce_id")?, source: get("ce_source")?, kind: get("ce_type")?, time, dataschema: get("ce_dataschema")? })
     }
+}
+
+/// Kafka headers from name/value pairs, in order.
+pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> OwnedHeaders {
+    pairs.into_iter().fold(OwnedHeaders::new(), |headers, (key, value)| headers.insert(Header { key, value: Some(value) }))
+}
+
+/// The CloudEvents binary-mode headers (`time` already in RFC 3339), then `extra` ones.
+pub fn binary_mode_headers<'a>(
+    id: &'a str,
+    source: &'a str,
+    kind: &'a str,
+    time: &'a str,
+    dataschema: &'a str,
+    extra: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> OwnedHeaders {
+    headers(
+        [
+            ("ce_specversion", SPEC_VERSION),
+            ("ce_id", id),
+            ("ce_source", source),
+            ("ce_type", kind),
+            ("ce_time", time),
+            ("ce_dataschema", dataschema),
+            ("content-type", CONTENT_TYPE),
+        ]
+        .into_iter()
+        .chain(extra),
+    )
 }
 
 /// Derives pseudonymous message keys from ID numbers.

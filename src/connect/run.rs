@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -184,21 +184,14 @@ impl Connector {
         provenance: &[(&str, String)],
         shared: &BatchAttributes,
     ) -> FutureRecord<'a, str, [u8]> {
-        let mut headers = OwnedHeaders::new_with_capacity(7 + provenance.len());
-        for (key, value) in [
-            ("ce_specversion", crate::envelope::SPEC_VERSION),
-            ("ce_id", prepared.ce_id.as_str()),
-            ("ce_source", shared.source.as_str()),
-            ("ce_type", shared.kind.as_str()),
-            ("ce_time", shared.time.as_str()),
-            ("ce_dataschema", shared.dataschema.as_str()),
-            ("content-type", crate::envelope::CONTENT_TYPE),
-        ]
-        .into_iter()
-        .chain(provenance.iter().map(|(k, v)| (*k, v.as_str())))
-        {
-            headers = headers.insert(Header { key, value: Some(value) });
-        }
+        let headers = crate::envelope::binary_mode_headers(
+            &prepared.ce_id,
+            &shared.source,
+            &shared.kind,
+            &shared.time,
+            &shared.dataschema,
+            provenance.iter().map(|(k, v)| (*k, v.as_str())),
+        );
         FutureRecord::to(&self.config.connector.topic).key(prepared.key.as_str()).payload(prepared.payload.as_slice()).headers(headers)
     }
 
@@ -216,11 +209,7 @@ impl Connector {
             ("source_column", d.column.as_deref().unwrap_or("")),
             ("connector", self.config.connector.name.as_str()),
         ];
-        let mut headers = OwnedHeaders::new_with_capacity(pairs.len());
-        for (key, value) in pairs {
-            headers = headers.insert(Header { key, value: Some(value) });
-        }
-        headers
+        crate::envelope::headers(pairs)
     }
 
     /// Enqueues every record of a batch in the open transaction.
