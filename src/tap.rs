@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -85,14 +85,9 @@ pub async fn read(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", if follow { "false" } else { "true" })
         .create_with_context(crate::connect::compacted::EndAware)?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let (partitions, mut assignment) = crate::connect::compacted::from_the_beginning(&consumer, topic)?;
     if partitions.is_empty() {
         return Err(KafkaError::CreateTopic { topic: topic.into(), message: "no such topic".into() });
-    }
-    let mut assignment = TopicPartitionList::new();
-    for p in &partitions {
-        assignment.add_partition_offset(topic, *p, Offset::Beginning)?;
     }
     if let Some(ms) = since_ms {
         assignment.set_all_offsets(Offset::Offset(ms))?;

@@ -33,6 +33,20 @@ impl ClientContext for EndAware {
 
 impl ConsumerContext for EndAware {}
 
+/// The partitions of `topic` and an assignment of each at its beginning.
+pub fn from_the_beginning<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+) -> Result<(Vec<i32>, TopicPartitionList), KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let mut assignment = TopicPartitionList::new();
+    for p in &partitions {
+        assignment.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
+    Ok((partitions, assignment))
+}
+
 /// Latest value per key (keys starting with `prefix`).
 pub async fn read_latest(
     settings: &KafkaSettings,
@@ -47,12 +61,7 @@ pub async fn read_latest(
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .create_with_context(EndAware)?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
-    let mut assignment = TopicPartitionList::new();
-    for p in &partitions {
-        assignment.add_partition_offset(topic, *p, Offset::Beginning)?;
-    }
+    let (partitions, assignment) = from_the_beginning(&consumer, topic)?;
     consumer.assign(&assignment)?;
     let mut at_end: HashSet<i32> = HashSet::new();
     let mut latest = HashMap::new();
