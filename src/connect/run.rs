@@ -2,8 +2,9 @@
 //!
 //! Guarantees (the KIP-618 pattern):
 //! - records, dead letters and the source position are produced in one Kafka transaction per batch
-//!   by a transactional producer (`transactional.id = doudi-connect-<name>`, which also fences a
-//!   second instance of the same connector); a crash at any point leaves either the whole batch or
+//!   by a transactional producer; two alternate (`transactional.id = doudi-connect-<name>` and
+//!   `doudi-connect-<name>.1`, which also fence a second instance of the same connector), and a
+//!   transaction commits before the next one begins; a crash at any point leaves either the whole batch or
 //!   none of it, and a restart resumes after the last committed position;
 //! - a file already fully processed (same SHA-256) produces nothing;
 //! - event ids are deterministic (`<sha256>:<row>` and content), so even a replay from a lost
@@ -103,9 +104,34 @@ pub struct Connector {
     pub config: ConnectorConfig,
     registry: Arc<Registry>,
     keys: KeyDeriver,
-    producer: FutureProducer,
+    /// Two transactional producers used in turn: a transaction's commit markers are still being
+    /// written when the next batch starts, and the coordinator answers CONCURRENT_TRANSACTIONS to
+    /// the same `transactional.id` until they are (≈ 100 ms on a busy broker). Alternating ids
+    /// lets the next batch start at once; one commit still finishes before the next begins, so
+    /// the positions stay in order.
+    producers: [FutureProducer; 2],
+    /// Index of the producer the next transaction uses.
+    turn: usize,
     settings: Settings,
     positions: HashMap<String, Position>,
+}
+
+/// A transactional producer for one of a connector's two `transactional.id`s; `init_transactions`
+/// fences an older instance with the same id and aborts its open transaction.
+fn transactional_producer(settings: &Settings, transactional_id: String) -> Result<FutureProducer, ConnectError> {
+    let producer: FutureProducer = client_config(&settings.kafka)
+        .set("transactional.id", transactional_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // Each transaction ends by waiting for its records, so a long linger only adds latency.
+        .set("linger.ms", "5")
+        .set("retry.backoff.ms", "10")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("transaction.timeout.ms", "120000")
+        .create()?;
+    producer.init_transactions(TXN_TIMEOUT).map_err(|e| ConnectError::Transaction(format!("init: {e}")))?;
+    Ok(producer)
 }
 
 fn sha256_file(path: &Path) -> Result<String, ConnectError> {
@@ -135,24 +161,14 @@ impl Connector {
     /// Starts the transactional producer (fencing any older instance) and loads the positions.
     pub async fn start(config: ConnectorConfig, registry: Arc<Registry>, settings: &Settings) -> Result<Self, ConnectError> {
         registry.for_topic(&config.connector.topic).map_err(|e| ConnectError::Schema(e.to_string()))?;
-        let producer: FutureProducer = client_config(&settings.kafka)
-            .set("transactional.id", format!("doudi-connect-{}", config.connector.name))
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            // Each transaction ends by waiting for its records, so a long linger only adds latency.
-            .set("linger.ms", "5")
-            // A new transaction right after a commit can meet CONCURRENT_TRANSACTIONS while the
-            // markers are written; retry quickly instead of librdkafka's default 100 ms.
-            .set("retry.backoff.ms", "10")
-            .set("batch.size", "1000000")
-            .set("compression.type", "lz4")
-            .set("transaction.timeout.ms", "120000")
-            .create()?;
-        producer.init_transactions(TXN_TIMEOUT).map_err(|e| ConnectError::Transaction(format!("init: {e}")))?;
+        let producers = [
+            transactional_producer(settings, format!("doudi-connect-{}", config.connector.name))?,
+            transactional_producer(settings, format!("doudi-connect-{}.1", config.connector.name))?,
+        ];
         let prefix = format!("{}/", config.connector.name);
         let raw = read_latest(&settings.kafka, PROGRESS_TOPIC, &prefix, Duration::from_secs(60)).await?;
         let positions = raw.into_iter().filter_map(|(k, v)| serde_json::from_slice::<Position>(&v).ok().map(|p| (k, p))).collect();
-        Ok(Connector { keys: KeyDeriver::new(&settings.keys), config, registry, producer, settings: settings.clone(), positions })
+        Ok(Connector { keys: KeyDeriver::new(&settings.keys), config, registry, producers, turn: 0, settings: settings.clone(), positions })
     }
 
     fn feed(&self) -> &str {
@@ -215,6 +231,7 @@ impl Connector {
     /// Enqueues every record of a batch in the open transaction.
     fn send_batch(
         &self,
+        producer: &FutureProducer,
         batch: &Batch<'_>,
         positions: &[Position],
         dlq_topic: &str,
@@ -223,25 +240,25 @@ impl Connector {
         let shared = self.batch_attributes();
         for (prepared, provenance) in &batch.events {
             let record = self.event_record(prepared, provenance, &shared);
-            deliveries.push(self.producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
         }
         for d in &batch.dead_letters {
             let record =
                 FutureRecord::<str, [u8]>::to(dlq_topic).payload(&d.original).headers(self.dead_letter_headers(d, batch.file, batch.sha));
-            deliveries.push(self.producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
         }
         for (key, value) in &batch.state {
             let mut record = FutureRecord::<str, [u8]>::to(STATE_TOPIC).key(key);
             if let Some(v) = value {
                 record = record.payload(v);
             }
-            deliveries.push(self.producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
         }
         for p in positions {
             let key = self.position_key(&p.source);
             let payload = serde_json::to_vec(p).unwrap_or_default();
             deliveries.push(
-                self.producer
+                producer
                     .send_result(FutureRecord::<str, [u8]>::to(PROGRESS_TOPIC).key(&key).payload(&payload))
                     .map_err(|(e, _)| ConnectError::from(e))?,
             );
@@ -255,8 +272,9 @@ impl Connector {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.producer.begin_transaction().map_err(|e| ConnectError::Transaction(format!("begin: {e}")))?;
-            let failed = match self.send_batch(batch, &positions, &dlq_topic) {
+            let producer = &self.producers[self.turn];
+            producer.begin_transaction().map_err(|e| ConnectError::Transaction(format!("begin: {e}")))?;
+            let failed = match self.send_batch(producer, batch, &positions, &dlq_topic) {
                 // Every record is enqueued; wait for each delivery, then commit.
                 Ok(deliveries) => {
                     let mut failed = None;
@@ -273,18 +291,19 @@ impl Connector {
                 Err(e) => Some(e.to_string()),
             };
             let outcome = match failed {
-                None => self.producer.commit_transaction(TXN_TIMEOUT).map_err(|e| e.to_string()),
+                None => producer.commit_transaction(TXN_TIMEOUT).map_err(|e| e.to_string()),
                 Some(e) => Err(e),
             };
             match outcome {
                 Ok(()) => {
+                    self.turn = 1 - self.turn;
                     for p in &positions {
                         self.positions.insert(self.position_key(&p.source), p.clone());
                     }
                     return Ok(());
                 }
                 Err(reason) => {
-                    let _ = self.producer.abort_transaction(TXN_TIMEOUT);
+                    let _ = self.producers[self.turn].abort_transaction(TXN_TIMEOUT);
                     tracing::warn!(connector = self.feed(), attempt, reason = %reason, "a Kafka transaction failed and was aborted; retrying the batch");
                     if attempt >= 5 {
                         return Err(ConnectError::Transaction(reason));
