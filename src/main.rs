@@ -62,6 +62,9 @@ enum Command {
     /// Dead letters: what the connectors refused, and why.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Consumer lag per group, topic and partition: offsets, lag, time lag and Burrow's status
+    /// (OK, WARN, REWIND, STALL, STOP, ERR). Exit 1 when a group is not OK.
+    Lag(LagArgs),
     /// Print a live view of a topic with personal data masked.
     Tap {
         #[arg(long)]
@@ -147,6 +150,50 @@ enum DlqCommand {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct LagArgs {
+    #[command(subcommand)]
+    command: Option<LagCommand>,
+    /// Only this group (repeatable).
+    #[arg(long)]
+    group: Vec<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Re-evaluate every --interval until interrupted.
+    #[arg(long)]
+    watch: bool,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    interval: std::time::Duration,
+    #[command(flatten)]
+    evaluation: LagEvaluation,
+}
+
+#[derive(clap::Args, Clone)]
+struct LagEvaluation {
+    /// Commits per partition in the evaluation window (Burrow's default is 10).
+    #[arg(long, default_value_t = 10)]
+    window: usize,
+    /// A partition with lag is STOP only after at least this long without a commit.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    stop_after: std::time::Duration,
+}
+
+#[derive(Subcommand)]
+enum LagCommand {
+    /// Serve Prometheus metrics (doudi_consumergroup_*) and the HTML status page.
+    Serve {
+        /// Address to listen on (default: http.bind and http.port of the settings).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        #[command(flatten)]
+        evaluation: LagEvaluation,
     },
 }
 
@@ -281,6 +328,7 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
                 }
             }
         }
+        Command::Lag(args) => lag(args, &settings).await,
         Command::Dlq(DlqCommand::List { topic, since, limit, json }) => {
             let topic = if topic.starts_with("dlq.") { topic } else { format!("dlq.{topic}") };
             let since_ms = match since.as_deref().map(parse_since).transpose() {
@@ -597,6 +645,89 @@ async fn connect(args: ConnectArgs, settings: &Settings) -> ExitCode {
                     }
                 }
             }
+        }
+    }
+}
+
+async fn lag(args: LagArgs, settings: &Settings) -> ExitCode {
+    if let Some(LagCommand::Serve { listen, interval, evaluation }) = args.command {
+        let addr = match listen {
+            Some(a) => a,
+            None => match format!("{}:{}", settings.http.bind, settings.http.port).parse() {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("doudi: http.bind: {e}");
+                    return ExitCode::from(exit::USAGE);
+                }
+            },
+        };
+        let options = doudi::lag::Options { groups: Vec::new(), stop_after: evaluation.stop_after };
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        return match doudi::status::serve(
+            settings,
+            addr,
+            interval,
+            evaluation.window,
+            options,
+            doudi::telemetry::metrics_handle(),
+            shutdown,
+        )
+        .await
+        {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("doudi: {e}");
+                ExitCode::from(exit::INFRASTRUCTURE)
+            }
+        };
+    }
+    let mut follower = match doudi::lag::Follower::start(&settings.kafka, args.evaluation.window) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("doudi: {e}");
+            return ExitCode::from(exit::INFRASTRUCTURE);
+        }
+    };
+    if let Err(e) = follower.wait_caught_up(std::time::Duration::from_secs(120)).await {
+        eprintln!("doudi: reading __consumer_offsets: {e}");
+        return ExitCode::from(exit::INFRASTRUCTURE);
+    }
+    let options = doudi::lag::Options { groups: args.group.clone(), stop_after: args.evaluation.stop_after };
+    loop {
+        let log = follower.snapshot();
+        let (kafka, opts) = (settings.kafka.clone(), options.clone());
+        let report = match tokio::task::spawn_blocking(move || doudi::lag::report(&kafka, &log, &opts)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                eprintln!("doudi: {e}");
+                return ExitCode::from(exit::INFRASTRUCTURE);
+            }
+            Err(e) => {
+                eprintln!("doudi: {e}");
+                return ExitCode::from(exit::INFRASTRUCTURE);
+            }
+        };
+        if args.json {
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        } else {
+            if args.watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", doudi::lag::render_text(&report));
+        }
+        if !args.group.is_empty() && report.groups.is_empty() {
+            eprintln!("doudi: no committed offsets for {}", args.group.join(", "));
+            return ExitCode::from(exit::FOUND_PROBLEM);
+        }
+        if !args.watch {
+            let healthy = report.groups.iter().all(|g| g.status == doudi::lag::Status::Ok);
+            return if healthy { ExitCode::SUCCESS } else { ExitCode::from(exit::FOUND_PROBLEM) };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(args.interval) => {}
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         }
     }
 }
