@@ -8,6 +8,7 @@ pub mod offline;
 pub mod pipeline;
 pub mod poll;
 pub mod push;
+pub mod replay;
 pub mod run;
 pub mod snapshot;
 
