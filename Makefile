@@ -34,6 +34,7 @@ lint:
 test: build services lint
 	DOUDI_TEST_DATABASE_URL=$$(scripts/postgres url) DOUDI_KAFKA_BOOTSTRAP_SERVERS=$$(scripts/kafka bootstrap) \
 	  cargo test --release --locked --no-fail-fast $(CARGO_TEST_FLAGS) -- --test-threads=2
+	scripts/chart-check
 
 bench: build services
 	scripts/bench
