@@ -206,11 +206,14 @@ pub fn decode_value(value: &[u8]) -> Option<Commit> {
     Some(Commit { offset, timestamp_ms })
 }
 
+/// (group, topic, partition).
+type CommitKey = (String, String, i32);
+
 /// The recent commits per (group, topic, partition).
 #[derive(Clone, Debug, Default)]
 pub struct CommitLog {
     window: usize,
-    commits: BTreeMap<(String, String, i32), VecDeque<Commit>>,
+    commits: BTreeMap<CommitKey, VecDeque<Commit>>,
 }
 
 impl CommitLog {
@@ -384,7 +387,7 @@ pub fn report(settings: &KafkaSettings, log: &CommitLog, options: &Options) -> R
         .create()?;
     let evaluated_at_ms = now_ms();
     let wanted = |g: &str| options.groups.is_empty() || options.groups.iter().any(|w| w == g);
-    let entries: Vec<(&(String, String, i32), &VecDeque<Commit>)> =
+    let entries: Vec<(&CommitKey, &VecDeque<Commit>)> =
         log.commits.iter().filter(|((g, _, _), ring)| wanted(g) && !ring.is_empty()).collect();
 
     // Which partitions exist, and their log ends (one ListOffsets request for all).
@@ -421,10 +424,11 @@ pub fn report(settings: &KafkaSettings, log: &CommitLog, options: &Options) -> R
     // The timestamp of the first unconsumed record, per lagging (group, partition).
     let mut first_unconsumed: BTreeSet<(String, i32, i64)> = BTreeSet::new();
     for ((_, t, p), ring) in &entries {
-        if let (Some(last), Some(end)) = (ring.back(), log_end.get(&(t.clone(), *p))) {
-            if last.offset < *end && last.offset >= 0 {
-                first_unconsumed.insert((t.clone(), *p, last.offset));
-            }
+        if let (Some(last), Some(end)) = (ring.back(), log_end.get(&(t.clone(), *p)))
+            && last.offset < *end
+            && last.offset >= 0
+        {
+            first_unconsumed.insert((t.clone(), *p, last.offset));
         }
     }
     let record_times = record_timestamps(&consumer, &first_unconsumed)?;
