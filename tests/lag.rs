@@ -187,46 +187,25 @@ async fn numbers_agree_with_kafka_consumer_groups_describe() {
     assert_eq!(g.lag, 10);
 }
 
-fn doudi(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(common::doudi_bin())
-        .args(args)
-        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
-        .env("DOUDI_LOG_LEVEL", "warn")
-        .env_remove("DOUDI_CONFIG")
-        .output()
-        .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_prints_a_table_or_json_and_exits_1_when_a_group_is_not_ok() {
     let f = Fixture::new(1).await;
     f.produce(0, 6, None).await;
     f.commit(0, 6);
-    let (code, table, err) = doudi(&["lag", "--group", &f.group]);
+    let (code, table, err) = common::run_doudi(&["lag", "--group", &f.group]);
     assert_eq!(code, 0, "{err}");
     assert!(table.contains(&f.group) && table.contains("status OK") && table.contains("TIME-LAG"), "{table}");
 
     f.commit(0, 4);
     f.commit(0, 1);
-    let (code, json, _) = doudi(&["lag", "--group", &f.group, "--json"]);
+    let (code, json, _) = common::run_doudi(&["lag", "--group", &f.group, "--json"]);
     assert_eq!(code, 1);
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(report["groups"][0]["status"], "REWIND");
     assert_eq!(report["groups"][0]["partitions"][0]["lag"], 5);
 
-    let (code, _, err) = doudi(&["lag", "--group", "no-such-group-anywhere"]);
+    let (code, _, err) = common::run_doudi(&["lag", "--group", "no-such-group-anywhere"]);
     assert_eq!(code, 1, "{err}");
-}
-
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +241,7 @@ async fn lag_serve_exports_metrics_and_a_status_page_chromium_can_render() {
     let _server = Server(server);
     let mut ready = false;
     for _ in 0..120 {
-        if std::net::TcpStream::connect(&addr).is_ok() && http_get(&addr, "/readyz").0 == 200 {
+        if std::net::TcpStream::connect(&addr).is_ok() && common::http_get(&addr, "/readyz").await.0 == 200 {
             ready = true;
             break;
         }
@@ -270,7 +249,7 @@ async fn lag_serve_exports_metrics_and_a_status_page_chromium_can_render() {
     }
     assert!(ready, "lag serve became ready");
 
-    let (status, metrics) = http_get(&addr, "/metrics");
+    let (status, metrics) = common::http_get(&addr, "/metrics").await;
     assert_eq!(status, 200);
     let group = &f.group;
     let topic = &f.topic;
@@ -280,7 +259,7 @@ async fn lag_serve_exports_metrics_and_a_status_page_chromium_can_render() {
     assert!(metrics.contains(&format!("doudi_dlq_messages{{topic=\"{dlq}\"}} 2")), "{metrics}");
     assert!(!metrics.contains("partition="), "no per-partition series");
 
-    let (_, html) = http_get(&addr, "/");
+    let (_, html) = common::http_get(&addr, "/").await;
     assert!(html.contains(group.as_str()) && html.contains(&dlq) && html.contains("<table>"), "{html}");
 
     // Rendered by a real browser, as a county office would see it.

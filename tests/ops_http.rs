@@ -1,20 +1,10 @@
 //! The operational endpoint: /healthz, /readyz and /metrics over a real socket.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-    (status, body)
-}
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {
@@ -33,13 +23,13 @@ async fn health_readiness_and_metrics() {
     })
     .await
     .expect("bind");
-    assert_eq!(get(addr, "/healthz").await.0, 200);
-    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(common::http_get(&addr.to_string(), "/healthz").await.0, 200);
+    let (status, body) = common::http_get(&addr.to_string(), "/readyz").await;
     assert_eq!(status, 503);
     assert!(body.contains("database") && body.contains("still starting"), "{body}");
     ready.store(true, Ordering::SeqCst);
-    assert_eq!(get(addr, "/readyz").await.0, 200);
-    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(common::http_get(&addr.to_string(), "/readyz").await.0, 200);
+    let (status, body) = common::http_get(&addr.to_string(), "/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("doudi_test_records_in_total{stage=\"test\"} 3"), "{body}");
     tx.send(()).unwrap();

@@ -17,6 +17,31 @@ pub fn kafka() -> KafkaSettings {
     }
 }
 
+/// Runs the doudi binary against the test broker, with settings from the environment only;
+/// returns the exit code, stdout and stderr.
+pub fn run_doudi(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(doudi_bin())
+        .args(args)
+        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", kafka().bootstrap_servers)
+        .env("DOUDI_LOG_LEVEL", "warn")
+        .env_remove("DOUDI_CONFIG")
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A plain HTTP/1.1 GET over a real socket: the status code and the body.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
 /// The PostgreSQL database `make test` starts (scripts/postgres). Tests that need it fail, rather
 /// than skip, when it is not configured: a skipped database test would hide a broken layer.
 pub fn postgres() -> DatabaseSettings {
