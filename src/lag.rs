@@ -290,7 +290,7 @@ impl Follower {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
-                if tx.is_closed() && tx.receiver_count() == 0 {
+                if tx.is_closed() {
                     break;
                 }
             }
@@ -377,14 +377,24 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Builds a report from the commits read so far.
-pub fn report(settings: &KafkaSettings, log: &CommitLog, options: &Options) -> Result<Report, KafkaError> {
-    let consumer: BaseConsumer = client_config(settings)
+/// The client an evaluation asks the broker with (metadata, offsets, record timestamps); it never
+/// joins a group or commits. Long-running callers keep one across evaluations.
+pub fn evaluation_consumer(settings: &KafkaSettings) -> Result<BaseConsumer, KafkaError> {
+    Ok(client_config(settings)
         .set("group.id", format!("doudi-lag-{}", uuid::Uuid::new_v4().simple()))
         .set("isolation.level", "read_uncommitted")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .create()?;
+        .create()?)
+}
+
+/// Builds a report from the commits read so far, with a client of its own.
+pub fn report(settings: &KafkaSettings, log: &CommitLog, options: &Options) -> Result<Report, KafkaError> {
+    report_with(&evaluation_consumer(settings)?, log, options)
+}
+
+/// Builds a report from the commits read so far.
+pub fn report_with(consumer: &BaseConsumer, log: &CommitLog, options: &Options) -> Result<Report, KafkaError> {
     let evaluated_at_ms = now_ms();
     let wanted = |g: &str| options.groups.is_empty() || options.groups.iter().any(|w| w == g);
     let entries: Vec<(&CommitKey, &VecDeque<Commit>)> =
@@ -396,7 +406,7 @@ pub fn report(settings: &KafkaSettings, log: &CommitLog, options: &Options) -> R
         metadata.topics().iter().flat_map(|t| t.partitions().iter().map(move |p| (t.name().to_string(), p.id()))).collect();
     let partitions: BTreeSet<(String, i32)> =
         entries.iter().map(|((_, t, p), _)| (t.clone(), *p)).filter(|tp| existing.contains(tp)).collect();
-    let log_end = offsets_at(&consumer, partitions.iter().map(|(t, p)| (t.as_str(), *p, Offset::End)))?;
+    let log_end = offsets_at(consumer, partitions.iter().map(|(t, p)| (t.as_str(), *p, Offset::End)))?;
 
     // The log end at each past commit's time, in rounds (a partition once per request).
     let mut at_time: HashMap<(String, i32, i64), i64> = HashMap::new();
@@ -409,7 +419,7 @@ pub fn report(settings: &KafkaSettings, log: &CommitLog, options: &Options) -> R
     while pending.values().any(|s| !s.is_empty()) {
         let round: Vec<(String, i32, i64)> =
             pending.iter_mut().filter_map(|((t, p), set)| set.pop_first().map(|ts| (t.clone(), *p, ts))).collect();
-        let found = offsets_at(&consumer, round.iter().map(|(t, p, ts)| (t.as_str(), *p, Offset::Offset(*ts))))?;
+        let found = offsets_at(consumer, round.iter().map(|(t, p, ts)| (t.as_str(), *p, Offset::Offset(*ts))))?;
         for (t, p, ts) in round {
             // No record at or after that time: everything was already written, so the end now.
             let end = found
@@ -431,9 +441,9 @@ pub fn report(settings: &KafkaSettings, log: &CommitLog, options: &Options) -> R
             first_unconsumed.insert((t.clone(), *p, last.offset));
         }
     }
-    let record_times = record_timestamps(&consumer, &first_unconsumed)?;
+    let record_times = record_timestamps(consumer, &first_unconsumed)?;
 
-    let states = group_states(&consumer);
+    let states = group_states(consumer);
     let mut groups: BTreeMap<String, Vec<PartitionLag>> = BTreeMap::new();
     for ((group, topic, partition), ring) in entries {
         let Some(last) = ring.back().copied() else { continue };

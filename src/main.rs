@@ -585,8 +585,30 @@ fn load_connector(
     Ok((config, std::sync::Arc::new(registry)))
 }
 
+/// Loads a connector config and starts its transactional producers (exit 2 on a bad config, 3
+/// when Kafka cannot be reached).
+async fn start_connector(
+    config: &std::path::Path,
+    schemas: &std::path::Path,
+    settings: &Settings,
+) -> Result<doudi::connect::run::Connector, ExitCode> {
+    let (c, registry) = load_connector(config, schemas)?;
+    doudi::connect::run::Connector::start(c, registry, settings).await.map_err(|e| {
+        eprintln!("doudi: {e}");
+        ExitCode::from(exit::INFRASTRUCTURE)
+    })
+}
+
+/// The address of the ops endpoint from `http.bind` and `http.port`.
+fn ops_address(settings: &Settings) -> Result<std::net::SocketAddr, ExitCode> {
+    format!("{}:{}", settings.http.bind, settings.http.port).parse().map_err(|e| {
+        eprintln!("doudi: http.bind: {e}");
+        ExitCode::from(exit::USAGE)
+    })
+}
+
 async fn connect(args: ConnectArgs, settings: &Settings) -> ExitCode {
-    use doudi::connect::{offline, run::Connector};
+    use doudi::connect::offline;
     match args.action {
         Some(ConnectAction::Validate { config, schemas }) => match load_connector(&config, &schemas) {
             Ok((c, _)) => {
@@ -611,50 +633,33 @@ async fn connect(args: ConnectArgs, settings: &Settings) -> ExitCode {
                 }
             }
         }
-        Some(ConnectAction::Confirm { config, schemas }) => {
-            let (c, registry) = match load_connector(&config, &schemas) {
-                Ok(x) => x,
-                Err(code) => return code,
-            };
-            let result = match Connector::start(c, registry, settings).await {
-                Ok(mut connector) => connector.confirm_held().await,
-                Err(e) => Err(e),
-            };
-            print_summary(result)
-        }
+        Some(ConnectAction::Confirm { config, schemas }) => match start_connector(&config, &schemas, settings).await {
+            Ok(mut connector) => print_summary(connector.confirm_held().await),
+            Err(code) => code,
+        },
         None => {
             let Some(config) = args.config else {
                 eprintln!("doudi: connect needs --config connectors/<feed>.toml");
                 return ExitCode::from(exit::USAGE);
             };
-            let (c, registry) = match load_connector(&config, &args.schemas) {
-                Ok(x) => x,
-                Err(code) => return code,
-            };
-            let mut connector = match Connector::start(c, registry, settings).await {
+            let mut connector = match start_connector(&config, &args.schemas, settings).await {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("doudi: {e}");
-                    return ExitCode::from(exit::INFRASTRUCTURE);
-                }
+                Err(code) => return code,
             };
             if let (Some(input), true) = (args.input, args.once) {
                 print_summary(connector.process_file(&input).await)
             } else {
                 // The ops endpoint (/healthz, /readyz, /metrics) runs beside the daemon.
                 if settings.http.port != 0 {
-                    let addr = format!("{}:{}", settings.http.bind, settings.http.port).parse::<std::net::SocketAddr>();
+                    let addr = match ops_address(settings) {
+                        Ok(a) => a,
+                        Err(code) => return code,
+                    };
                     let router = doudi::http::ops_router(doudi::telemetry::metrics_handle(), Vec::new());
-                    match addr {
-                        Ok(addr) => match doudi::http::serve(addr, router, std::future::pending()).await {
-                            Ok((bound, _task)) => tracing::info!(address = %bound, "serving /healthz, /readyz and /metrics"),
-                            Err(e) => {
-                                eprintln!("doudi: http.port: cannot listen on {addr}: {e}");
-                                return ExitCode::from(exit::USAGE);
-                            }
-                        },
+                    match doudi::http::serve(addr, router, std::future::pending()).await {
+                        Ok((bound, _task)) => tracing::info!(address = %bound, "serving /healthz, /readyz and /metrics"),
                         Err(e) => {
-                            eprintln!("doudi: http.bind: {e}");
+                            eprintln!("doudi: http.port: cannot listen on {addr}: {e}");
                             return ExitCode::from(exit::USAGE);
                         }
                     }
@@ -679,7 +684,6 @@ async fn dlq_replay(
     schemas: &std::path::Path,
     settings: &Settings,
 ) -> ExitCode {
-    use doudi::connect::run::Connector;
     let config = match doudi::connect::replay::find_config(connectors, schemas, topic, connector) {
         Ok(path) => path,
         Err(message) => {
@@ -694,16 +698,9 @@ async fn dlq_replay(
             return ExitCode::from(exit::USAGE);
         }
     };
-    let (c, registry) = match load_connector(&config, schemas) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    let mut connector = match Connector::start(c, registry, settings).await {
+    let mut connector = match start_connector(&config, schemas, settings).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("doudi: {e}");
-            return ExitCode::from(exit::INFRASTRUCTURE);
-        }
+        Err(code) => return code,
     };
     let label = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     match doudi::connect::replay::replay(&mut connector, &body, &label).await {
@@ -721,15 +718,9 @@ async fn dlq_replay(
 
 async fn lag(args: LagArgs, settings: &Settings) -> ExitCode {
     if let Some(LagCommand::Serve { listen, interval, evaluation }) = args.command {
-        let addr = match listen {
-            Some(a) => a,
-            None => match format!("{}:{}", settings.http.bind, settings.http.port).parse() {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("doudi: http.bind: {e}");
-                    return ExitCode::from(exit::USAGE);
-                }
-            },
+        let addr = match listen.map(Ok).unwrap_or_else(|| ops_address(settings)) {
+            Ok(a) => a,
+            Err(code) => return code,
         };
         let options = doudi::lag::Options { groups: Vec::new(), stop_after: evaluation.stop_after };
         let shutdown = async {
@@ -765,15 +756,19 @@ async fn lag(args: LagArgs, settings: &Settings) -> ExitCode {
         return ExitCode::from(exit::INFRASTRUCTURE);
     }
     let options = doudi::lag::Options { groups: args.group.clone(), stop_after: args.evaluation.stop_after };
+    let consumer = match doudi::lag::evaluation_consumer(&settings.kafka) {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(e) => {
+            eprintln!("doudi: {e}");
+            return ExitCode::from(exit::INFRASTRUCTURE);
+        }
+    };
     loop {
         let log = follower.snapshot();
-        let (kafka, opts) = (settings.kafka.clone(), options.clone());
-        let report = match tokio::task::spawn_blocking(move || doudi::lag::report(&kafka, &log, &opts)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                eprintln!("doudi: {e}");
-                return ExitCode::from(exit::INFRASTRUCTURE);
-            }
+        let (consumer, opts) = (consumer.clone(), options.clone());
+        let evaluated = tokio::task::spawn_blocking(move || doudi::lag::report_with(&consumer, &log, &opts)).await;
+        let report = match evaluated.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+            Ok(r) => r,
             Err(e) => {
                 eprintln!("doudi: {e}");
                 return ExitCode::from(exit::INFRASTRUCTURE);

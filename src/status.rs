@@ -52,20 +52,31 @@ struct App {
 }
 
 /// Counts the committed records of dlq.* topics, recounting a topic only when its offsets moved.
+/// Its client is made on first use and kept.
 #[derive(Default)]
 pub struct DeadLetterCounter {
     seen: HashMap<String, (i64, u64)>,
+    consumer: Option<BaseConsumer<EndAware>>,
 }
 
 impl DeadLetterCounter {
     pub fn count(&mut self, settings: &KafkaSettings) -> Result<BTreeMap<String, u64>, KafkaError> {
-        let consumer: BaseConsumer<EndAware> = client_config(settings)
-            .set("group.id", format!("doudi-status-{}", uuid::Uuid::new_v4().simple()))
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("fetch.wait.max.ms", "10")
-            .create_with_context(EndAware)?;
+        let consumer = match self.consumer.take() {
+            Some(c) => c,
+            None => client_config(settings)
+                .set("group.id", format!("doudi-status-{}", uuid::Uuid::new_v4().simple()))
+                .set("isolation.level", "read_committed")
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "true")
+                .set("fetch.wait.max.ms", "10")
+                .create_with_context(EndAware)?,
+        };
+        let counted = self.count_with(&consumer);
+        self.consumer = Some(consumer);
+        counted
+    }
+
+    fn count_with(&mut self, consumer: &BaseConsumer<EndAware>) -> Result<BTreeMap<String, u64>, KafkaError> {
         let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
         let topics: Vec<(String, Vec<i32>)> = metadata
             .topics()
@@ -74,14 +85,14 @@ impl DeadLetterCounter {
             .map(|t| (t.name().to_string(), t.partitions().iter().map(|p| p.id()).collect()))
             .collect();
         // Every partition's log end in one request; a topic is re-read only when its ends moved.
-        let ends = crate::lag::log_ends(&consumer, topics.iter().flat_map(|(t, ps)| ps.iter().map(move |p| (t.as_str(), *p))))?;
+        let ends = crate::lag::log_ends(consumer, topics.iter().flat_map(|(t, ps)| ps.iter().map(move |p| (t.as_str(), *p))))?;
         let mut out = BTreeMap::new();
         for (topic, partitions) in &topics {
             let end_sum: i64 = partitions.iter().map(|p| ends.get(&(topic.clone(), *p)).copied().unwrap_or(0).max(0)).sum();
             let count = match self.seen.get(topic) {
                 Some((sum, n)) if *sum == end_sum => *n,
                 _ if end_sum == 0 => 0,
-                _ => count_committed(&consumer, topic, partitions)?,
+                _ => count_committed(consumer, topic, partitions)?,
             };
             self.seen.insert(topic.clone(), (end_sum, count));
             out.insert(topic.clone(), count);
@@ -142,14 +153,22 @@ pub async fn serve(
         let mut follower = follower;
         let _ = follower.wait_caught_up(Duration::from_secs(120)).await;
         let mut counter = DeadLetterCounter::default();
+        let mut evaluator: Option<Arc<BaseConsumer>> = None;
         let mut db: Option<Database> = None;
         loop {
             let log = follower.snapshot();
-            let (kafka2, options2) = (kafka.clone(), options.clone());
+            let (kafka2, options2, reuse) = (kafka.clone(), options.clone(), evaluator.clone());
             let evaluated = tokio::task::spawn_blocking(move || {
-                let report = crate::lag::report(&kafka2, &log, &options2);
+                let consumer = match reuse {
+                    Some(c) => Ok(c),
+                    None => crate::lag::evaluation_consumer(&kafka2).map(Arc::new),
+                };
+                let report = consumer
+                    .as_ref()
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| crate::lag::report_with(c, &log, &options2).map_err(|e| e.to_string()));
                 let dead = counter.count(&kafka2);
-                (report, dead, counter)
+                (report, dead, counter, consumer.ok())
             })
             .await;
             let connectors = match &db {
@@ -164,8 +183,9 @@ pub async fn serve(
                 },
             };
             match evaluated {
-                Ok((report, dead, returned)) => {
+                Ok((report, dead, returned, consumer)) => {
                     counter = returned;
+                    evaluator = consumer;
                     if let Ok(mut b) = board.write() {
                         b.problem = None;
                         match report {
