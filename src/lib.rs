@@ -11,6 +11,7 @@ pub mod http;
 pub mod idnum;
 pub mod kafka;
 pub mod lag;
+pub mod matcher;
 pub mod money;
 pub mod policy;
 pub mod schema;

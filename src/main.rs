@@ -65,6 +65,12 @@ enum Command {
     /// Consumer lag per group, topic and partition: offsets, lag, time lag and Burrow's status
     /// (OK, WARN, REWIND, STALL, STOP, ERR). Exit 1 when a group is not OK.
     Lag(LagArgs),
+    /// Run the matching service: apply the inbound topics to the shared recipient database (one
+    /// transaction per batch), re-assess households and publish their changes through the outbox.
+    Match(MatchArgs),
+    /// The shared recipient database.
+    #[command(subcommand)]
+    Recipients(RecipientsCommand),
     /// Print a live view of a topic with personal data masked.
     Tap {
         #[arg(long)]
@@ -132,6 +138,54 @@ enum ConnectAction {
         config: PathBuf,
         #[arg(long, default_value = "schemas")]
         schemas: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct MatchArgs {
+    /// Consumer group; the stored offsets are kept per group.
+    #[arg(long, default_value = "doudi-matcher")]
+    group: String,
+    /// Exit once every partition is caught up and the outbox is published (batch runs, demo, tests).
+    #[arg(long)]
+    until_idle: bool,
+    /// Policy parameter file (default: the shipped policy/jilin.toml).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    #[arg(long, default_value = "schemas")]
+    schemas: PathBuf,
+    /// Most events per batch (one database transaction).
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Longest wait to fill a batch.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    batch_wait: std::time::Duration,
+    /// With --until-idle: how long without a new event before checking that every partition is read.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    idle_after: std::time::Duration,
+    /// Prefix of every inbound and outbound topic name (staging environments, tests).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
+    /// Suffix of every inbound and outbound topic name (staging environments, tests).
+    #[arg(long, default_value = "")]
+    topic_suffix: String,
+}
+
+#[derive(Subcommand)]
+enum RecipientsCommand {
+    /// A person's household, current decision with its explanation, entitlements, review tasks and
+    /// the facts behind them with their sources. Masked unless --unmasked (that use is logged).
+    Show {
+        /// Resident ID number.
+        id_number: String,
+        /// Show ID numbers, names and fact values in full. Recorded in the access log.
+        #[arg(long)]
+        unmasked: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
 }
 
@@ -348,6 +402,10 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
             }
         }
         Command::Lag(args) => lag(args, &settings).await,
+        Command::Match(args) => run_matcher(args, &settings).await,
+        Command::Recipients(RecipientsCommand::Show { id_number, unmasked, json, policy }) => {
+            recipients_show(&id_number, unmasked, json, policy.as_deref(), &settings).await
+        }
         Command::Dlq(DlqCommand::Replay { topic, input, connector, connectors, schemas }) => {
             dlq_replay(&topic, &input, connector.as_deref(), &connectors, &schemas, &settings).await
         }
@@ -672,6 +730,146 @@ async fn connect(args: ConnectArgs, settings: &Settings) -> ExitCode {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (Kubernetes stops pods with SIGTERM).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn open_database(settings: &Settings) -> Result<doudi::db::Database, ExitCode> {
+    doudi::db::Database::connect(&settings.database).await.map_err(|e| {
+        eprintln!("doudi: {e}");
+        ExitCode::from(exit::INFRASTRUCTURE)
+    })
+}
+
+async fn run_matcher(args: MatchArgs, settings: &Settings) -> ExitCode {
+    use doudi::matcher::{Context, MatchOptions, Outbound};
+    let params = match load_policy(args.policy.as_deref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let registry = match doudi::schema::Registry::load(&args.schemas) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("doudi: --schemas: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    if args.batch_size == 0 {
+        eprintln!("doudi: --batch-size must be at least 1");
+        return ExitCode::from(exit::USAGE);
+    }
+    let db = match open_database(settings).await {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    let ctx = Context {
+        params: std::sync::Arc::new(params),
+        keys: doudi::envelope::KeyDeriver::new(&settings.keys),
+        registry: std::sync::Arc::new(registry),
+        outbound: Outbound::with_affixes(&args.topic_prefix, &args.topic_suffix),
+        today: chrono::Local::now().date_naive(),
+    };
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let options = MatchOptions {
+        group: args.group.clone(),
+        inbound: MatchOptions::inbound_with_affixes(&args.topic_prefix, &args.topic_suffix),
+        batch_size: args.batch_size,
+        batch_wait: args.batch_wait,
+        until_idle: args.until_idle,
+        idle_after: args.idle_after,
+        assignment_timeout: std::time::Duration::from_secs(60),
+        owner: format!("{host}/{}/{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+    };
+    if !args.until_idle && settings.http.port != 0 {
+        let addr = match ops_address(settings) {
+            Ok(a) => a,
+            Err(code) => return code,
+        };
+        let router = doudi::http::ops_router(doudi::telemetry::metrics_handle(), Vec::new());
+        match doudi::http::serve(addr, router, std::future::pending()).await {
+            Ok((bound, _task)) => tracing::info!(address = %bound, "serving /healthz, /readyz and /metrics"),
+            Err(e) => {
+                eprintln!("doudi: http.port: cannot listen on {addr}: {e}");
+                return ExitCode::from(exit::USAGE);
+            }
+        }
+    }
+    let job = db.start_job("matcher", &args.group).await.ok();
+    let result = doudi::matcher::run(&db, &settings.kafka, &ctx, &options, shutdown_signal()).await;
+    match result {
+        Ok(summary) => {
+            let summary = serde_json::to_value(&summary).unwrap_or_default();
+            if let Some(id) = job {
+                let _ = db.finish_job(id, "ok", &summary).await;
+            }
+            if args.until_idle {
+                println!("{summary}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if let Some(id) = job {
+                let _ = db.finish_job(id, "failed", &serde_json::json!({"error": "see the log"})).await;
+            }
+            tracing::error!("The matcher stopped: {e}");
+            eprintln!("doudi: {e}");
+            ExitCode::from(exit::INFRASTRUCTURE)
+        }
+    }
+}
+
+async fn recipients_show(raw: &str, unmasked: bool, json: bool, policy: Option<&std::path::Path>, settings: &Settings) -> ExitCode {
+    let id = match doudi::idnum::IdNumber::parse(raw) {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("doudi: ID_NUMBER: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let params = match load_policy(policy) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let db = match open_database(settings).await {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    let actor = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    match doudi::matcher::show::report(&db, &params, &id, unmasked, &actor).await {
+        Ok(Some(report)) => {
+            if json {
+                println!("{report}");
+            } else {
+                print!("{}", doudi::matcher::show::render_text(&report));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!("doudi: no person {} in the recipient database", id.masked());
+            ExitCode::from(exit::FOUND_PROBLEM)
+        }
+        Err(e) => {
+            eprintln!("doudi: {e}");
+            ExitCode::from(exit::INFRASTRUCTURE)
         }
     }
 }

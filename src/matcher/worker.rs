@@ -1,0 +1,503 @@
+//! `doudi match`: the consumer over the inbound topics, one database transaction per batch, and the
+//! outbox relay.
+//!
+//! Guarantees:
+//! - each batch is applied in one database transaction together with the next offset of every
+//!   partition it covers; Kafka offsets are committed only after that transaction, and only up to
+//!   the offset stored in it, so they never pass an event whose effects are not durable;
+//! - the database's offsets are the truth: on assignment the consumer is positioned at the offsets
+//!   this instance last saw in the database (never ahead of them), and an event below the stored
+//!   offset is skipped because its effects are already there;
+//! - ownership is fenced by an epoch per partition: claiming a partition increments it, and a batch
+//!   whose epoch is no longer current is rolled back, so two matcher instances never apply the same
+//!   partition;
+//! - the relay publishes outbox rows in id order with an idempotent producer and marks them sent only
+//!   after the broker acknowledged them: a crash in between may publish a row twice (same `ce_id`),
+//!   never lose one.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, util::Timeout};
+use sqlx::{Acquire, Row};
+
+use super::facts::Feed;
+use super::store::{ApplyError, BatchOutcome, Context, Inbound, MATCHER_SOURCE, apply_batch};
+use crate::config::KafkaSettings;
+use crate::db::{Backend, Database, DbError, now_rfc3339};
+use crate::envelope::{Envelope, binary_mode_headers};
+
+/// How `doudi match` runs.
+#[derive(Clone, Debug)]
+pub struct MatchOptions {
+    /// Consumer group (and the key of the stored offsets).
+    pub group: String,
+    /// Actual inbound topic name → feed.
+    pub inbound: BTreeMap<String, Feed>,
+    /// Most events per batch (one database transaction).
+    pub batch_size: usize,
+    /// Longest wait to fill a batch.
+    pub batch_wait: Duration,
+    /// Exit once every partition is caught up and the outbox is published.
+    pub until_idle: bool,
+    /// How long no new event must arrive before `until_idle` checks the partitions.
+    pub idle_after: Duration,
+    /// Give up waiting for a first assignment after this long (`until_idle` only).
+    pub assignment_timeout: Duration,
+    /// Identifies this instance as a partition owner.
+    pub owner: String,
+}
+
+impl MatchOptions {
+    /// The catalogue topics, each named `prefix + name + suffix`.
+    pub fn inbound_with_affixes(prefix: &str, suffix: &str) -> BTreeMap<String, Feed> {
+        Feed::ALL.iter().map(|f| (format!("{prefix}{}{suffix}", f.topic()), *f)).collect()
+    }
+}
+
+/// Errors that stop the matcher.
+#[derive(Debug, thiserror::Error)]
+pub enum MatchError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("no partition of the inbound topics was assigned within {0:?}; is the broker up and do the topics exist?")]
+    NoAssignment(Duration),
+}
+
+impl From<sqlx::Error> for MatchError {
+    fn from(e: sqlx::Error) -> Self {
+        MatchError::Db(DbError::Query(e))
+    }
+}
+
+/// Partition changes reported by the consumer's rebalance callback.
+#[derive(Default)]
+struct Assignments {
+    /// Partitions assigned since the loop last looked (to claim and position).
+    assigned: Vec<(String, i32)>,
+    revoked: Vec<(String, i32)>,
+}
+
+struct MatcherContext {
+    changes: Arc<Mutex<Assignments>>,
+    /// The next offset per partition as this instance last read or wrote it in the database. It may
+    /// be behind the database (another instance moved on), never ahead: positioning there re-reads
+    /// events that are then skipped, and never skips one.
+    positions: Arc<Mutex<BTreeMap<(String, i32), i64>>>,
+}
+
+impl ClientContext for MatcherContext {}
+
+impl ConsumerContext for MatcherContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let list: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // Position every assigned partition at the database's offset, not Kafka's.
+                if let Ok(positions) = self.positions.lock() {
+                    for (topic, partition) in &list {
+                        if let Some(next) = positions.get(&(topic.clone(), *partition)) {
+                            let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(*next));
+                        }
+                    }
+                }
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::warn!("Taking the assigned partitions failed: {e}");
+                }
+                if let Ok(mut changes) = self.changes.lock() {
+                    changes.assigned.extend(list);
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if let Err(e) = consumer.unassign() {
+                    tracing::warn!("Giving up the revoked partitions failed: {e}");
+                }
+                if let Ok(mut changes) = self.changes.lock() {
+                    changes.revoked.extend(list);
+                }
+            }
+            other => tracing::warn!("Consumer group rebalance failed: {:?}", other),
+        }
+    }
+}
+
+/// What a whole run did, for `job_runs` and `--until-idle`'s summary.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RunSummary {
+    pub batches: u64,
+    #[serde(flatten)]
+    pub totals: BatchOutcome,
+    pub published: u64,
+    pub fenced_batches: u64,
+}
+
+/// A partition this instance owns: the epoch it claimed and the next offset to apply.
+#[derive(Clone, Copy, Debug)]
+struct Owned {
+    epoch: i64,
+    next: Option<i64>,
+}
+
+/// Runs the matcher until `stop` resolves, or (with `until_idle`) until caught up.
+pub async fn run(
+    db: &Database,
+    kafka: &KafkaSettings,
+    ctx: &Context,
+    options: &MatchOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<RunSummary, MatchError> {
+    let changes = Arc::new(Mutex::new(Assignments::default()));
+    let positions = Arc::new(Mutex::new(stored_positions(db, &options.group).await?));
+    let consumer: StreamConsumer<MatcherContext> = crate::kafka::client_config(kafka)
+        .set("group.id", &options.group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(MatcherContext { changes: changes.clone(), positions: positions.clone() })?;
+    let topics: Vec<&str> = options.inbound.keys().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let producer = crate::kafka::idempotent_producer(kafka).map_err(|e| match e {
+        crate::kafka::KafkaError::Client(k) => MatchError::Kafka(k),
+        other => MatchError::Db(DbError::Query(sqlx::Error::Protocol(other.to_string()))),
+    })?;
+    let mut owned: BTreeMap<(String, i32), Owned> = BTreeMap::new();
+    let mut summary = RunSummary::default();
+    let started = Instant::now();
+    let mut last_event = Instant::now();
+    tokio::pin!(stop);
+    loop {
+        // Take in assignment changes: claim new partitions and position them at the stored offsets.
+        let (assigned, revoked) = {
+            let mut c = changes.lock().unwrap_or_else(|p| p.into_inner());
+            (std::mem::take(&mut c.assigned), std::mem::take(&mut c.revoked))
+        };
+        for tp in revoked {
+            owned.remove(&tp);
+        }
+        for (topic, partition) in assigned {
+            let claim = claim_partition(db, &options.group, &topic, partition, &options.owner).await?;
+            tracing::debug!(topic = %topic, partition, epoch = claim.epoch, next = ?claim.next, "claimed a partition");
+            owned.insert((topic, partition), claim);
+        }
+
+        let batch = collect_batch(&consumer, options, &mut stop).await;
+        let Some(batch) = batch else { break };
+        if batch.is_empty() {
+            summary.published += relay(db, &producer).await?;
+            if options.until_idle && last_event.elapsed() >= options.idle_after {
+                if owned.is_empty() {
+                    if started.elapsed() > options.assignment_timeout {
+                        return Err(MatchError::NoAssignment(options.assignment_timeout));
+                    }
+                    continue;
+                }
+                if caught_up(&consumer, &owned)? && pending_outbox(db).await? == 0 {
+                    break;
+                }
+            }
+            continue;
+        }
+        last_event = Instant::now();
+        tracing::debug!(events = batch.len(), "applying a batch");
+        let timer = Instant::now();
+        match apply(db, ctx, options, &consumer, &mut owned, &positions, batch).await? {
+            Some(outcome) => {
+                summary.batches += 1;
+                summary.totals.add(&outcome);
+                metrics::histogram!("doudi_matcher_batch_seconds").record(timer.elapsed().as_secs_f64());
+                for (name, n) in [
+                    ("applied", outcome.applied),
+                    ("duplicate", outcome.duplicates),
+                    ("invalid", outcome.invalid),
+                    ("stale", outcome.stale),
+                    ("held", outcome.held),
+                ] {
+                    metrics::counter!("doudi_matcher_events_total", "outcome" => name).increment(n);
+                }
+            }
+            None => summary.fenced_batches += 1,
+        }
+        summary.published += relay(db, &producer).await?;
+    }
+    summary.published += relay(db, &producer).await?;
+    Ok(summary)
+}
+
+/// Up to `batch_size` messages, waiting at most `batch_wait` after the first. `None` when `stop`
+/// fired.
+async fn collect_batch<'c>(
+    consumer: &'c StreamConsumer<MatcherContext>,
+    options: &MatchOptions,
+    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Option<Vec<BorrowedMessage<'c>>> {
+    let mut batch = Vec::new();
+    let deadline = tokio::time::Instant::now() + options.batch_wait;
+    while batch.len() < options.batch_size {
+        tokio::select! {
+            _ = stop.as_mut() => return None,
+            received = tokio::time::timeout_at(deadline, consumer.recv()) => match received {
+                Err(_) => break,
+                Ok(Ok(m)) => batch.push(m),
+                Ok(Err(e)) => {
+                    tracing::warn!("Consuming failed, retrying: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    Some(batch)
+}
+
+/// Applies one batch in one transaction. `None` when this instance was fenced off a partition.
+async fn apply(
+    db: &Database,
+    ctx: &Context,
+    options: &MatchOptions,
+    consumer: &StreamConsumer<MatcherContext>,
+    owned: &mut BTreeMap<(String, i32), Owned>,
+    positions: &Mutex<BTreeMap<(String, i32), i64>>,
+    batch: Vec<BorrowedMessage<'_>>,
+) -> Result<Option<BatchOutcome>, MatchError> {
+    let mut pool_conn = db.pool().acquire().await?;
+    let mut tx = pool_conn.begin().await?;
+    // Lock and read the stored offsets of the batch's partitions; check the epochs.
+    let mut partitions: BTreeMap<(String, i32), (i64, Option<i64>)> = BTreeMap::new();
+    for m in &batch {
+        let tp = (m.topic().to_string(), m.partition());
+        if partitions.contains_key(&tp) {
+            continue;
+        }
+        let Some(own) = owned.get(&tp) else { continue };
+        let lock = if db.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT next_offset, epoch FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3{lock}"
+        )))
+        .bind(&options.group)
+        .bind(&tp.0)
+        .bind(i64::from(tp.1))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (next, epoch) = match row {
+            Some(r) => (r.try_get::<i64, _>("next_offset")?, r.try_get::<i64, _>("epoch")?),
+            None => (-1, -1),
+        };
+        if epoch != own.epoch {
+            tracing::warn!(topic = %tp.0, partition = tp.1, "Another matcher instance claimed this partition; this instance stops applying it.");
+            owned.remove(&tp);
+            continue;
+        }
+        partitions.insert(tp, (epoch, (next >= 0).then_some(next)));
+    }
+    // Skip what the database already holds; the rest of each partition follows in order.
+    let mut events = Vec::with_capacity(batch.len());
+    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for m in &batch {
+        let tp = (m.topic().to_string(), m.partition());
+        let Some((_, stored)) = partitions.get(&tp) else { continue };
+        if stored.is_some_and(|s| m.offset() < s) {
+            continue; // applied before: its effects are in the database already
+        }
+        next.insert(tp.clone(), m.offset() + 1);
+        match inbound(m, options) {
+            Some(e) => events.push(e),
+            None => tracing::warn!(topic = %tp.0, partition = tp.1, offset = m.offset(), "An inbound message has no CloudEvents envelope or JSON payload; it is skipped."),
+        }
+    }
+    let outcome = apply_batch(&mut tx, ctx, &events).await?;
+    let now = now_rfc3339();
+    for (tp, offset) in &next {
+        let Some((epoch, _)) = partitions.get(tp) else { continue };
+        let updated = sqlx::query(
+            "UPDATE consumer_offsets SET next_offset = $1, updated_at = $2 WHERE consumer_group = $3 AND topic = $4 AND kafka_partition = $5 AND epoch = $6",
+        )
+        .bind(offset)
+        .bind(&now)
+        .bind(&options.group)
+        .bind(&tp.0)
+        .bind(i64::from(tp.1))
+        .bind(epoch)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            tx.rollback().await?;
+            owned.remove(tp);
+            tracing::warn!(topic = %tp.0, partition = tp.1, "The batch was rolled back: another matcher instance claimed one of its partitions.");
+            return Ok(None);
+        }
+    }
+    tx.commit().await?;
+    // Only now may Kafka's committed offsets move, and only to what the database holds.
+    let mut commit = TopicPartitionList::new();
+    let mut known = positions.lock().unwrap_or_else(|p| p.into_inner());
+    for (tp, offset) in &next {
+        if let Some(own) = owned.get_mut(tp) {
+            own.next = Some(*offset);
+        }
+        known.insert(tp.clone(), *offset);
+        commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(*offset))?;
+    }
+    if commit.count() > 0
+        && let Err(e) = consumer.commit(&commit, CommitMode::Async)
+    {
+        tracing::warn!("Committing Kafka offsets failed (the database holds them; the next commit repairs it): {e}");
+    }
+    drop(known);
+    Ok(Some(outcome))
+}
+
+fn header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
+    let headers = m.headers()?;
+    headers.iter().find(|h| h.key == name).and_then(|h| h.value).and_then(|v| String::from_utf8(v.to_vec()).ok())
+}
+
+fn inbound(m: &BorrowedMessage<'_>, options: &MatchOptions) -> Option<Inbound> {
+    let feed = *options.inbound.get(m.topic())?;
+    let envelope = Envelope::from_headers(m.headers()?).ok()?;
+    let payload: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
+    Some(Inbound {
+        topic: m.topic().to_string(),
+        feed,
+        partition: m.partition(),
+        offset: m.offset(),
+        ce_id: envelope.id,
+        recorded_at: envelope.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        source_file: header(m, "source_file").or_else(|| header(m, "source_request")),
+        source_row: header(m, "source_row"),
+        payload,
+    })
+}
+
+/// The stored next offset of every partition of `group`.
+async fn stored_positions(db: &Database, group: &str) -> Result<BTreeMap<(String, i32), i64>, MatchError> {
+    let mut out = BTreeMap::new();
+    for r in sqlx::query("SELECT topic, kafka_partition, next_offset FROM consumer_offsets WHERE consumer_group = $1 AND next_offset >= 0")
+        .bind(group)
+        .fetch_all(db.pool())
+        .await?
+    {
+        let partition: i64 = r.try_get("kafka_partition")?;
+        out.insert((r.try_get("topic")?, i32::try_from(partition).unwrap_or_default()), r.try_get("next_offset")?);
+    }
+    Ok(out)
+}
+
+/// Claims a partition for this instance: bumps its epoch and returns the stored next offset.
+async fn claim_partition(db: &Database, group: &str, topic: &str, partition: i32, owner: &str) -> Result<Owned, MatchError> {
+    let row = sqlx::query(
+        "INSERT INTO consumer_offsets (consumer_group, topic, kafka_partition, next_offset, epoch, owner, updated_at) VALUES ($1, $2, $3, -1, 1, $4, $5) \
+         ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE SET epoch = consumer_offsets.epoch + 1, owner = excluded.owner, updated_at = excluded.updated_at \
+         RETURNING next_offset, epoch",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(i64::from(partition))
+    .bind(owner)
+    .bind(now_rfc3339())
+    .fetch_one(db.pool())
+    .await?;
+    let next: i64 = row.try_get("next_offset")?;
+    Ok(Owned { epoch: row.try_get("epoch")?, next: (next >= 0).then_some(next) })
+}
+
+/// Every owned partition has been read to its end (transaction markers included). The log ends
+/// come from one ListOffsets request for all partitions.
+fn caught_up(consumer: &StreamConsumer<MatcherContext>, owned: &BTreeMap<(String, i32), Owned>) -> Result<bool, MatchError> {
+    let mut wanted = TopicPartitionList::new();
+    for (topic, partition) in owned.keys() {
+        wanted.add_partition_offset(topic, *partition, Offset::End)?;
+    }
+    let ends = consumer.offsets_for_times(wanted, Duration::from_secs(10))?;
+    let positions = consumer.position()?;
+    for ((topic, partition), own) in owned {
+        let end = ends.find_partition(topic, *partition).and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        });
+        let Some(end) = end else { return Ok(false) };
+        if end == 0 {
+            continue;
+        }
+        let position = positions.find_partition(topic, *partition).and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        });
+        let at = position.into_iter().chain(own.next).max().unwrap_or(-1);
+        if at < end {
+            tracing::debug!(topic, partition, at, end, "not caught up yet");
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn pending_outbox(db: &Database) -> Result<i64, MatchError> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE sent_at IS NULL").fetch_one(db.pool()).await?;
+    Ok(row.try_get("n")?)
+}
+
+/// Publishes unsent outbox rows in id order; marks the acknowledged prefix sent. Returns how many.
+pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, MatchError> {
+    let mut published = 0;
+    loop {
+        let rows = sqlx::query("SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 500")
+            .fetch_all(db.pool())
+            .await?;
+        if rows.is_empty() {
+            return Ok(published);
+        }
+        let mut pending = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: i64 = r.try_get("id")?;
+            let topic: String = r.try_get("topic")?;
+            let key: String = r.try_get("message_key")?;
+            let ce_id: String = r.try_get("ce_id")?;
+            let ce_type: String = r.try_get("ce_type")?;
+            let schema: String = r.try_get("dataschema")?;
+            let payload: String = r.try_get("payload")?;
+            let created: String = r.try_get("created_at")?;
+            let headers = binary_mode_headers(&ce_id, MATCHER_SOURCE, &ce_type, &created, &schema, std::iter::empty());
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
+            let delivery = producer.send_result(record).map_err(|(e, _)| MatchError::Kafka(e))?;
+            pending.push((id, topic, delivery));
+        }
+        let mut delivered = Vec::new();
+        let mut failure = None;
+        for (id, topic, delivery) in pending {
+            match delivery.await {
+                Ok(Ok(_)) if failure.is_none() => {
+                    delivered.push(id);
+                    metrics::counter!("doudi_matcher_published_total", "topic" => topic).increment(1);
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => failure = failure.or(Some(e)),
+                Err(_) => failure = failure.or(Some(rdkafka::error::KafkaError::Canceled)),
+            }
+        }
+        let now = now_rfc3339();
+        for chunk in delivered.chunks(200) {
+            let sql = format!("UPDATE outbox SET sent_at = $1 WHERE id IN ({})", (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", "));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&now);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(db.pool()).await?;
+        }
+        published += delivered.len() as u64;
+        if let Some(e) = failure {
+            tracing::warn!("Publishing the outbox failed; unsent rows are retried: {e}");
+            return Ok(published);
+        }
+    }
+}
