@@ -87,3 +87,43 @@ pub async fn isolated(feed: &str) -> (doudi::connect::config::ConnectorConfig, s
     config.connector.name = format!("t{}", &suffix[..16]);
     (config, std::sync::Arc::new(registry))
 }
+
+/// A fresh PostgreSQL database on the test server, dropped when the guard goes: each test sees only
+/// its own recipients.
+pub struct FreshPostgres {
+    pub settings: DatabaseSettings,
+    name: String,
+}
+
+pub async fn fresh_postgres() -> FreshPostgres {
+    use sqlx::Connection;
+    let base = postgres();
+    let name = format!("doudi_t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&base.url).await.expect("connect to the test server");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create a test database");
+    let url = match base.url.rsplit_once('/') {
+        Some((server, db)) => match db.split_once('?') {
+            Some((_, query)) => format!("{server}/{name}?{query}"),
+            None => format!("{server}/{name}"),
+        },
+        None => panic!("DOUDI_TEST_DATABASE_URL has no database name"),
+    };
+    FreshPostgres { settings: DatabaseSettings { url, ..base }, name }
+}
+
+impl Drop for FreshPostgres {
+    fn drop(&mut self) {
+        let base = postgres().url;
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&base).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}

@@ -1,0 +1,298 @@
+//! The matcher's database logic, on both backends: the same scenarios run on SQLite (the demo's
+//! embedded default) and on the real PostgreSQL server. Events are applied with `apply_batch` in
+//! one transaction each, as `doudi match` does; Kafka is exercised in tests/matcher.rs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use doudi::config::DatabaseSettings;
+use doudi::db::Database;
+use doudi::matcher::{BatchOutcome, Context, Feed, Inbound, Outbound, apply_batch};
+use serde_json::{Value, json};
+use sqlx::{Acquire, Row};
+
+fn context() -> Context {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    Context {
+        params: Arc::new(doudi::policy::Params::shipped().unwrap()),
+        keys: doudi::envelope::KeyDeriver::from_secret(b"test-secret-0123456789"),
+        registry: Arc::new(doudi::schema::Registry::load(&root.join("schemas")).unwrap()),
+        outbound: Outbound::with_affixes("", ""),
+        today: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+    }
+}
+
+/// The canonical record of a fixture (what the connector produced from the sample feed).
+fn fixture(feed: &str, pick: impl Fn(&Value) -> bool) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors/fixtures").join(feed).join("expected.jsonl");
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|v| pick(v)).expect("fixture record")
+}
+
+fn household(id: &str) -> Value {
+    fixture("civil-household", |v| v["household_id"] == id)
+}
+
+struct Feeder {
+    offset: i64,
+}
+
+impl Feeder {
+    fn event(&mut self, feed: Feed, payload: Value) -> Inbound {
+        self.offset += 1;
+        Inbound {
+            topic: feed.topic().to_string(),
+            feed,
+            partition: 0,
+            offset: self.offset,
+            ce_id: uuid::Uuid::new_v4().to_string(),
+            recorded_at: format!("2020-01-01T00:00:{:02}.000Z", self.offset % 60),
+            source_file: Some("test.jsonl".into()),
+            source_row: Some(self.offset.to_string()),
+            payload,
+        }
+    }
+}
+
+async fn apply(db: &Database, ctx: &Context, events: &[Inbound]) -> BatchOutcome {
+    let mut conn = db.pool().acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let outcome = apply_batch(&mut tx, ctx, events).await.unwrap();
+    tx.commit().await.unwrap();
+    outcome
+}
+
+/// Outbox rows after id `after`: (topic, change or kind, masked person, payload).
+async fn outbox_since(db: &Database, after: i64) -> Vec<(String, String, String, Value)> {
+    let rows = sqlx::query("SELECT topic, payload FROM outbox WHERE id > $1 ORDER BY id").bind(after).fetch_all(db.pool()).await.unwrap();
+    rows.iter()
+        .map(|r| {
+            let payload: Value = serde_json::from_str(&r.get::<String, _>("payload")).unwrap();
+            let what = payload.get("change").or_else(|| payload.get("kind")).and_then(Value::as_str).unwrap_or("status").to_string();
+            let label = match payload.get("kind").and_then(Value::as_str) {
+                Some(kind) if payload.get("change").is_some() => format!("{what} {kind}"),
+                _ => what,
+            };
+            let person = payload["id_number"].as_str().map(doudi::idnum::mask).unwrap_or_default();
+            (r.get::<String, _>("topic"), label, person, payload)
+        })
+        .collect()
+}
+
+async fn last_outbox_id(db: &Database) -> i64 {
+    sqlx::query("SELECT COALESCE(MAX(id), 0) AS n FROM outbox").fetch_one(db.pool()).await.unwrap().get::<i64, _>("n")
+}
+
+fn labels(rows: &[(String, String, String, Value)]) -> Vec<String> {
+    let mut v: Vec<String> = rows.iter().map(|(t, l, p, _)| format!("{t} {l} {p}")).collect();
+    v.sort();
+    v
+}
+
+fn sorted(expected: Vec<&str>) -> Vec<String> {
+    let mut v: Vec<String> = expected.into_iter().map(String::from).collect();
+    v.sort();
+    v
+}
+
+async fn both_backends<F, Fut>(scenario: F)
+where
+    F: Fn(Database) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (settings, _dir) = common::sqlite();
+    scenario(Database::connect(&settings).await.unwrap()).await;
+    let pg = common::fresh_postgres().await;
+    scenario(Database::connect(&pg.settings).await.unwrap()).await;
+}
+
+async fn category(db: &Database, household_id: &str) -> (String, String) {
+    let r = sqlx::query("SELECT d.category, d.monthly_payment FROM decisions d JOIN households h ON h.household_id = d.household_id AND h.decision_version = d.version WHERE d.household_id = $1")
+        .bind(household_id)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    (r.get("category"), r.get("monthly_payment"))
+}
+
+#[tokio::test]
+async fn facts_wait_for_their_household_and_employment_moves_it_between_categories() {
+    both_backends(|db| async move {
+        let ctx = context();
+        let mut f = Feeder { offset: 0 };
+        const HH: &str = "JL-220102-2019-000124";
+        // Housing first: the person has no household yet; the fact is kept.
+        let housing = fixture("housing-difficulty", |v| v["id_number"] == "220102198506150029");
+        let o = apply(&db, &ctx, &[f.event(Feed::Housing, housing)]).await;
+        assert_eq!((o.applied, o.households_evaluated, o.outbox), (1, 0, 0));
+        // The household arrives: the housing difficulty applies to it.
+        let o = apply(&db, &ctx, &[f.event(Feed::Household, household(HH))]).await;
+        assert_eq!((o.applied, o.households_evaluated, o.decisions), (1, 1, 1));
+        assert_eq!(category(&db, HH).await, ("dibao".to_string(), "904.50".to_string()), "POLICY.md worked case 1");
+        let first = outbox_since(&db, 0).await;
+        assert_eq!(
+            labels(&first),
+            sorted(vec![
+                "exchange.entitlement.education.v1 granted student_aid 2201**********003X",
+                "exchange.entitlement.housing.v1 granted housing_assistance 2201**********0029",
+                "exchange.entitlement.hrss.v1 granted employment_assistance 2201**********0029",
+                "exchange.entitlement.medical.v1 granted medical_assistance_class2 2201**********003X",
+                "exchange.entitlement.medical.v1 granted medical_assistance_class2 2201**********0029",
+                "exchange.entitlement.medical.v1 granted medical_assistance_class2 2201**********0113",
+                "exchange.entitlement.medical.v1 granted premium_subsidy_fixed 2201**********003X",
+                "exchange.entitlement.medical.v1 granted premium_subsidy_fixed 2201**********0029",
+                "exchange.entitlement.medical.v1 granted premium_subsidy_fixed 2201**********0113",
+                "exchange.recipient.status.v1 status ",
+            ])
+        );
+        let education = first.iter().find(|r| r.0.contains("education")).unwrap();
+        assert_eq!(education.3["student_level"], "primary");
+        assert!(education.3.get("monthly_payment").is_none() && education.3.get("category").is_none(), "education sees no household finances");
+
+        // The head finds work (2019-12-01, 1800 a month): per capita (3000 − 2 × 183) / 3 = 878 > 610.
+        let mark = last_outbox_id(&db).await;
+        let employed = fixture("hrss-employment", |v| v["event"] == "employed");
+        let o = apply(&db, &ctx, &[f.event(Feed::Employment, employed.clone())]).await;
+        assert_eq!(o.decisions, 1);
+        assert_eq!(category(&db, HH).await, ("low_income".to_string(), "0.00".to_string()));
+        let moved = outbox_since(&db, mark).await;
+        assert_eq!(
+            labels(&moved),
+            sorted(vec![
+                "exchange.entitlement.housing.v1 changed housing_assistance 2201**********0029",
+                "exchange.entitlement.hrss.v1 ended employment_assistance 2201**********0029",
+                "exchange.entitlement.medical.v1 ended medical_assistance_class2 2201**********003X",
+                "exchange.entitlement.medical.v1 ended medical_assistance_class2 2201**********0029",
+                "exchange.entitlement.medical.v1 ended medical_assistance_class2 2201**********0113",
+                "exchange.entitlement.medical.v1 ended premium_subsidy_fixed 2201**********003X",
+                "exchange.entitlement.medical.v1 ended premium_subsidy_fixed 2201**********0029",
+                "exchange.entitlement.medical.v1 ended premium_subsidy_fixed 2201**********0113",
+                "exchange.entitlement.medical.v1 granted medical_assistance_class3 2201**********003X",
+                "exchange.entitlement.medical.v1 granted medical_assistance_class3 2201**********0029",
+                "exchange.entitlement.medical.v1 granted medical_assistance_class3 2201**********0113",
+                "exchange.recipient.status.v1 status ",
+            ])
+        );
+        let housing = moved.iter().find(|r| r.0.contains("housing")).unwrap();
+        assert_eq!(housing.3["category"], "low_income");
+        let status = moved.iter().find(|r| r.0.contains("status")).unwrap();
+        assert_eq!((status.3["previous_category"].as_str(), status.3["category"].as_str()), (Some("dibao"), Some("low_income")));
+
+        // An older employment fact arrives late: recorded as stale, changes nothing.
+        let mark = last_outbox_id(&db).await;
+        let older = json!({"id_number": "220102198506150029", "event": "unemployed", "date": "2019-11-01"});
+        let o = apply(&db, &ctx, &[f.event(Feed::Employment, older)]).await;
+        assert_eq!((o.stale, o.decisions, o.outbox), (1, 0, 0));
+        let states: Vec<String> = sqlx::query("SELECT state FROM facts WHERE id_number = '220102198506150029' AND field = 'employment' ORDER BY id")
+            .fetch_all(db.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get("state"))
+            .collect();
+        assert_eq!(states, vec!["current", "stale"]);
+        assert_eq!(category(&db, HH).await.0, "low_income");
+
+        // The same event delivered again: nothing at all.
+        let again = f.event(Feed::Employment, employed);
+        let mut duplicate = again.clone();
+        apply(&db, &ctx, &[again]).await;
+        duplicate.offset += 100;
+        let o = apply(&db, &ctx, &[duplicate]).await;
+        assert_eq!((o.duplicates, o.applied, o.outbox), (1, 0, 0));
+        assert_eq!(outbox_since(&db, mark).await.len(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_death_ends_entitlements_and_its_revocation_restores_them() {
+    both_backends(|db| async move {
+        let ctx = context();
+        let mut f = Feeder { offset: 0 };
+        const HH: &str = "JL-220102-2019-000123";
+        apply(&db, &ctx, &[f.event(Feed::Household, household(HH))]).await;
+        assert_eq!(category(&db, HH).await, ("tekun".to_string(), "1084.00".to_string()));
+        let mark = last_outbox_id(&db).await;
+        let death = json!({"id_number": "220102195003070015", "name": "王某", "event": "death", "date": "2019-12-20", "source": "殡葬"});
+        apply(&db, &ctx, &[f.event(Feed::Vital, death)]).await;
+        let ended = outbox_since(&db, mark).await;
+        assert_eq!(
+            labels(&ended),
+            sorted(vec![
+                "exchange.entitlement.medical.v1 ended medical_assistance_class1 2201**********0015",
+                "exchange.entitlement.medical.v1 ended premium_subsidy_full 2201**********0015",
+                "exchange.recipient.status.v1 status ",
+                "exchange.review-task.v1 deceased_member 2201**********0015",
+            ])
+        );
+        assert!(ended.iter().all(|r| r.3.get("effective_date").is_none_or(|d| d == "2019-12-20")));
+        let task = &ended.iter().find(|r| r.0.contains("review")).unwrap().3;
+        assert!(task["detail"].as_str().unwrap().contains("2201**********0015"));
+        assert!(!task["detail"].as_str().unwrap().contains("220102195003070015"), "task details are masked");
+        assert_eq!(category(&db, HH).await.0, "none");
+
+        let mark = last_outbox_id(&db).await;
+        let revoked = json!({"id_number": "220102195003070015", "event": "death_revoked", "date": "2019-12-28", "source": "公安"});
+        apply(&db, &ctx, &[f.event(Feed::Vital, revoked)]).await;
+        assert_eq!(
+            labels(&outbox_since(&db, mark).await),
+            sorted(vec![
+                "exchange.entitlement.medical.v1 granted medical_assistance_class1 2201**********0015",
+                "exchange.entitlement.medical.v1 granted premium_subsidy_full 2201**********0015",
+                "exchange.recipient.status.v1 status ",
+            ])
+        );
+        assert_eq!(category(&db, HH).await.0, "tekun");
+        let task_state: String = sqlx::query("SELECT state FROM review_tasks WHERE kind = 'deceased_member'").fetch_one(db.pool()).await.unwrap().get("state");
+        assert_eq!(task_state, "cleared", "the revocation clears the task the death raised");
+        let history: i64 = sqlx::query("SELECT COUNT(*) AS n FROM entitlements WHERE household_id = $1").bind(HH).fetch_one(db.pool()).await.unwrap().get("n");
+        assert_eq!(history, 4, "ended entitlements stay as history beside the restored ones");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_name_that_conflicts_with_the_registry_is_held_for_review() {
+    both_backends(|db| async move {
+        let ctx = context();
+        let mut f = Feeder { offset: 0 };
+        const HH: &str = "JL-220102-2019-000124";
+        apply(&db, &ctx, &[f.event(Feed::Household, household(HH))]).await;
+        let mark = last_outbox_id(&db).await;
+        // Education reports the child under another name: not merged; held; a caseworker checks.
+        let student = json!({"id_number": "22010220110601003X", "name": "刘某某", "student_level": "junior", "status": "enrolled", "changed_on": "2019-12-15"});
+        let o = apply(&db, &ctx, &[f.event(Feed::Student, student)]).await;
+        assert_eq!((o.held, o.decisions), (1, 0));
+        let rows = outbox_since(&db, mark).await;
+        assert_eq!(labels(&rows), vec!["exchange.review-task.v1 identity_conflict 2201**********003X"]);
+        assert_eq!(rows[0].3["household_id"], HH);
+        let state: String = sqlx::query("SELECT state FROM facts WHERE field = 'student_level'").fetch_one(db.pool()).await.unwrap().get("state");
+        assert_eq!(state, "held");
+        let name: String = sqlx::query("SELECT name FROM persons WHERE id_number = '22010220110601003X'").fetch_one(db.pool()).await.unwrap().get("name");
+        assert_eq!(name, "张小某", "the registry's name stands");
+        // The same name as registered is applied normally.
+        let student = json!({"id_number": "22010220110601003X", "name": "张小某", "student_level": "junior", "status": "enrolled", "changed_on": "2019-12-15"});
+        let o = apply(&db, &ctx, &[f.event(Feed::Student, student)]).await;
+        assert_eq!((o.applied, o.held), (1, 0));
+        let level: String = sqlx::query("SELECT attributes FROM entitlements WHERE kind = 'student_aid' AND ended_on IS NULL").fetch_one(db.pool()).await.unwrap().get("attributes");
+        assert_eq!(level, r#"{"student_level":"junior"}"#);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unusable_event_is_recorded_and_the_batch_goes_on() {
+    let (settings, _dir): (DatabaseSettings, _) = common::sqlite();
+    let db = Database::connect(&settings).await.unwrap();
+    let ctx = context();
+    let mut f = Feeder { offset: 0 };
+    let bad = json!({"id_number": "220102195003070016", "event": "death", "date": "2019-12-20"});
+    let good = household("JL-220102-2019-000123");
+    let o = apply(&db, &ctx, &[f.event(Feed::Vital, bad), f.event(Feed::Household, good)]).await;
+    assert_eq!((o.invalid, o.applied, o.decisions), (1, 1, 1));
+    let outcome: String = sqlx::query("SELECT outcome FROM processed_events WHERE kafka_offset = 1").fetch_one(db.pool()).await.unwrap().get("outcome");
+    assert_eq!(outcome, "invalid");
+}
