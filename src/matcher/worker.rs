@@ -25,7 +25,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::{ClientContext, util::Timeout};
+use rdkafka::ClientContext;
 use sqlx::{Acquire, Row};
 
 use super::facts::Feed;
@@ -178,22 +178,11 @@ pub async fn run(
     let mut last_event = Instant::now();
     tokio::pin!(stop);
     loop {
-        // Take in assignment changes: claim new partitions and position them at the stored offsets.
-        let (assigned, revoked) = {
-            let mut c = changes.lock().unwrap_or_else(|p| p.into_inner());
-            (std::mem::take(&mut c.assigned), std::mem::take(&mut c.revoked))
-        };
-        for tp in revoked {
-            owned.remove(&tp);
-        }
-        for (topic, partition) in assigned {
-            let claim = claim_partition(db, &options.group, &topic, partition, &options.owner).await?;
-            tracing::debug!(topic = %topic, partition, epoch = claim.epoch, next = ?claim.next, "claimed a partition");
-            owned.insert((topic, partition), claim);
-        }
-
+        take_assignments(db, options, &changes, &mut owned).await?;
         let batch = collect_batch(&consumer, options, &mut stop).await;
         let Some(batch) = batch else { break };
+        // Partitions assigned while the batch was collected are claimed before it is applied.
+        take_assignments(db, options, &changes, &mut owned).await?;
         if batch.is_empty() {
             summary.published += relay(db, &producer).await?;
             if options.until_idle && last_event.elapsed() >= options.idle_after {
@@ -233,6 +222,28 @@ pub async fn run(
     }
     summary.published += relay(db, &producer).await?;
     Ok(summary)
+}
+
+/// Takes in the partitions assigned and revoked since the last call: claims the new ones.
+async fn take_assignments(
+    db: &Database,
+    options: &MatchOptions,
+    changes: &Mutex<Assignments>,
+    owned: &mut BTreeMap<(String, i32), Owned>,
+) -> Result<(), MatchError> {
+    let (assigned, revoked) = {
+        let mut c = changes.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::take(&mut c.assigned), std::mem::take(&mut c.revoked))
+    };
+    for tp in revoked {
+        owned.remove(&tp);
+    }
+    for (topic, partition) in assigned {
+        let claim = claim_partition(db, &options.group, &topic, partition, &options.owner).await?;
+        tracing::debug!(topic = %topic, partition, epoch = claim.epoch, next = ?claim.next, "claimed a partition");
+        owned.insert((topic, partition), claim);
+    }
+    Ok(())
 }
 
 /// Up to `batch_size` messages, waiting at most `batch_wait` after the first. `None` when `stop`
@@ -279,7 +290,10 @@ async fn apply(
         if partitions.contains_key(&tp) {
             continue;
         }
-        let Some(own) = owned.get(&tp) else { continue };
+        let Some(own) = owned.get(&tp) else {
+            tracing::debug!(topic = %tp.0, partition = tp.1, "a message of a partition this instance does not own is left to its owner");
+            continue;
+        };
         let lock = if db.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT next_offset, epoch FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3{lock}"

@@ -65,12 +65,17 @@ pub fn doudi_bin() -> std::path::PathBuf {
 /// The shipped config of `feed`, renamed, writing to a fresh copy of its topic (and dlq topic), so
 /// a test sees only its own records.
 pub async fn isolated(feed: &str) -> (doudi::connect::config::ConnectorConfig, std::sync::Arc<doudi::schema::Registry>) {
+    isolated_in(feed, &uuid::Uuid::new_v4().simple().to_string()).await
+}
+
+/// As [`isolated`], with the topic named `test.<catalogue name>.<suffix>`: several feeds with one
+/// suffix make one isolated exchange (`doudi match --topic-prefix test. --topic-suffix .<suffix>`).
+pub async fn isolated_in(feed: &str, suffix: &str) -> (doudi::connect::config::ConnectorConfig, std::sync::Arc<doudi::schema::Registry>) {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut registry = doudi::schema::Registry::load(&root.join("schemas")).unwrap();
     let mut config =
         doudi::connect::config::ConnectorConfig::load(&root.join("connectors").join(format!("{feed}.toml")), &root.join("schemas"))
             .unwrap();
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
     let original = registry.catalogue.topic(&config.connector.topic).unwrap().clone();
     let topic = format!("test.{}.{suffix}", original.name);
     for name in [topic.clone(), format!("dlq.{topic}")] {
@@ -84,7 +89,7 @@ pub async fn isolated(feed: &str) -> (doudi::connect::config::ConnectorConfig, s
         doudi::kafka::ensure_topic(&kafka(), &name, 3, 1).await.unwrap();
     }
     config.connector.topic = topic;
-    config.connector.name = format!("t{}", &suffix[..16]);
+    config.connector.name = format!("t{}-{feed}", &suffix[..suffix.len().min(16)]);
     (config, std::sync::Arc::new(registry))
 }
 
@@ -126,4 +131,63 @@ impl Drop for FreshPostgres {
         })
         .join();
     }
+}
+
+/// Reads committed records from many topics as they arrive, one stage at a time.
+pub struct Reader {
+    consumer: rdkafka::consumer::StreamConsumer,
+}
+
+/// One record read back: topic, key, payload and headers.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub topic: String,
+    pub key: Option<String>,
+    pub payload: serde_json::Value,
+    pub headers: std::collections::HashMap<String, String>,
+}
+
+impl Reader {
+    pub fn new(topics: &[&str]) -> Self {
+        use rdkafka::consumer::Consumer;
+        let consumer = doudi::kafka::committed_consumer(&kafka(), &unique("test-reader")).unwrap();
+        consumer.subscribe(topics).unwrap();
+        Reader { consumer }
+    }
+
+    /// Everything that arrives until `quiet` passes without a record.
+    pub async fn until_quiet(&self, quiet: std::time::Duration) -> Vec<Record> {
+        use rdkafka::Message;
+        use rdkafka::message::Headers;
+        let mut out = Vec::new();
+        while let Ok(m) = tokio::time::timeout(quiet, self.consumer.recv()).await {
+            let m = m.unwrap();
+            let headers = m
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                .unwrap_or_default();
+            out.push(Record {
+                topic: m.topic().to_string(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                payload: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default(),
+                headers,
+            });
+        }
+        out
+    }
+}
+
+/// Runs the doudi binary with extra environment variables; returns the exit code, stdout and stderr.
+pub fn run_doudi_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = std::process::Command::new(doudi_bin());
+    command
+        .args(args)
+        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", kafka().bootstrap_servers)
+        .env("DOUDI_LOG_LEVEL", "warn")
+        .env_remove("DOUDI_CONFIG");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }

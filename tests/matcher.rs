@@ -1,0 +1,295 @@
+//! The matching service end to end on the real broker and PostgreSQL: the sample feeds go through
+//! their connectors into an isolated set of topics, `doudi match --until-idle` applies them, and each
+//! agency's topic is read back. Also: replay, and SIGKILL under load.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use doudi::config::Settings;
+use doudi::connect::run::Connector;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+const OUTBOUND: [&str; 7] = [
+    "exchange.recipient.status.v1",
+    "exchange.entitlement.medical.v1",
+    "exchange.entitlement.education.v1",
+    "exchange.entitlement.housing.v1",
+    "exchange.entitlement.hrss.v1",
+    "exchange.entitlement.union.v1",
+    "exchange.review-task.v1",
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn settings() -> Settings {
+    Settings { kafka: common::kafka(), ..Settings::default() }
+}
+
+/// An isolated exchange: every inbound and outbound topic with one suffix, and a fresh database.
+struct Exchange {
+    suffix: String,
+    pg: common::FreshPostgres,
+    reader: common::Reader,
+}
+
+impl Exchange {
+    async fn new() -> Self {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let mut names = Vec::new();
+        for t in OUTBOUND {
+            let name = format!("test.{t}.{suffix}");
+            doudi::kafka::ensure_topic(&common::kafka(), &name, 3, 1).await.unwrap();
+            names.push(name);
+        }
+        for feed in doudi::matcher::Feed::ALL {
+            let name = format!("test.{}.{suffix}", feed.topic());
+            doudi::kafka::ensure_topic(&common::kafka(), &name, 3, 1).await.unwrap();
+        }
+        let reader = common::Reader::new(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        Exchange { suffix, pg: common::fresh_postgres().await, reader }
+    }
+
+    async fn feed(&self, connector: &str, input: &Path) {
+        let (config, registry) = common::isolated_in(connector, &self.suffix).await;
+        let mut c = Connector::start(config, registry, &settings()).await.unwrap();
+        let summary = c.process_file(input).await.unwrap();
+        assert!(summary.produced > 0 || summary.already_processed, "{connector} produced nothing");
+    }
+
+    fn match_args(&self, group: &str) -> Vec<String> {
+        ["match", "--until-idle", "--group", group, "--topic-prefix", "test.", "--topic-suffix", &format!(".{}", self.suffix), "--schemas"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([root().join("schemas").display().to_string()])
+            .collect()
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![("DOUDI_DATABASE_URL", self.pg.settings.url.clone())]
+    }
+
+    /// Runs `doudi match --until-idle` and returns its summary.
+    fn run_matcher(&self, group: &str) -> Value {
+        let args = self.match_args(group);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (code, stdout, stderr) = common::run_doudi_env(&args, &env);
+        assert_eq!(code, 0, "doudi match failed: {stderr}");
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("summary is JSON ({e}): {stdout}"))
+    }
+
+    /// What arrived on the outbound topics since the last call, as sorted readable lines.
+    async fn deltas(&self) -> (Vec<String>, Vec<common::Record>) {
+        let records = self.reader.until_quiet(Duration::from_secs(4)).await;
+        let mut lines: Vec<String> = records.iter().map(describe).collect();
+        lines.sort();
+        (lines, records)
+    }
+}
+
+/// `medical ended premium_subsidy_full 2201**********0015 JL-220102-2019-000123` and the like.
+fn describe(r: &common::Record) -> String {
+    let p = &r.payload;
+    let person = p["id_number"].as_str().map(doudi::idnum::mask).unwrap_or_default();
+    let household = p["household_id"].as_str().unwrap_or_default();
+    if r.topic.contains("recipient.status") {
+        format!("status {household} {}→{} {}", p["previous_category"].as_str().unwrap_or_default(), p["category"].as_str().unwrap_or_default(), p["monthly_payment"].as_str().unwrap_or_default())
+    } else if r.topic.contains("review-task") {
+        format!("task {} {person} {household}", p["kind"].as_str().unwrap_or_default())
+    } else {
+        let extra = ["category", "student_level", "yearly_amount"].iter().filter_map(|k| p[*k].as_str()).collect::<Vec<_>>().join(" ");
+        format!("{} {} {} {person} {household} {extra}", p["agency"].as_str().unwrap_or_default(), p["change"].as_str().unwrap_or_default(), p["kind"].as_str().unwrap_or_default())
+            .trim_end()
+            .to_string()
+    }
+}
+
+fn jsonl(dir: &Path, name: &str, lines: &[Value]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_feeds_reach_each_agency_and_later_events_change_them() {
+    let x = Exchange::new().await;
+    let samples = root().join("connectors/samples");
+    for (connector, file) in [
+        ("civil-household", "civil-household.jsonl"),
+        ("edu-student", "edu-student.csv"),
+        ("housing-difficulty", "housing-difficulty.xlsx"),
+        ("union-roster", "union-roster-2019-12.csv"),
+        ("medical-settlement", "medical-settlement.csv"),
+        ("cdpf-disability", "cdpf-disability.csv"),
+    ] {
+        x.feed(connector, &samples.join(file)).await;
+    }
+    let summary = x.run_matcher("m1");
+    assert_eq!((summary["events"].as_u64(), summary["invalid"].as_u64(), summary["published"].as_u64()), (Some(28), Some(0), Some(46)), "{summary}");
+    let (lines, records) = x.deltas().await;
+    assert_eq!(lines, STAGE_1.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    check_envelopes(&records);
+
+    // Employment: the head is employed at 1800 a month, the spouse became unemployed.
+    x.feed("hrss-employment", &samples.join("hrss-employment.jsonl")).await;
+    x.run_matcher("m1");
+    assert_eq!(
+        x.deltas().await.0,
+        vec![
+            "hrss ended employment_assistance 2201**********0029 JL-220102-2019-000124",
+            "hrss granted employment_assistance 2201**********0113 JL-220102-2019-000124",
+            "status JL-220102-2019-000124 dibao→dibao 304.50",
+        ]
+    );
+
+    // A later employment event lifts the household above twice the standard: everything ends.
+    let dir = tempfile::tempdir().unwrap();
+    let employed = json!({"证件号码": "220102198302110113", "姓名": "张某", "事件类型": "就业登记", "发生日期": "2020-01-10", "单位名称": "长春某超市", "月工资": "2,500.00"});
+    x.feed("hrss-employment", &jsonl(dir.path(), "employment-2020-01.jsonl", &[employed])).await;
+    x.run_matcher("m1");
+    assert_eq!(
+        x.deltas().await.0,
+        vec![
+            "education ended student_aid 2201**********003X JL-220102-2019-000124 primary",
+            "housing ended housing_assistance 2201**********0029 JL-220102-2019-000124 dibao",
+            "hrss ended employment_assistance 2201**********0113 JL-220102-2019-000124",
+            "medical ended medical_assistance_class2 2201**********0029 JL-220102-2019-000124",
+            "medical ended medical_assistance_class2 2201**********003X JL-220102-2019-000124",
+            "medical ended medical_assistance_class2 2201**********0113 JL-220102-2019-000124",
+            "medical ended premium_subsidy_fixed 2201**********0029 JL-220102-2019-000124 150.00",
+            "medical ended premium_subsidy_fixed 2201**********003X JL-220102-2019-000124 150.00",
+            "medical ended premium_subsidy_fixed 2201**********0113 JL-220102-2019-000124 150.00",
+            "status JL-220102-2019-000124 dibao→none 0.00",
+        ]
+    );
+
+    // A death ends the person's entitlements; its revocation restores them.
+    let death = json!({"id_number": "220102195003070015", "name": "王某", "event": "death", "date": "2019-12-20", "source": "殡葬"});
+    x.feed("vital-event", &jsonl(dir.path(), "deaths.jsonl", &[death])).await;
+    x.run_matcher("m1");
+    assert_eq!(
+        x.deltas().await.0,
+        vec![
+            "medical ended medical_assistance_class1 2201**********0015 JL-220102-2019-000123",
+            "medical ended premium_subsidy_full 2201**********0015 JL-220102-2019-000123",
+            "status JL-220102-2019-000123 tekun→none 0.00",
+            "task deceased_member 2201**********0015 JL-220102-2019-000123",
+        ]
+    );
+    let revoked = json!({"id_number": "220102195003070015", "name": "王某", "event": "death_revoked", "date": "2019-12-28", "source": "公安"});
+    x.feed("vital-event", &jsonl(dir.path(), "revocations.jsonl", &[revoked])).await;
+    x.run_matcher("m1");
+    assert_eq!(
+        x.deltas().await.0,
+        vec![
+            "medical granted medical_assistance_class1 2201**********0015 JL-220102-2019-000123",
+            "medical granted premium_subsidy_full 2201**********0015 JL-220102-2019-000123",
+            "status JL-220102-2019-000123 none→tekun 1084.00",
+        ]
+    );
+
+    // Replay. The same group again: nothing to do.
+    let again = x.run_matcher("m1");
+    assert_eq!((again["events"].as_u64(), again["published"].as_u64()), (Some(0), Some(0)), "{again}");
+    // A new group from the earliest offset, with the stored offsets gone too: every event is read
+    // again and recognised by its ce_id; no new effect and no new outbound event.
+    let db = doudi::db::Database::connect(&x.pg.settings).await.unwrap();
+    let outbox_before: i64 = sqlx::query("SELECT COUNT(*) AS n FROM outbox").fetch_one(db.pool()).await.unwrap().get("n");
+    sqlx::query("DELETE FROM consumer_offsets").execute(db.pool()).await.unwrap();
+    let replay = x.run_matcher("m2");
+    assert_eq!(replay["events"], replay["duplicates"], "{replay}");
+    assert_eq!((replay["decisions"].as_u64(), replay["published"].as_u64()), (Some(0), Some(0)), "{replay}");
+    assert_eq!(replay["events"].as_u64(), Some(28 + 6 + 1 + 1 + 1));
+    let outbox_after: i64 = sqlx::query("SELECT COUNT(*) AS n FROM outbox").fetch_one(db.pool()).await.unwrap().get("n");
+    assert_eq!(outbox_before, outbox_after);
+    assert!(x.deltas().await.0.is_empty(), "a replay publishes nothing");
+
+    // recipients show: masked by default, with the facts' sources.
+    let env = x.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, out, _) = common::run_doudi_env(&["recipients", "show", "220102195003070015", "--json"], &env);
+    assert_eq!(code, 0);
+    assert!(!out.contains("220102195003070015") && !out.contains("王某"), "masked by default");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["decision"]["category"], "tekun");
+    assert!(report["decision"]["explanation"].as_array().is_some_and(|e| !e.is_empty()));
+    let sources: BTreeSet<&str> = report["facts"].as_array().unwrap().iter().filter_map(|f| f["source"]["file"].as_str()).collect();
+    assert!(sources.contains("civil-household.jsonl") && sources.contains("deaths.jsonl") && sources.contains("revocations.jsonl"), "{sources:?}");
+    let (code, out, _) = common::run_doudi_env(&["recipients", "show", "220102195003070015", "--json", "--unmasked"], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains("220102195003070015"));
+    let logged: i64 = sqlx::query("SELECT COUNT(*) AS n FROM access_log WHERE person = '2201**********0015'").fetch_one(db.pool()).await.unwrap().get("n");
+    assert_eq!(logged, 1, "unmasked use is logged");
+}
+
+/// Every outbound record is a CloudEvent from the matcher whose id is the payload's id, keyed by the
+/// HMAC of a person, never the ID number.
+fn check_envelopes(records: &[common::Record]) {
+    let mut ids = BTreeSet::new();
+    for r in records {
+        let id = r.payload.get("event_id").or_else(|| r.payload.get("task_id")).and_then(Value::as_str).unwrap();
+        assert_eq!(r.headers.get("ce_id").map(String::as_str), Some(id));
+        assert_eq!(r.headers.get("ce_source").map(String::as_str), Some("doudi://matcher"));
+        let key = r.key.as_deref().unwrap();
+        assert_eq!(key.len(), 64);
+        assert!(key.chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(ids.insert(id.to_string()), "one distinct ce_id per change");
+    }
+}
+
+const STAGE_1: [&str; 46] = [
+    "education granted student_aid 2201**********003X JL-220102-2019-000124 primary",
+    "education granted student_aid 2208**********0731 JL-220802-2019-000507 senior",
+    "housing granted housing_assistance 2201**********0029 JL-220102-2019-000124 dibao",
+    "housing granted housing_assistance 2208**********0114 JL-220802-2019-000507 dibao",
+    "hrss granted employment_assistance 2201**********0029 JL-220102-2019-000124",
+    "hrss granted employment_assistance 2201**********0215 JL-220104-2019-000201",
+    "hrss granted employment_assistance 2201**********0226 JL-220104-2019-000201",
+    "hrss granted employment_assistance 2202**********0315 JL-220202-2019-000310",
+    "hrss granted employment_assistance 2202**********0424 JL-220202-2019-000310",
+    "hrss granted employment_assistance 2208**********0114 JL-220802-2019-000507",
+    "hrss granted employment_assistance 2208**********0625 JL-220802-2019-000507",
+    "hrss granted zero_employment_family 2201**********0215 JL-220104-2019-000201",
+    "hrss granted zero_employment_family 2202**********0315 JL-220202-2019-000310",
+    "hrss granted zero_employment_family 2208**********0114 JL-220802-2019-000507",
+    "medical granted medical_assistance_class1 2201**********0015 JL-220102-2019-000123",
+    "medical granted medical_assistance_class1 2224**********0516 JL-222401-2019-000402",
+    "medical granted medical_assistance_class2 2201**********0029 JL-220102-2019-000124",
+    "medical granted medical_assistance_class2 2201**********003X JL-220102-2019-000124",
+    "medical granted medical_assistance_class2 2201**********0113 JL-220102-2019-000124",
+    "medical granted medical_assistance_class2 2202**********0315 JL-220202-2019-000310",
+    "medical granted medical_assistance_class2 2202**********0424 JL-220202-2019-000310",
+    "medical granted medical_assistance_class2 2208**********0114 JL-220802-2019-000507",
+    "medical granted medical_assistance_class2 2208**********0625 JL-220802-2019-000507",
+    "medical granted medical_assistance_class2 2208**********0731 JL-220802-2019-000507",
+    "medical granted medical_assistance_class2 2224**********0536 JL-222401-2019-000402",
+    "medical granted medical_assistance_class3 2201**********0215 JL-220104-2019-000201",
+    "medical granted medical_assistance_class3 2201**********0226 JL-220104-2019-000201",
+    "medical granted premium_subsidy_fixed 2201**********0029 JL-220102-2019-000124 150.00",
+    "medical granted premium_subsidy_fixed 2201**********003X JL-220102-2019-000124 150.00",
+    "medical granted premium_subsidy_fixed 2201**********0113 JL-220102-2019-000124 150.00",
+    "medical granted premium_subsidy_fixed 2202**********0315 JL-220202-2019-000310 150.00",
+    "medical granted premium_subsidy_fixed 2202**********0424 JL-220202-2019-000310 150.00",
+    "medical granted premium_subsidy_fixed 2208**********0114 JL-220802-2019-000507 150.00",
+    "medical granted premium_subsidy_fixed 2208**********0625 JL-220802-2019-000507 150.00",
+    "medical granted premium_subsidy_fixed 2208**********0731 JL-220802-2019-000507 150.00",
+    "medical granted premium_subsidy_fixed 2224**********0536 JL-222401-2019-000402 150.00",
+    "medical granted premium_subsidy_full 2201**********0015 JL-220102-2019-000123",
+    "medical granted premium_subsidy_full 2224**********0516 JL-222401-2019-000402",
+    "status JL-220102-2019-000123 none→tekun 1084.00",
+    "status JL-220102-2019-000124 none→dibao 904.50",
+    "status JL-220104-2019-000201 none→low_income 0.00",
+    "status JL-220202-2019-000310 none→dibao 660.00",
+    "status JL-220802-2019-000507 none→dibao 1463.00",
+    "status JL-222401-2019-000402 none→dibao 1488.00",
+    "task cancel_dibao_refused_referrals 2208**********0114 JL-220802-2019-000507",
+    "union granted hardship_classification 2208**********0114 JL-220802-2019-000507 dibao",
+];
