@@ -293,3 +293,163 @@ const STAGE_1: [&str; 46] = [
     "task cancel_dibao_refused_referrals 2208**********0114 JL-220802-2019-000507",
     "union granted hardship_classification 2208**********0114 JL-220802-2019-000507 dibao",
 ];
+
+/// Produces synthetic households and employment events into the exchange's inbound topics, as a
+/// connector would (CloudEvents headers, HMAC keys).
+async fn produce_synthetic(x: &Exchange, households: u32) {
+    use doudi::envelope::{Envelope, KeyDeriver};
+    use doudi::matcher::synthetic;
+    use rdkafka::producer::FutureRecord;
+    let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
+    let keys = KeyDeriver::new(&Settings::default().keys);
+    let mut pending = Vec::new();
+    for n in 0..households {
+        for (feed, data, who) in [
+            (doudi::matcher::Feed::Household, synthetic::household(n), synthetic::person(n, 0)),
+            (doudi::matcher::Feed::Employment, synthetic::employment(n), synthetic::person(n, 1)),
+        ] {
+            let topic = format!("test.{}.{}", feed.topic(), x.suffix);
+            let env = Envelope::new("doudi://test/synthetic", feed.topic(), feed.topic(), &format!("{n}"), &data, chrono::Utc::now());
+            let headers = env.to_headers(&[("source_file", "synthetic"), ("source_row", &n.to_string())]);
+            let key = keys.key(&doudi::idnum::IdNumber::parse(&who).unwrap());
+            let payload = data.to_string();
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
+            pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        }
+    }
+    for p in pending {
+        p.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// The final state that must not depend on crashes: current decisions and entitlements in force.
+async fn final_state(url: &str) -> (Vec<String>, Vec<String>, i64) {
+    let db = doudi::db::Database::connect(&doudi::config::DatabaseSettings { url: url.into(), ..Default::default() }).await.unwrap();
+    let decisions = sqlx::query(
+        "SELECT d.household_id, d.category, d.monthly_payment, d.size, d.rules, d.effective_date FROM decisions d \
+         JOIN households h ON h.household_id = d.household_id AND h.decision_version = d.version ORDER BY d.household_id",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        format!(
+            "{} {} {} {} {} {}",
+            r.get::<String, _>(0),
+            r.get::<String, _>(1),
+            r.get::<String, _>(2),
+            r.get::<i64, _>(3),
+            r.get::<String, _>(4),
+            r.get::<String, _>(5)
+        )
+    })
+    .collect();
+    let entitlements = sqlx::query("SELECT household_id, agency, kind, id_number, attributes FROM entitlements WHERE ended_on IS NULL ORDER BY 1, 2, 3, 4")
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {} {} {} {}", r.get::<String, _>(0), r.get::<String, _>(1), r.get::<String, _>(2), r.get::<String, _>(3), r.get::<String, _>(4)))
+        .collect();
+    let facts: i64 = sqlx::query("SELECT COUNT(*) AS n FROM facts WHERE state = 'current'").fetch_one(db.pool()).await.unwrap().get("n");
+    (decisions, entitlements, facts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_batch_repeatedly_then_restart_equals_a_clean_run() {
+    const HOUSEHOLDS: u32 = 600;
+    let x = Exchange::new().await;
+    produce_synthetic(&x, HOUSEHOLDS).await;
+    let crashed = x.pg.settings.url.clone();
+    let db = doudi::db::Database::connect(&x.pg.settings).await.unwrap();
+    // A short session timeout, so that a killed member leaves the group quickly.
+    let session = [("DOUDI_KAFKA_OPTIONS_SESSION_TIMEOUT_MS", "6000"), ("DOUDI_DATABASE_URL", crashed.as_str())];
+    let mut kills = 0;
+    let mut args = x.match_args("crash");
+    args.retain(|a| a != "--until-idle");
+    args.extend(["--batch-size".to_string(), "50".to_string()]);
+    for round in 0..4u64 {
+        let before: i64 = sqlx::query("SELECT COUNT(*) AS n FROM processed_events").fetch_one(db.pool()).await.unwrap().get("n");
+        let mut child = std::process::Command::new(common::doudi_bin())
+            .args(&args)
+            .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
+            .env("DOUDI_LOG_LEVEL", "warn")
+            .env("DOUDI_HTTP_PORT", "0")
+            .envs(session)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until it is applying, then kill it at a moment that varies per round.
+        let started = std::time::Instant::now();
+        loop {
+            let now: i64 = sqlx::query("SELECT COUNT(*) AS n FROM processed_events").fetch_one(db.pool()).await.unwrap().get("n");
+            if now > before || started.elapsed() > Duration::from_secs(40) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(37 * round + 20)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let applied_before_restart: i64 = sqlx::query("SELECT COUNT(*) AS n FROM processed_events").fetch_one(db.pool()).await.unwrap().get("n");
+    assert!(applied_before_restart < i64::from(HOUSEHOLDS) * 2, "the kills came before the end ({applied_before_restart} applied)");
+    // Restart and finish.
+    let env: Vec<(&str, &str)> = session.to_vec();
+    let args_idle = x.match_args("crash");
+    let args_idle: Vec<&str> = args_idle.iter().map(String::as_str).collect();
+    let (code, out, err) = common::run_doudi_env(&args_idle, &env);
+    assert_eq!(code, 0, "{err}");
+    let summary: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(summary["invalid"].as_u64(), Some(0));
+
+    // The clean reference: the same input, one uninterrupted run into another database, publishing
+    // to other topics.
+    let clean = common::fresh_postgres().await;
+    let reference_suffix = format!("{}-clean", x.suffix);
+    let ctx = doudi::matcher::Context {
+        params: std::sync::Arc::new(doudi::policy::Params::shipped().unwrap()),
+        keys: doudi::envelope::KeyDeriver::new(&Settings::default().keys),
+        registry: std::sync::Arc::new(doudi::schema::Registry::load(&root().join("schemas")).unwrap()),
+        outbound: doudi::matcher::Outbound::with_affixes("test.", &format!(".{reference_suffix}")),
+        today: chrono::Local::now().date_naive(),
+    };
+    for t in OUTBOUND {
+        doudi::kafka::ensure_topic(&common::kafka(), &format!("test.{t}.{reference_suffix}"), 3, 1).await.unwrap();
+    }
+    let options = doudi::matcher::MatchOptions {
+        group: common::unique("clean"),
+        inbound: doudi::matcher::MatchOptions::inbound_with_affixes("test.", &format!(".{}", x.suffix)),
+        batch_size: 500,
+        batch_wait: Duration::from_millis(200),
+        until_idle: true,
+        idle_after: Duration::from_secs(1),
+        assignment_timeout: Duration::from_secs(60),
+        owner: "clean".into(),
+    };
+    let clean_db = doudi::db::Database::connect(&clean.settings).await.unwrap();
+    doudi::matcher::run(&clean_db, &common::kafka(), &ctx, &options, std::future::pending()).await.unwrap();
+
+    let (a_decisions, a_entitlements, a_facts) = final_state(&crashed).await;
+    let (b_decisions, b_entitlements, b_facts) = final_state(&clean.settings.url).await;
+    assert_eq!(a_decisions.len(), HOUSEHOLDS as usize);
+    assert_eq!(a_decisions, b_decisions, "after {kills} kills the decisions equal a clean run");
+    assert_eq!(a_entitlements, b_entitlements);
+    assert_eq!(a_facts, b_facts);
+    let processed: i64 = sqlx::query("SELECT COUNT(*) AS n FROM processed_events").fetch_one(db.pool()).await.unwrap().get("n");
+    assert_eq!(processed, i64::from(HOUSEHOLDS) * 2, "every event applied exactly once");
+
+    // Every outbox row reached its topic at least once, and nothing else did: exactly one distinct
+    // ce_id per change, duplicates (a crash between publishing and marking) allowed.
+    let outbox: BTreeSet<String> =
+        sqlx::query("SELECT ce_id FROM outbox").fetch_all(db.pool()).await.unwrap().iter().map(|r| r.get::<String, _>("ce_id")).collect();
+    let unsent: i64 = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE sent_at IS NULL").fetch_one(db.pool()).await.unwrap().get("n");
+    assert_eq!(unsent, 0);
+    let published = x.reader.until_quiet(Duration::from_secs(5)).await;
+    let distinct: BTreeSet<String> = published.iter().filter_map(|r| r.headers.get("ce_id").cloned()).collect();
+    assert_eq!(distinct, outbox, "published ce_ids are exactly the committed outbox rows");
+    assert!(published.len() >= outbox.len());
+}

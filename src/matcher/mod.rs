@@ -11,6 +11,7 @@ pub mod facts;
 pub mod outbound;
 pub mod show;
 pub mod store;
+pub mod synthetic;
 pub mod worker;
 
 pub use facts::Feed;
