@@ -40,7 +40,9 @@ fn main() {
             today: chrono::Local::now().date_naive(),
         };
         let mut events = Vec::with_capacity(households as usize * 2);
-        for (feed, make) in [(Feed::Household, synthetic::household as fn(u32) -> serde_json::Value), (Feed::Employment, synthetic::employment)] {
+        for (feed, make) in
+            [(Feed::Household, synthetic::household as fn(u32) -> serde_json::Value), (Feed::Employment, synthetic::employment)]
+        {
             for n in 0..households {
                 let offset = events.len() as i64;
                 events.push(Inbound {
@@ -58,16 +60,28 @@ fn main() {
         }
 
         // Raw batched upsert of the same rows.
-        sqlx::raw_sql("CREATE TABLE raw_events (ce_id TEXT PRIMARY KEY, id_number TEXT NOT NULL, payload TEXT NOT NULL)").execute(db.pool()).await.expect("table");
+        sqlx::raw_sql("CREATE TABLE raw_events (ce_id TEXT PRIMARY KEY, id_number TEXT NOT NULL, payload TEXT NOT NULL)")
+            .execute(db.pool())
+            .await
+            .expect("table");
         let started = Instant::now();
         for chunk in events.chunks(BATCH) {
             let mut conn = db.pool().acquire().await.expect("conn");
             let mut tx = conn.begin().await.expect("begin");
             let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
-            let sql = format!("INSERT INTO raw_events (ce_id, id_number, payload) VALUES {} ON CONFLICT (ce_id) DO UPDATE SET payload = excluded.payload", values.join(", "));
+            let sql = format!(
+                "INSERT INTO raw_events (ce_id, id_number, payload) VALUES {} ON CONFLICT (ce_id) DO UPDATE SET payload = excluded.payload",
+                values.join(", ")
+            );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for e in chunk {
-                let id = e.payload.get("id_number").or_else(|| e.payload.pointer("/members/0/id_number")).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+                let id = e
+                    .payload
+                    .get("id_number")
+                    .or_else(|| e.payload.pointer("/members/0/id_number"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string();
                 q = q.bind(e.ce_id.clone()).bind(id).bind(e.payload.to_string());
             }
             q.execute(&mut *tx).await.expect("upsert");
@@ -103,7 +117,9 @@ fn main() {
             matcher_rate / raw_rate,
             if matcher_rate >= 20_000.0 && matcher_rate / raw_rate >= 0.5 { "met" } else { "not met" }
         );
-        println!("\n{households} households: {decisions} decisions, {outbox} outbox rows; batches of {BATCH} events, one transaction each.");
+        println!(
+            "\n{households} households: {decisions} decisions, {outbox} outbox rows; batches of {BATCH} events, one transaction each."
+        );
         drop(db);
         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut admin).await;
     });

@@ -101,14 +101,24 @@ fn describe(r: &common::Record) -> String {
     let person = p["id_number"].as_str().map(doudi::idnum::mask).unwrap_or_default();
     let household = p["household_id"].as_str().unwrap_or_default();
     if r.topic.contains("recipient.status") {
-        format!("status {household} {}→{} {}", p["previous_category"].as_str().unwrap_or_default(), p["category"].as_str().unwrap_or_default(), p["monthly_payment"].as_str().unwrap_or_default())
+        format!(
+            "status {household} {}→{} {}",
+            p["previous_category"].as_str().unwrap_or_default(),
+            p["category"].as_str().unwrap_or_default(),
+            p["monthly_payment"].as_str().unwrap_or_default()
+        )
     } else if r.topic.contains("review-task") {
         format!("task {} {person} {household}", p["kind"].as_str().unwrap_or_default())
     } else {
         let extra = ["category", "student_level", "yearly_amount"].iter().filter_map(|k| p[*k].as_str()).collect::<Vec<_>>().join(" ");
-        format!("{} {} {} {person} {household} {extra}", p["agency"].as_str().unwrap_or_default(), p["change"].as_str().unwrap_or_default(), p["kind"].as_str().unwrap_or_default())
-            .trim_end()
-            .to_string()
+        format!(
+            "{} {} {} {person} {household} {extra}",
+            p["agency"].as_str().unwrap_or_default(),
+            p["change"].as_str().unwrap_or_default(),
+            p["kind"].as_str().unwrap_or_default()
+        )
+        .trim_end()
+        .to_string()
     }
 }
 
@@ -133,7 +143,11 @@ async fn sample_feeds_reach_each_agency_and_later_events_change_them() {
         x.feed(connector, &samples.join(file)).await;
     }
     let summary = x.run_matcher("m1");
-    assert_eq!((summary["events"].as_u64(), summary["invalid"].as_u64(), summary["published"].as_u64()), (Some(28), Some(0), Some(46)), "{summary}");
+    assert_eq!(
+        (summary["events"].as_u64(), summary["invalid"].as_u64(), summary["published"].as_u64()),
+        (Some(28), Some(0), Some(46)),
+        "{summary}"
+    );
     let (lines, records) = x.deltas().await;
     assert_eq!(lines, STAGE_1.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     check_envelopes(&records);
@@ -184,7 +198,8 @@ async fn sample_feeds_reach_each_agency_and_later_events_change_them() {
             "task deceased_member 2201**********0015 JL-220102-2019-000123",
         ]
     );
-    let revoked = json!({"id_number": "220102195003070015", "name": "王某", "event": "death_revoked", "date": "2019-12-28", "source": "公安"});
+    let revoked =
+        json!({"id_number": "220102195003070015", "name": "王某", "event": "death_revoked", "date": "2019-12-28", "source": "公安"});
     x.feed("vital-event", &jsonl(dir.path(), "revocations.jsonl", &[revoked])).await;
     x.run_matcher("m1");
     assert_eq!(
@@ -222,11 +237,18 @@ async fn sample_feeds_reach_each_agency_and_later_events_change_them() {
     assert_eq!(report["decision"]["category"], "tekun");
     assert!(report["decision"]["explanation"].as_array().is_some_and(|e| !e.is_empty()));
     let sources: BTreeSet<&str> = report["facts"].as_array().unwrap().iter().filter_map(|f| f["source"]["file"].as_str()).collect();
-    assert!(sources.contains("civil-household.jsonl") && sources.contains("deaths.jsonl") && sources.contains("revocations.jsonl"), "{sources:?}");
+    assert!(
+        sources.contains("civil-household.jsonl") && sources.contains("deaths.jsonl") && sources.contains("revocations.jsonl"),
+        "{sources:?}"
+    );
     let (code, out, _) = common::run_doudi_env(&["recipients", "show", "220102195003070015", "--json", "--unmasked"], &env);
     assert_eq!(code, 0);
     assert!(out.contains("220102195003070015"));
-    let logged: i64 = sqlx::query("SELECT COUNT(*) AS n FROM access_log WHERE person = '2201**********0015'").fetch_one(db.pool()).await.unwrap().get("n");
+    let logged: i64 = sqlx::query("SELECT COUNT(*) AS n FROM access_log WHERE person = '2201**********0015'")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .get("n");
     assert_eq!(logged, 1, "unmasked use is logged");
 }
 
@@ -345,13 +367,24 @@ async fn final_state(url: &str) -> (Vec<String>, Vec<String>, i64) {
         )
     })
     .collect();
-    let entitlements = sqlx::query("SELECT household_id, agency, kind, id_number, attributes FROM entitlements WHERE ended_on IS NULL ORDER BY 1, 2, 3, 4")
-        .fetch_all(db.pool())
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| format!("{} {} {} {} {}", r.get::<String, _>(0), r.get::<String, _>(1), r.get::<String, _>(2), r.get::<String, _>(3), r.get::<String, _>(4)))
-        .collect();
+    let entitlements = sqlx::query(
+        "SELECT household_id, agency, kind, id_number, attributes FROM entitlements WHERE ended_on IS NULL ORDER BY 1, 2, 3, 4",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        format!(
+            "{} {} {} {} {}",
+            r.get::<String, _>(0),
+            r.get::<String, _>(1),
+            r.get::<String, _>(2),
+            r.get::<String, _>(3),
+            r.get::<String, _>(4)
+        )
+    })
+    .collect();
     let facts: i64 = sqlx::query("SELECT COUNT(*) AS n FROM facts WHERE state = 'current'").fetch_one(db.pool()).await.unwrap().get("n");
     (decisions, entitlements, facts)
 }
@@ -395,7 +428,8 @@ async fn sigkill_mid_batch_repeatedly_then_restart_equals_a_clean_run() {
         child.wait().unwrap();
         kills += 1;
     }
-    let applied_before_restart: i64 = sqlx::query("SELECT COUNT(*) AS n FROM processed_events").fetch_one(db.pool()).await.unwrap().get("n");
+    let applied_before_restart: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM processed_events").fetch_one(db.pool()).await.unwrap().get("n");
     assert!(applied_before_restart < i64::from(HOUSEHOLDS) * 2, "the kills came before the end ({applied_before_restart} applied)");
     // Restart and finish.
     let env: Vec<(&str, &str)> = session.to_vec();

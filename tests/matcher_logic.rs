@@ -149,7 +149,10 @@ async fn facts_wait_for_their_household_and_employment_moves_it_between_categori
         );
         let education = first.iter().find(|r| r.0.contains("education")).unwrap();
         assert_eq!(education.3["student_level"], "primary");
-        assert!(education.3.get("monthly_payment").is_none() && education.3.get("category").is_none(), "education sees no household finances");
+        assert!(
+            education.3.get("monthly_payment").is_none() && education.3.get("category").is_none(),
+            "education sees no household finances"
+        );
 
         // The head finds work (2019-12-01, 1800 a month): per capita (3000 − 2 × 183) / 3 = 878 > 610.
         let mark = last_outbox_id(&db).await;
@@ -185,13 +188,14 @@ async fn facts_wait_for_their_household_and_employment_moves_it_between_categori
         let older = json!({"id_number": "220102198506150029", "event": "unemployed", "date": "2019-11-01"});
         let o = apply(&db, &ctx, &[f.event(Feed::Employment, older)]).await;
         assert_eq!((o.stale, o.decisions, o.outbox), (1, 0, 0));
-        let states: Vec<String> = sqlx::query("SELECT state FROM facts WHERE id_number = '220102198506150029' AND field = 'employment' ORDER BY id")
-            .fetch_all(db.pool())
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get("state"))
-            .collect();
+        let states: Vec<String> =
+            sqlx::query("SELECT state FROM facts WHERE id_number = '220102198506150029' AND field = 'employment' ORDER BY id")
+                .fetch_all(db.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get("state"))
+                .collect();
         assert_eq!(states, vec!["current", "stale"]);
         assert_eq!(category(&db, HH).await.0, "low_income");
 
@@ -246,9 +250,15 @@ async fn a_death_ends_entitlements_and_its_revocation_restores_them() {
             ])
         );
         assert_eq!(category(&db, HH).await.0, "tekun");
-        let task_state: String = sqlx::query("SELECT state FROM review_tasks WHERE kind = 'deceased_member'").fetch_one(db.pool()).await.unwrap().get("state");
+        let task_state: String =
+            sqlx::query("SELECT state FROM review_tasks WHERE kind = 'deceased_member'").fetch_one(db.pool()).await.unwrap().get("state");
         assert_eq!(task_state, "cleared", "the revocation clears the task the death raised");
-        let history: i64 = sqlx::query("SELECT COUNT(*) AS n FROM entitlements WHERE household_id = $1").bind(HH).fetch_one(db.pool()).await.unwrap().get("n");
+        let history: i64 = sqlx::query("SELECT COUNT(*) AS n FROM entitlements WHERE household_id = $1")
+            .bind(HH)
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .get("n");
         assert_eq!(history, 4, "ended entitlements stay as history beside the restored ones");
     })
     .await;
@@ -293,6 +303,7 @@ async fn an_unusable_event_is_recorded_and_the_batch_goes_on() {
     let good = household("JL-220102-2019-000123");
     let o = apply(&db, &ctx, &[f.event(Feed::Vital, bad), f.event(Feed::Household, good)]).await;
     assert_eq!((o.invalid, o.applied, o.decisions), (1, 1, 1));
-    let outcome: String = sqlx::query("SELECT outcome FROM processed_events WHERE kafka_offset = 1").fetch_one(db.pool()).await.unwrap().get("outcome");
+    let outcome: String =
+        sqlx::query("SELECT outcome FROM processed_events WHERE kafka_offset = 1").fetch_one(db.pool()).await.unwrap().get("outcome");
     assert_eq!(outcome, "invalid");
 }

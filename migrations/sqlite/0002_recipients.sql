@@ -135,6 +135,7 @@ CREATE TABLE consumer_offsets (
 );
 
 -- Derived events waiting for the relay; `sent_at` is set once the broker acknowledged them.
+-- `source_time` is the time of the source record that caused it, for end-to-end latency.
 CREATE TABLE outbox (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     topic        TEXT NOT NULL,
@@ -144,6 +145,7 @@ CREATE TABLE outbox (
     dataschema   TEXT NOT NULL,
     payload      TEXT NOT NULL,
     household_id TEXT,
+    source_time  TEXT NOT NULL,
     created_at   TEXT NOT NULL,
     sent_at      TEXT
 );

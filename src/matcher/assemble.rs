@@ -37,7 +37,14 @@ pub struct Assembled {
 }
 
 /// Builds the `doudi assess` input of a household from its registration and its members' facts.
-pub fn assemble(household_id: &str, region: &str, as_of: NaiveDate, base: &Value, members: &[StoredMember], facts: &[StoredFact]) -> Assembled {
+pub fn assemble(
+    household_id: &str,
+    region: &str,
+    as_of: NaiveDate,
+    base: &Value,
+    members: &[StoredMember],
+    facts: &[StoredFact],
+) -> Assembled {
     let date = facts.iter().filter_map(|f| f.effective).fold(as_of, NaiveDate::max);
     let window_start = date.checked_sub_months(Months::new(12)).unwrap_or(date);
     let mut out: Map<String, Value> = base.as_object().cloned().unwrap_or_default();

@@ -164,7 +164,8 @@ pub fn extract(feed: Feed, payload: &Value, today: NaiveDate) -> Result<Extracte
         }
         Feed::Housing => {
             let on = date(payload, "determined_on")?;
-            let value = payload.get("housing_difficulty").and_then(Value::as_bool).ok_or_else(|| err("housing_difficulty", "is missing"))?;
+            let value =
+                payload.get("housing_difficulty").and_then(Value::as_bool).ok_or_else(|| err("housing_difficulty", "is missing"))?;
             vec![fact("housing_difficulty", json!({"value": value}), Some(on))]
         }
         Feed::Roster => {
@@ -177,7 +178,11 @@ pub fn extract(feed: Feed, payload: &Value, today: NaiveDate) -> Result<Extracte
             let paid = text(payload, "self_paid")?;
             let paid = crate::money::parse_strict(paid).map_err(|_| err("self_paid", "is not a decimal amount"))?;
             let total = opt_text(payload, "total_cost").unwrap_or("");
-            vec![fact(format!("medical_settlement:{on}:{paid}:{total}"), json!({"settled_on": on, "self_paid": paid.to_string()}), Some(on))]
+            vec![fact(
+                format!("medical_settlement:{on}:{paid}:{total}"),
+                json!({"settled_on": on, "self_paid": paid.to_string()}),
+                Some(on),
+            )]
         }
         Feed::Vital => {
             let on = date(payload, "date")?;

@@ -173,7 +173,14 @@ impl Summary {
 }
 
 /// The payload of a status change (without `event_id`).
-pub fn status_payload(household_id: &str, region: &str, effective: NaiveDate, new: &Summary, old: Option<&Summary>, members: Value) -> Value {
+pub fn status_payload(
+    household_id: &str,
+    region: &str,
+    effective: NaiveDate,
+    new: &Summary,
+    old: Option<&Summary>,
+    members: Value,
+) -> Value {
     json!({
         "household_id": household_id,
         "region": region,

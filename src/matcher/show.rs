@@ -27,7 +27,8 @@ fn mask_name(name: &str) -> String {
 /// The report on the person with `id`, or `None` when doudi has never heard of them.
 pub async fn report(db: &Database, params: &Params, id: &IdNumber, unmasked: bool, actor: &str) -> Result<Option<Value>, ApplyError> {
     let mut conn = db.pool().acquire().await?;
-    let Some(person) = sqlx::query("SELECT name, birth_date, sex FROM persons WHERE id_number = $1").bind(id.as_str()).fetch_optional(&mut *conn).await?
+    let Some(person) =
+        sqlx::query("SELECT name, birth_date, sex FROM persons WHERE id_number = $1").bind(id.as_str()).fetch_optional(&mut *conn).await?
     else {
         return Ok(None);
     };
@@ -66,8 +67,11 @@ pub async fn report(db: &Database, params: &Params, id: &IdNumber, unmasked: boo
         let (members, facts) = household_state(&mut conn, &household_id).await?;
         let mut listed = Vec::new();
         for member in &members {
-            let name: Option<String> =
-                sqlx::query("SELECT name FROM persons WHERE id_number = $1").bind(&member.id_number).fetch_one(&mut *conn).await?.try_get("name")?;
+            let name: Option<String> = sqlx::query("SELECT name FROM persons WHERE id_number = $1")
+                .bind(&member.id_number)
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get("name")?;
             listed.push(json!({
                 "id_number": show_id(&member.id_number),
                 "name": show_name(name),
@@ -111,7 +115,13 @@ pub async fn report(db: &Database, params: &Params, id: &IdNumber, unmasked: boo
                 let lines: Vec<String> = e
                     .explanation
                     .iter()
-                    .map(|l| if unmasked { l.clone() } else { members.iter().fold(l.clone(), |acc, m| acc.replace(&m.id_number, &mask(&m.id_number))) })
+                    .map(|l| {
+                        if unmasked {
+                            l.clone()
+                        } else {
+                            members.iter().fold(l.clone(), |acc, m| acc.replace(&m.id_number, &mask(&m.id_number)))
+                        }
+                    })
                     .collect();
                 decision["explanation"] = json!(lines);
             }
@@ -149,7 +159,11 @@ pub async fn report(db: &Database, params: &Params, id: &IdNumber, unmasked: boo
             }));
         }
         out["review_tasks"] = json!(tasks);
-        if let Some(p) = sqlx::query("SELECT problem FROM assessment_problems WHERE household_id = $1").bind(&household_id).fetch_optional(&mut *conn).await? {
+        if let Some(p) = sqlx::query("SELECT problem FROM assessment_problems WHERE household_id = $1")
+            .bind(&household_id)
+            .fetch_optional(&mut *conn)
+            .await?
+        {
             out["assessment_problem"] = json!(p.try_get::<String, _>("problem")?);
         }
     }
@@ -201,7 +215,13 @@ pub fn render_text(report: &Value) -> String {
     if h.is_null() {
         out.push_str("家庭 household  (not registered in any household yet: facts are kept and apply when civil affairs registers one)\n");
     } else {
-        out.push_str(&format!("家庭 household {}  region {}  registered as of {}  relation {}\n", s(&h["household_id"]), s(&h["region"]), s(&h["registered_as_of"]), s(&h["relation"])));
+        out.push_str(&format!(
+            "家庭 household {}  region {}  registered as of {}  relation {}\n",
+            s(&h["household_id"]),
+            s(&h["region"]),
+            s(&h["registered_as_of"]),
+            s(&h["relation"])
+        ));
         for m in h["members"].as_array().into_iter().flatten() {
             out.push_str(&format!("    {}  {}  {}\n", s(&m["id_number"]), s(&m["name"]), s(&m["relation"])));
         }
@@ -230,8 +250,16 @@ pub fn render_text(report: &Value) -> String {
     if !ents.is_empty() {
         out.push_str("待遇 entitlements\n");
         for e in &ents {
-            let state = if e["ended_on"].is_null() { format!("since {}", s(&e["granted_on"])) } else { format!("ended {}", s(&e["ended_on"])) };
-            out.push_str(&format!("    {:<10} {:<28} {}  {}  {}\n", s(&e["agency"]), s(&e["kind"]), s(&e["person"]), state, e["attributes"]));
+            let state =
+                if e["ended_on"].is_null() { format!("since {}", s(&e["granted_on"])) } else { format!("ended {}", s(&e["ended_on"])) };
+            out.push_str(&format!(
+                "    {:<10} {:<28} {}  {}  {}\n",
+                s(&e["agency"]),
+                s(&e["kind"]),
+                s(&e["person"]),
+                state,
+                e["attributes"]
+            ));
         }
     }
     let tasks = report["review_tasks"].as_array().cloned().unwrap_or_default();

@@ -145,7 +145,7 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
 /// Applies `events` in order, then re-evaluates every household they touched.
 pub async fn apply_batch(conn: &mut AnyConnection, ctx: &Context, events: &[Inbound]) -> Result<BatchOutcome, ApplyError> {
     let mut outcome = BatchOutcome::default();
-    let mut affected: BTreeMap<String, String> = BTreeMap::new();
+    let mut affected: BTreeMap<String, (String, String)> = BTreeMap::new();
     for event in events {
         outcome.events += 1;
         let seen = sqlx::query("SELECT 1 FROM processed_events WHERE ce_id = $1").bind(&event.ce_id).fetch_optional(&mut *conn).await?;
@@ -161,7 +161,9 @@ pub async fn apply_batch(conn: &mut AnyConnection, ctx: &Context, events: &[Inbo
                 "invalid"
             }
             Ok(Extracted::Household(record)) => apply_household(conn, ctx, event, &record, &mut affected, &mut outcome).await?,
-            Ok(Extracted::Person { id, name, facts }) => apply_person(conn, ctx, event, &id, name.as_deref(), &facts, &mut affected, &mut outcome).await?,
+            Ok(Extracted::Person { id, name, facts }) => {
+                apply_person(conn, ctx, event, &id, name.as_deref(), &facts, &mut affected, &mut outcome).await?
+            }
         };
         sqlx::query("INSERT INTO processed_events (ce_id, topic, kafka_partition, kafka_offset, outcome, processed_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&event.ce_id)
@@ -173,8 +175,8 @@ pub async fn apply_batch(conn: &mut AnyConnection, ctx: &Context, events: &[Inbo
             .execute(&mut *conn)
             .await?;
     }
-    for (household_id, trigger) in &affected {
-        evaluate_household(conn, ctx, household_id, trigger, &mut outcome).await?;
+    for (household_id, (trigger, source_time)) in &affected {
+        evaluate_household(conn, ctx, household_id, trigger, source_time, &mut outcome).await?;
     }
     Ok(outcome)
 }
@@ -189,8 +191,16 @@ enum Identity {
     Conflict,
 }
 
-async fn ensure_person(conn: &mut AnyConnection, ctx: &Context, id: &IdNumber, name: Option<&str>, topic: &str, registry: bool) -> Result<Identity, ApplyError> {
-    let row = sqlx::query("SELECT name, name_source FROM persons WHERE id_number = $1").bind(id.as_str()).fetch_optional(&mut *conn).await?;
+async fn ensure_person(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    id: &IdNumber,
+    name: Option<&str>,
+    topic: &str,
+    registry: bool,
+) -> Result<Identity, ApplyError> {
+    let row =
+        sqlx::query("SELECT name, name_source FROM persons WHERE id_number = $1").bind(id.as_str()).fetch_optional(&mut *conn).await?;
     let Some(row) = row else {
         sqlx::query("INSERT INTO persons (id_number, person_key, name, name_source, birth_date, sex, first_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(id.as_str())
@@ -212,18 +222,32 @@ async fn ensure_person(conn: &mut AnyConnection, ctx: &Context, id: &IdNumber, n
     let Some(name) = name else { return Ok(Identity::Consistent) };
     match known {
         None => {
-            sqlx::query("UPDATE persons SET name = $1, name_source = $2 WHERE id_number = $3").bind(name).bind(topic).bind(id.as_str()).execute(&mut *conn).await?;
+            sqlx::query("UPDATE persons SET name = $1, name_source = $2 WHERE id_number = $3")
+                .bind(name)
+                .bind(topic)
+                .bind(id.as_str())
+                .execute(&mut *conn)
+                .await?;
             Ok(Identity::Consistent)
         }
         Some(k) if k == name => {
             if registry && known_source.as_deref() != Some(topic) {
-                sqlx::query("UPDATE persons SET name_source = $1 WHERE id_number = $2").bind(topic).bind(id.as_str()).execute(&mut *conn).await?;
+                sqlx::query("UPDATE persons SET name_source = $1 WHERE id_number = $2")
+                    .bind(topic)
+                    .bind(id.as_str())
+                    .execute(&mut *conn)
+                    .await?;
             }
             Ok(Identity::Consistent)
         }
         Some(_) if registry => {
             let from_registry = known_source.as_deref().is_some_and(|s| s.contains(Feed::Household.topic()));
-            sqlx::query("UPDATE persons SET name = $1, name_source = $2 WHERE id_number = $3").bind(name).bind(topic).bind(id.as_str()).execute(&mut *conn).await?;
+            sqlx::query("UPDATE persons SET name = $1, name_source = $2 WHERE id_number = $3")
+                .bind(name)
+                .bind(topic)
+                .bind(id.as_str())
+                .execute(&mut *conn)
+                .await?;
             Ok(if from_registry { Identity::Consistent } else { Identity::RegistryCorrected })
         }
         Some(_) => Ok(Identity::Conflict),
@@ -241,7 +265,13 @@ async fn current_household(conn: &mut AnyConnection, id_number: &str) -> Result<
     })
 }
 
-async fn insert_fact(conn: &mut AnyConnection, event: &Inbound, id_number: &str, fact: &PersonFact, state: &str) -> Result<i64, ApplyError> {
+async fn insert_fact(
+    conn: &mut AnyConnection,
+    event: &Inbound,
+    id_number: &str,
+    fact: &PersonFact,
+    state: &str,
+) -> Result<i64, ApplyError> {
     let row = sqlx::query(
         "INSERT INTO facts (id_number, source, field, value, effective_date, recorded_at, state, topic, kafka_partition, kafka_offset, ce_id, source_file, source_row, applied_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
@@ -301,7 +331,7 @@ async fn apply_person(
     id: &IdNumber,
     name: Option<&str>,
     facts: &[PersonFact],
-    affected: &mut BTreeMap<String, String>,
+    affected: &mut BTreeMap<String, (String, String)>,
     outcome: &mut BatchOutcome,
 ) -> Result<&'static str, ApplyError> {
     let household = current_household(conn, id.as_str()).await?;
@@ -311,8 +341,13 @@ async fn apply_person(
         }
         outcome.held += 1;
         let region = household.as_ref().map_or_else(|| id.division().to_string(), |h| h.1.clone());
-        let on = facts.iter().filter_map(|f| f.effective).max().or_else(|| event.recorded_at.get(..10).and_then(parse_date)).unwrap_or(ctx.today);
-        raise_identity_conflict(conn, ctx, id, household.as_ref().map(|h| h.0.as_str()), &region, on, &event.ce_id, outcome).await?;
+        let on = facts
+            .iter()
+            .filter_map(|f| f.effective)
+            .max()
+            .or_else(|| event.recorded_at.get(..10).and_then(parse_date))
+            .unwrap_or(ctx.today);
+        raise_identity_conflict(conn, ctx, id, household.as_ref().map(|h| h.0.as_str()), &region, on, event, outcome).await?;
         tracing::warn!(topic = %event.topic, partition = event.partition, offset = event.offset,
             "A department's name for a person differs from the registry: the facts are held and a caseworker review task was raised.");
         return Ok("held");
@@ -330,7 +365,7 @@ async fn apply_person(
     }
     outcome.applied += 1;
     if let Some((household_id, _)) = household {
-        affected.entry(household_id).or_insert_with(|| event.ce_id.clone());
+        affected.entry(household_id).or_insert_with(|| (event.ce_id.clone(), event.recorded_at.clone()));
     }
     Ok("applied")
 }
@@ -340,7 +375,7 @@ async fn apply_household(
     ctx: &Context,
     event: &Inbound,
     record: &HouseholdRecord,
-    affected: &mut BTreeMap<String, String>,
+    affected: &mut BTreeMap<String, (String, String)>,
     outcome: &mut BatchOutcome,
 ) -> Result<&'static str, ApplyError> {
     let registration = |m: &super::facts::RegisteredMember| PersonFact {
@@ -348,7 +383,8 @@ async fn apply_household(
         value: json!({"household_id": record.household_id, "relation": m.relation}),
         effective: Some(record.as_of),
     };
-    let held = sqlx::query("SELECT as_of FROM households WHERE household_id = $1").bind(&record.household_id).fetch_optional(&mut *conn).await?;
+    let held =
+        sqlx::query("SELECT as_of FROM households WHERE household_id = $1").bind(&record.household_id).fetch_optional(&mut *conn).await?;
     if let Some(row) = &held {
         let as_of: String = row.try_get("as_of")?;
         if parse_date(&as_of).is_some_and(|held| record.as_of < held) {
@@ -361,7 +397,7 @@ async fn apply_household(
     }
     for m in &record.members {
         if let Identity::RegistryCorrected = ensure_person(conn, ctx, &m.id, m.name.as_deref(), &event.topic, true).await? {
-            raise_identity_conflict(conn, ctx, &m.id, Some(&record.household_id), &record.region, record.as_of, &event.ce_id, outcome).await?;
+            raise_identity_conflict(conn, ctx, &m.id, Some(&record.household_id), &record.region, record.as_of, event, outcome).await?;
         }
     }
     let now = now_rfc3339();
@@ -385,12 +421,17 @@ async fn apply_household(
         let row_id: i64 = row.try_get("id")?;
         let id_number: String = row.try_get("id_number")?;
         let relation: String = row.try_get("relation")?;
-        let member: String = row.try_get("member")?;
-        let same = record.members.iter().any(|m| m.id.as_str() == id_number && m.relation == relation && m.record.to_string() == member);
+        let member: Option<Value> = serde_json::from_str(&row.try_get::<String, _>("member")?).ok();
+        let same =
+            record.members.iter().any(|m| m.id.as_str() == id_number && m.relation == relation && member.as_ref() == Some(&m.record));
         if same {
             kept.insert(id_number);
         } else {
-            sqlx::query("UPDATE household_members SET valid_to = $1 WHERE id = $2").bind(record.as_of.to_string()).bind(row_id).execute(&mut *conn).await?;
+            sqlx::query("UPDATE household_members SET valid_to = $1 WHERE id = $2")
+                .bind(record.as_of.to_string())
+                .bind(row_id)
+                .execute(&mut *conn)
+                .await?;
         }
     }
     for m in &record.members {
@@ -399,16 +440,21 @@ async fn apply_household(
             continue;
         }
         // A person registered here leaves any other household they were in.
-        let elsewhere = sqlx::query("SELECT id, household_id FROM household_members WHERE id_number = $1 AND valid_to IS NULL AND household_id <> $2")
-            .bind(m.id.as_str())
-            .bind(&record.household_id)
-            .fetch_all(&mut *conn)
-            .await?;
+        let elsewhere =
+            sqlx::query("SELECT id, household_id FROM household_members WHERE id_number = $1 AND valid_to IS NULL AND household_id <> $2")
+                .bind(m.id.as_str())
+                .bind(&record.household_id)
+                .fetch_all(&mut *conn)
+                .await?;
         for row in elsewhere {
             let row_id: i64 = row.try_get("id")?;
             let other: String = row.try_get("household_id")?;
-            sqlx::query("UPDATE household_members SET valid_to = $1 WHERE id = $2").bind(record.as_of.to_string()).bind(row_id).execute(&mut *conn).await?;
-            affected.entry(other).or_insert_with(|| event.ce_id.clone());
+            sqlx::query("UPDATE household_members SET valid_to = $1 WHERE id = $2")
+                .bind(record.as_of.to_string())
+                .bind(row_id)
+                .execute(&mut *conn)
+                .await?;
+            affected.entry(other).or_insert_with(|| (event.ce_id.clone(), event.recorded_at.clone()));
         }
         sqlx::query("INSERT INTO household_members (household_id, id_number, relation, member, valid_from, valid_to, fact_id) VALUES ($1, $2, $3, $4, $5, NULL, $6)")
             .bind(&record.household_id)
@@ -421,7 +467,7 @@ async fn apply_household(
             .await?;
     }
     outcome.applied += 1;
-    affected.entry(record.household_id.clone()).or_insert_with(|| event.ce_id.clone());
+    affected.entry(record.household_id.clone()).or_insert_with(|| (event.ce_id.clone(), event.recorded_at.clone()));
     Ok("applied")
 }
 
@@ -433,7 +479,7 @@ async fn raise_identity_conflict(
     household_id: Option<&str>,
     region: &str,
     on: NaiveDate,
-    trigger: &str,
+    trigger: &Inbound,
     outcome: &mut BatchOutcome,
 ) -> Result<(), ApplyError> {
     let open = sqlx::query("SELECT 1 FROM review_tasks WHERE kind = 'identity_conflict' AND id_number = $1 AND state = 'open'")
@@ -443,8 +489,8 @@ async fn raise_identity_conflict(
     if open.is_some() {
         return Ok(());
     }
-    let identity = format!("identity_conflict/{}/{trigger}", ctx.keys.key(id));
-    raise_task(conn, ctx, "identity_conflict", Some(id), household_id, region, on, None, &identity, outcome).await
+    let identity = format!("identity_conflict/{}/{}", ctx.keys.key(id), trigger.ce_id);
+    raise_task(conn, ctx, "identity_conflict", Some(id), household_id, region, on, None, &identity, &trigger.recorded_at, outcome).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -458,6 +504,7 @@ async fn raise_task(
     on: NaiveDate,
     rule: Option<&str>,
     identity: &str,
+    source_time: &str,
     outcome: &mut BatchOutcome,
 ) -> Result<(), ApplyError> {
     let detail = task_detail(kind, &person.map(IdNumber::masked).unwrap_or_default());
@@ -474,7 +521,7 @@ async fn raise_task(
         }
     }
     let key = person.map(|p| ctx.keys.key(p)).unwrap_or_default();
-    let task_id = write_outbox(conn, ctx, REVIEW_TOPIC, "task_id", &key, identity, payload, household_id).await?;
+    let task_id = write_outbox(conn, ctx, REVIEW_TOPIC, "task_id", &key, identity, payload, household_id, source_time).await?;
     sqlx::query("INSERT INTO review_tasks (task_id, kind, id_number, household_id, region, created_on, rule, detail, state, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'open', $9)")
         .bind(&task_id)
         .bind(kind)
@@ -505,17 +552,21 @@ async fn write_outbox(
     identity: &str,
     mut payload: Value,
     household_id: Option<&str>,
+    source_time: &str,
 ) -> Result<String, ApplyError> {
     let ce_id = event_id_for_payload(MATCHER_SOURCE, identity, payload.to_string().as_bytes());
     if let Some(obj) = payload.as_object_mut() {
         obj.insert(id_field.into(), json!(ce_id));
     }
-    let schema = ctx.registry.for_topic(catalogue_topic).map_err(|e| ApplyError::InvalidOutbound { topic: catalogue_topic.into(), reason: e.to_string() })?;
+    let schema = ctx
+        .registry
+        .for_topic(catalogue_topic)
+        .map_err(|e| ApplyError::InvalidOutbound { topic: catalogue_topic.into(), reason: e.to_string() })?;
     if let Some(v) = schema.violations(&payload).first() {
         return Err(ApplyError::InvalidOutbound { topic: catalogue_topic.into(), reason: format!("{} at {}", v.message, v.pointer) });
     }
     sqlx::query(
-        "INSERT INTO outbox (topic, message_key, ce_id, ce_type, dataschema, payload, household_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+        "INSERT INTO outbox (topic, message_key, ce_id, ce_type, dataschema, payload, household_id, source_time, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
          ON CONFLICT (ce_id) DO NOTHING",
     )
     .bind(ctx.outbound.actual(catalogue_topic))
@@ -525,6 +576,7 @@ async fn write_outbox(
     .bind(schema.id.as_str())
     .bind(payload.to_string())
     .bind(household_id)
+    .bind(source_time)
     .bind(now_rfc3339())
     .execute(&mut *conn)
     .await?;
@@ -552,10 +604,11 @@ async fn person_names(conn: &mut AnyConnection, ids: &[String]) -> Result<BTreeM
 /// The current members of a household and their current facts (registrations left out), in a
 /// stable order.
 pub async fn household_state(conn: &mut AnyConnection, household_id: &str) -> Result<(Vec<StoredMember>, Vec<StoredFact>), ApplyError> {
-    let member_rows = sqlx::query("SELECT id_number, member FROM household_members WHERE household_id = $1 AND valid_to IS NULL ORDER BY id")
-        .bind(household_id)
-        .fetch_all(&mut *conn)
-        .await?;
+    let member_rows =
+        sqlx::query("SELECT id_number, member FROM household_members WHERE household_id = $1 AND valid_to IS NULL ORDER BY id")
+            .bind(household_id)
+            .fetch_all(&mut *conn)
+            .await?;
     let mut members = Vec::with_capacity(member_rows.len());
     for r in &member_rows {
         members.push(StoredMember {
@@ -591,7 +644,14 @@ pub async fn household_state(conn: &mut AnyConnection, household_id: &str) -> Re
 }
 
 /// Re-assesses one household on its current facts and writes what changed.
-async fn evaluate_household(conn: &mut AnyConnection, ctx: &Context, household_id: &str, trigger: &str, outcome: &mut BatchOutcome) -> Result<(), ApplyError> {
+async fn evaluate_household(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    household_id: &str,
+    trigger: &str,
+    source_time: &str,
+    outcome: &mut BatchOutcome,
+) -> Result<(), ApplyError> {
     outcome.households_evaluated += 1;
     let Some(row) = sqlx::query("SELECT region, as_of, base, decision_version FROM households WHERE household_id = $1")
         .bind(household_id)
@@ -687,10 +747,11 @@ async fn evaluate_household(conn: &mut AnyConnection, ctx: &Context, household_i
 
     // Review tasks the engine raises now, against those open for this household.
     let mut open = BTreeSet::new();
-    for r in sqlx::query("SELECT kind, id_number FROM review_tasks WHERE household_id = $1 AND state = 'open' AND kind <> 'identity_conflict'")
-        .bind(household_id)
-        .fetch_all(&mut *conn)
-        .await?
+    for r in
+        sqlx::query("SELECT kind, id_number FROM review_tasks WHERE household_id = $1 AND state = 'open' AND kind <> 'identity_conflict'")
+            .bind(household_id)
+            .fetch_all(&mut *conn)
+            .await?
     {
         open.insert((r.try_get::<String, _>("kind")?, r.try_get::<Option<String>, _>("id_number")?.unwrap_or_default()));
     }
@@ -723,7 +784,11 @@ async fn evaluate_household(conn: &mut AnyConnection, ctx: &Context, household_i
     .bind(now_rfc3339())
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE households SET decision_version = $1 WHERE household_id = $2").bind(new_version).bind(household_id).execute(&mut *conn).await?;
+    sqlx::query("UPDATE households SET decision_version = $1 WHERE household_id = $2")
+        .bind(new_version)
+        .bind(household_id)
+        .execute(&mut *conn)
+        .await?;
 
     // The status change, when category or payment moved (a first decision of `none` moves nothing).
     let status_moved = match &old_summary {
@@ -733,7 +798,18 @@ async fn evaluate_household(conn: &mut AnyConnection, ctx: &Context, household_i
     if status_moved {
         let key = head.as_ref().map(|h| ctx.keys.key(h)).unwrap_or_default();
         let payload = status_payload(household_id, &region, date, &summary, old_summary.as_ref(), members_status);
-        write_outbox(conn, ctx, STATUS_TOPIC, "event_id", &key, &format!("{household_id}/v{new_version}/status"), payload, Some(household_id)).await?;
+        write_outbox(
+            conn,
+            ctx,
+            STATUS_TOPIC,
+            "event_id",
+            &key,
+            &format!("{household_id}/v{new_version}/status"),
+            payload,
+            Some(household_id),
+            source_time,
+        )
+        .await?;
         outcome.outbox += 1;
     }
 
@@ -781,23 +857,26 @@ async fn evaluate_household(conn: &mut AnyConnection, ctx: &Context, household_i
         let key = person.as_ref().map(|p| ctx.keys.key(p)).unwrap_or_default();
         let payload = entitlement_payload(*change, e, names.get(&e.id_number).map(String::as_str), household_id, &region, date);
         let identity = format!("{household_id}/v{new_version}/{}/{}/{key}", e.agency, e.kind);
-        write_outbox(conn, ctx, &agency_topic(&e.agency), "event_id", &key, &identity, payload, Some(household_id)).await?;
+        write_outbox(conn, ctx, &agency_topic(&e.agency), "event_id", &key, &identity, payload, Some(household_id), source_time).await?;
         outcome.outbox += 1;
-        metrics::counter!("doudi_matcher_entitlement_changes_total", "agency" => e.agency.clone(), "change" => change.as_str()).increment(1);
+        metrics::counter!("doudi_matcher_entitlement_changes_total", "agency" => e.agency.clone(), "change" => change.as_str())
+            .increment(1);
     }
 
     for (kind, person, rule) in &new_tasks {
         let id = IdNumber::parse(person).ok();
         let identity = format!("{household_id}/v{new_version}/task/{kind}/{}", id.as_ref().map(|p| ctx.keys.key(p)).unwrap_or_default());
-        raise_task(conn, ctx, kind, id.as_ref(), Some(household_id), &region, date, Some(rule), &identity, outcome).await?;
+        raise_task(conn, ctx, kind, id.as_ref(), Some(household_id), &region, date, Some(rule), &identity, source_time, outcome).await?;
     }
     for (kind, person) in &cleared {
-        sqlx::query("UPDATE review_tasks SET state = 'cleared' WHERE household_id = $1 AND kind = $2 AND id_number = $3 AND state = 'open'")
-            .bind(household_id)
-            .bind(kind)
-            .bind(person)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "UPDATE review_tasks SET state = 'cleared' WHERE household_id = $1 AND kind = $2 AND id_number = $3 AND state = 'open'",
+        )
+        .bind(household_id)
+        .bind(kind)
+        .bind(person)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }

@@ -30,13 +30,13 @@ pub fn household(n: u32) -> Value {
                "income": {"wages": wages.to_string(), "transfer": "100"}, "employed": employed, "work_ability": "able",
                "student_level": if m == 2 { json!("primary") } else { Value::Null }})
     };
-    let mut members = vec![member(0, "head", (n * 37) % 1500, n % 2 == 0), member(1, "spouse", 0, false)];
-    if n % 3 == 0 {
+    let mut members = vec![member(0, "head", (n * 37) % 1500, n.is_multiple_of(2)), member(1, "spouse", 0, false)];
+    if n.is_multiple_of(3) {
         members.push(member(2, "child", 0, false));
     }
     json!({"household_id": format!("JL-{region}-2020-{:06}", n % 1_000_000), "as_of": "2020-01-02", "region": region,
            "members": members, "assets": {"financial": "1000", "vehicles": [], "homes": 1, "business_control": false},
-           "medical_self_paid_12m": "0", "housing_difficulty": n % 5 == 0})
+           "medical_self_paid_12m": "0", "housing_difficulty": n.is_multiple_of(5)})
 }
 
 /// An employment event for the spouse of household `n`, dated after the registration.

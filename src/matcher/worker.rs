@@ -19,13 +19,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientContext;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientContext;
+use rdkafka::types::RDKafkaRespErr;
 use sqlx::{Acquire, Row};
 
 use super::facts::Feed;
@@ -326,7 +326,9 @@ async fn apply(
         next.insert(tp.clone(), m.offset() + 1);
         match inbound(m, options) {
             Some(e) => events.push(e),
-            None => tracing::warn!(topic = %tp.0, partition = tp.1, offset = m.offset(), "An inbound message has no CloudEvents envelope or JSON payload; it is skipped."),
+            None => {
+                tracing::warn!(topic = %tp.0, partition = tp.1, offset = m.offset(), "An inbound message has no CloudEvents envelope or JSON payload; it is skipped.")
+            }
         }
     }
     let outcome = apply_batch(&mut tx, ctx, &events).await?;
@@ -465,7 +467,7 @@ async fn pending_outbox(db: &Database) -> Result<i64, MatchError> {
 pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, MatchError> {
     let mut published = 0;
     loop {
-        let rows = sqlx::query("SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 500")
+        let rows = sqlx::query("SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 500")
             .fetch_all(db.pool())
             .await?;
         if rows.is_empty() {
@@ -481,17 +483,23 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
             let schema: String = r.try_get("dataschema")?;
             let payload: String = r.try_get("payload")?;
             let created: String = r.try_get("created_at")?;
+            let source_time: String = r.try_get("source_time")?;
             let headers = binary_mode_headers(&ce_id, MATCHER_SOURCE, &ce_type, &created, &schema, std::iter::empty());
             let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
             let delivery = producer.send_result(record).map_err(|(e, _)| MatchError::Kafka(e))?;
-            pending.push((id, topic, delivery));
+            pending.push((id, topic, source_time, delivery));
         }
         let mut delivered = Vec::new();
         let mut failure = None;
-        for (id, topic, delivery) in pending {
+        for (id, topic, source_time, delivery) in pending {
             match delivery.await {
                 Ok(Ok(_)) if failure.is_none() => {
                     delivered.push(id);
+                    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&source_time) {
+                        let ms = u64::try_from((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds()).unwrap_or(0);
+                        metrics::histogram!("doudi_matcher_end_to_end_seconds", "topic" => topic.clone())
+                            .record(Duration::from_millis(ms).as_secs_f64());
+                    }
                     metrics::counter!("doudi_matcher_published_total", "topic" => topic).increment(1);
                 }
                 Ok(Ok(_)) => {}
@@ -501,7 +509,10 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
         }
         let now = now_rfc3339();
         for chunk in delivered.chunks(200) {
-            let sql = format!("UPDATE outbox SET sent_at = $1 WHERE id IN ({})", (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", "));
+            let sql = format!(
+                "UPDATE outbox SET sent_at = $1 WHERE id IN ({})",
+                (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+            );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&now);
             for id in chunk {
                 q = q.bind(id);
