@@ -389,6 +389,80 @@ async fn final_state(url: &str) -> (Vec<String>, Vec<String>, i64) {
     (decisions, entitlements, facts)
 }
 
+/// The same input applied by one uninterrupted run into another database, publishing to other
+/// topics: the state every other run must end in.
+async fn clean_reference(x: &Exchange) -> (Vec<String>, Vec<String>, i64) {
+    let clean = common::fresh_postgres().await;
+    let reference_suffix = format!("{}-clean", x.suffix);
+    let ctx = doudi::matcher::Context {
+        params: std::sync::Arc::new(doudi::policy::Params::shipped().unwrap()),
+        keys: doudi::envelope::KeyDeriver::new(&Settings::default().keys),
+        registry: std::sync::Arc::new(doudi::schema::Registry::load(&root().join("schemas")).unwrap()),
+        outbound: doudi::matcher::Outbound::with_affixes("test.", &format!(".{reference_suffix}")),
+        today: chrono::Local::now().date_naive(),
+    };
+    for t in OUTBOUND {
+        doudi::kafka::ensure_topic(&common::kafka(), &format!("test.{t}.{reference_suffix}"), 3, 1).await.unwrap();
+    }
+    let options = doudi::matcher::MatchOptions {
+        group: common::unique("clean"),
+        inbound: doudi::matcher::MatchOptions::inbound_with_affixes("test.", &format!(".{}", x.suffix)),
+        batch_size: 500,
+        batch_wait: Duration::from_millis(200),
+        until_idle: true,
+        idle_after: Duration::from_secs(1),
+        assignment_timeout: Duration::from_secs(60),
+        owner: "clean".into(),
+    };
+    let clean_db = doudi::db::Database::connect(&clean.settings).await.unwrap();
+    doudi::matcher::run(&clean_db, &common::kafka(), &ctx, &options, std::future::pending()).await.unwrap();
+    final_state(&clean.settings.url).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_partitions_and_apply_each_event_once() {
+    const HOUSEHOLDS: u32 = 400;
+    let x = Exchange::new().await;
+    produce_synthetic(&x, HOUSEHOLDS).await;
+    let mut args = x.match_args("pair");
+    args.extend(["--batch-size".to_string(), "40".to_string()]);
+    let spawn = || {
+        std::process::Command::new(common::doudi_bin())
+            .args(&args)
+            .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
+            .env("DOUDI_LOG_LEVEL", "warn")
+            .env("DOUDI_KAFKA_OPTIONS_SESSION_TIMEOUT_MS", "6000")
+            .env("DOUDI_DATABASE_URL", &x.pg.settings.url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Two members of one group at once: the partitions are split, and whenever one leaves, the
+    // other claims its partitions with a new epoch.
+    let a = spawn();
+    std::thread::sleep(Duration::from_millis(300));
+    let b = spawn();
+    let mut events = 0;
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        events += summary["events"].as_u64().unwrap();
+    }
+    let db = doudi::db::Database::connect(&x.pg.settings).await.unwrap();
+    let processed: i64 = sqlx::query("SELECT COUNT(*) AS n FROM processed_events").fetch_one(db.pool()).await.unwrap().get("n");
+    assert_eq!(processed, i64::from(HOUSEHOLDS) * 2, "every event applied exactly once between the two");
+    assert!(events >= u64::from(HOUSEHOLDS) * 2);
+    let epochs: i64 = sqlx::query("SELECT MAX(epoch) AS n FROM consumer_offsets").fetch_one(db.pool()).await.unwrap().get("n");
+    assert!(epochs >= 1);
+    let (decisions, entitlements, facts) = final_state(&x.pg.settings.url).await;
+    let (b_decisions, b_entitlements, b_facts) = clean_reference(&x).await;
+    assert_eq!(decisions, b_decisions);
+    assert_eq!(entitlements, b_entitlements);
+    assert_eq!(facts, b_facts);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_batch_repeatedly_then_restart_equals_a_clean_run() {
     const HOUSEHOLDS: u32 = 600;
@@ -440,35 +514,8 @@ async fn sigkill_mid_batch_repeatedly_then_restart_equals_a_clean_run() {
     let summary: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(summary["invalid"].as_u64(), Some(0));
 
-    // The clean reference: the same input, one uninterrupted run into another database, publishing
-    // to other topics.
-    let clean = common::fresh_postgres().await;
-    let reference_suffix = format!("{}-clean", x.suffix);
-    let ctx = doudi::matcher::Context {
-        params: std::sync::Arc::new(doudi::policy::Params::shipped().unwrap()),
-        keys: doudi::envelope::KeyDeriver::new(&Settings::default().keys),
-        registry: std::sync::Arc::new(doudi::schema::Registry::load(&root().join("schemas")).unwrap()),
-        outbound: doudi::matcher::Outbound::with_affixes("test.", &format!(".{reference_suffix}")),
-        today: chrono::Local::now().date_naive(),
-    };
-    for t in OUTBOUND {
-        doudi::kafka::ensure_topic(&common::kafka(), &format!("test.{t}.{reference_suffix}"), 3, 1).await.unwrap();
-    }
-    let options = doudi::matcher::MatchOptions {
-        group: common::unique("clean"),
-        inbound: doudi::matcher::MatchOptions::inbound_with_affixes("test.", &format!(".{}", x.suffix)),
-        batch_size: 500,
-        batch_wait: Duration::from_millis(200),
-        until_idle: true,
-        idle_after: Duration::from_secs(1),
-        assignment_timeout: Duration::from_secs(60),
-        owner: "clean".into(),
-    };
-    let clean_db = doudi::db::Database::connect(&clean.settings).await.unwrap();
-    doudi::matcher::run(&clean_db, &common::kafka(), &ctx, &options, std::future::pending()).await.unwrap();
-
+    let (b_decisions, b_entitlements, b_facts) = clean_reference(&x).await;
     let (a_decisions, a_entitlements, a_facts) = final_state(&crashed).await;
-    let (b_decisions, b_entitlements, b_facts) = final_state(&clean.settings.url).await;
     assert_eq!(a_decisions.len(), HOUSEHOLDS as usize);
     assert_eq!(a_decisions, b_decisions, "after {kills} kills the decisions equal a clean run");
     assert_eq!(a_entitlements, b_entitlements);

@@ -71,6 +71,8 @@ pub enum MatchError {
     Db(#[from] DbError),
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Producer(#[from] crate::kafka::KafkaError),
     #[error("no partition of the inbound topics was assigned within {0:?}; is the broker up and do the topics exist?")]
     NoAssignment(Duration),
 }
@@ -168,10 +170,7 @@ pub async fn run(
         .create_with_context(MatcherContext { changes: changes.clone(), positions: positions.clone() })?;
     let topics: Vec<&str> = options.inbound.keys().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
-    let producer = crate::kafka::idempotent_producer(kafka).map_err(|e| match e {
-        crate::kafka::KafkaError::Client(k) => MatchError::Kafka(k),
-        other => MatchError::Db(DbError::Query(sqlx::Error::Protocol(other.to_string()))),
-    })?;
+    let producer = crate::kafka::idempotent_producer(kafka)?;
     let mut owned: BTreeMap<(String, i32), Owned> = BTreeMap::new();
     let mut summary = RunSummary::default();
     let started = Instant::now();
