@@ -184,6 +184,7 @@ async fn drop_folder_daemon_processes_and_sorts_files() {
     };
     assert!(metrics.contains(&format!("doudi_connector_records_produced_total{{connector=\"{name}\"}} 4")), "{metrics}");
     assert!(metrics.contains("error_code=\"mapping\""), "{metrics}");
+    assert!(metrics.contains(&format!("doudi_connector_batch_seconds_count{{connector=\"{name}\"}}")), "{metrics}");
     daemon.kill().unwrap();
     daemon.wait().unwrap();
     let reason = std::fs::read_to_string(drop.join("failed/2019-10.reason.txt")).unwrap();

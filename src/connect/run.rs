@@ -269,6 +269,7 @@ impl Connector {
     /// Produces one transaction: events, dead letters, state updates and the new positions.
     async fn commit_batch(&mut self, batch: &Batch<'_>, positions: Vec<Position>) -> Result<(), ConnectError> {
         let dlq_topic = format!("dlq.{}", self.config.connector.topic);
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -296,6 +297,8 @@ impl Connector {
             };
             match outcome {
                 Ok(()) => {
+                    metrics::histogram!("doudi_connector_batch_seconds", "connector" => self.feed().to_string())
+                        .record(started.elapsed().as_secs_f64());
                     self.turn = 1 - self.turn;
                     for p in &positions {
                         self.positions.insert(self.position_key(&p.source), p.clone());
