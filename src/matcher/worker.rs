@@ -316,9 +316,11 @@ async fn apply(
     // Skip what the database already holds; the rest of each partition follows in order.
     let mut events = Vec::with_capacity(batch.len());
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut first_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for m in &batch {
         let tp = (m.topic().to_string(), m.partition());
         let Some((_, stored)) = partitions.get(&tp) else { continue };
+        first_offsets.entry(tp.clone()).or_insert(m.offset());
         if stored.is_some_and(|s| m.offset() < s) {
             continue; // applied before: its effects are in the database already
         }
@@ -349,6 +351,17 @@ async fn apply(
             tx.rollback().await?;
             owned.remove(tp);
             tracing::warn!(topic = %tp.0, partition = tp.1, "The batch was rolled back: another matcher instance claimed one of its partitions.");
+            // The consumer has read past the batch: put the partitions this instance still owns
+            // back where the database is, so the rolled-back events are applied again.
+            for (other, first) in &first_offsets {
+                if other == tp || !owned.contains_key(other) {
+                    continue;
+                }
+                let stored = partitions.get(other).and_then(|p| p.1).unwrap_or(*first);
+                if let Err(e) = consumer.seek(&other.0, other.1, Offset::Offset(stored), Duration::from_secs(5)) {
+                    tracing::warn!(topic = %other.0, partition = other.1, "Seeking back after a rolled-back batch failed; restarting the matcher re-reads from the database's offset: {e}");
+                }
+            }
             return Ok(None);
         }
     }
