@@ -33,7 +33,7 @@ CREATE TABLE household_members (
     member       TEXT NOT NULL,
     valid_from   TEXT NOT NULL,
     valid_to     TEXT,
-    fact_id      BIGINT NOT NULL
+    ce_id        TEXT NOT NULL
 );
 CREATE INDEX household_members_current ON household_members (id_number) WHERE valid_to IS NULL;
 CREATE INDEX household_members_by_household ON household_members (household_id, valid_to);

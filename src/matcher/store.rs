@@ -1,9 +1,11 @@
 //! Applying a batch of inbound events to the recipient database, inside the caller's transaction.
 //!
-//! Guarantees: [`apply_batch`] writes everything a batch causes (persons, memberships, facts with
-//! provenance, decisions, entitlements, review tasks and outbox rows) through one connection that
-//! the caller has put in a transaction, together with the consumed offsets; so the effects of an
-//! event happen exactly once even when Kafka delivers it again. An event already applied (its
+//! Guarantees: [`apply_batch`] reads what the whole batch needs in a few statements, applies the
+//! events in memory in their order, and writes everything the batch causes (persons, memberships,
+//! facts with provenance, decisions, entitlements, review tasks and outbox rows) with multi-row
+//! statements through one connection that the caller has put in a transaction, together with the
+//! consumed offsets; so the effects of an event happen exactly once even when Kafka delivers it
+//! again. An event already applied (its
 //! `ce_id` is in `processed_events`) changes nothing. A fact older than the current one for the same
 //! person, source and field is stored as `stale` and changes nothing. A department's name that
 //! differs from the registry's holds the event's facts and raises an `identity_conflict` task; it is
@@ -142,43 +144,321 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()
 }
 
-/// Applies `events` in order, then re-evaluates every household they touched.
+/// A value bound into a multi-row statement.
+#[derive(Clone, Debug)]
+enum Bind {
+    Text(Option<String>),
+    Int(i64),
+    OptInt(Option<i64>),
+}
+
+fn t(s: impl Into<String>) -> Bind {
+    Bind::Text(Some(s.into()))
+}
+
+fn ot(s: Option<impl Into<String>>) -> Bind {
+    Bind::Text(s.map(Into::into))
+}
+
+/// Most values bound in one statement (SQLite allows 32,766, PostgreSQL 65,535).
+const MAX_BINDS: usize = 30_000;
+
+/// `INSERT INTO table (cols) VALUES (…), (…) suffix`, as few statements as the bind limit allows.
+async fn insert_rows(conn: &mut AnyConnection, table: &str, cols: &[&str], rows: &[Vec<Bind>], suffix: &str) -> Result<(), ApplyError> {
+    let per = (MAX_BINDS / cols.len().max(1)).max(1);
+    for chunk in rows.chunks(per) {
+        let mut values = Vec::with_capacity(chunk.len());
+        let mut n = 0;
+        for _ in chunk {
+            values.push(format!("({})", placeholders(n + 1, cols.len())));
+            n += cols.len();
+        }
+        let sql = format!("INSERT INTO {table} ({}) VALUES {} {suffix}", cols.join(", "), values.join(", "));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            for b in row {
+                q = match b {
+                    Bind::Text(v) => q.bind(v.clone()),
+                    Bind::Int(v) => q.bind(*v),
+                    Bind::OptInt(v) => q.bind(*v),
+                };
+            }
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Rows of `sql_prefix … IN (keys)`, chunked.
+async fn select_in(
+    conn: &mut AnyConnection,
+    sql_prefix: &str,
+    sql_suffix: &str,
+    keys: &[String],
+) -> Result<Vec<sqlx::any::AnyRow>, ApplyError> {
+    let mut out = Vec::new();
+    for chunk in keys.chunks(MAX_BINDS) {
+        if chunk.is_empty() {
+            continue;
+        }
+        let sql = format!("{sql_prefix} ({}) {sql_suffix}", placeholders(1, chunk.len()));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for k in chunk {
+            q = q.bind(k.clone());
+        }
+        out.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
+/// `UPDATE … SET … WHERE key IN (keys)` with fixed leading binds, chunked.
+async fn update_in(conn: &mut AnyConnection, sql_prefix: &str, leading: &[Bind], keys: &[Bind]) -> Result<(), ApplyError> {
+    for chunk in keys.chunks(MAX_BINDS) {
+        if chunk.is_empty() {
+            continue;
+        }
+        let sql = format!("{sql_prefix} ({})", placeholders(leading.len() + 1, chunk.len()));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in leading.iter().chain(chunk) {
+            q = match b {
+                Bind::Text(v) => q.bind(v.clone()),
+                Bind::Int(v) => q.bind(*v),
+                Bind::OptInt(v) => q.bind(*v),
+            };
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+fn sorted_unique(items: impl IntoIterator<Item = String>) -> Vec<String> {
+    items.into_iter().collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// A person as known in this batch.
+#[derive(Clone, Debug)]
+struct Person {
+    name: Option<String>,
+    name_source: Option<String>,
+    /// Not in the database yet.
+    new: bool,
+    /// Name changed: to be written.
+    renamed: bool,
+}
+
+/// Where the current fact for (person, source, field) is.
+#[derive(Clone, Debug)]
+struct Current {
+    effective: Option<NaiveDate>,
+    recorded_at: String,
+    offset: i64,
+    /// Row id when in the database, else the index in `new_facts`.
+    db_id: Option<i64>,
+    new_index: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+struct NewFact {
+    event: usize,
+    id_number: String,
+    fact: PersonFact,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug)]
+struct HouseholdRow {
+    region: String,
+    as_of: NaiveDate,
+    base: Value,
+    version: i64,
+    dirty: bool,
+}
+
+#[derive(Clone, Debug)]
+struct MemberRow {
+    db_id: Option<i64>,
+    household_id: String,
+    id_number: String,
+    relation: String,
+    record: Value,
+    valid_from: String,
+    valid_to: Option<String>,
+    ce_id: String,
+}
+
+/// A review task and its outbox row, waiting to be written.
+#[derive(Clone, Debug)]
+struct NewTask {
+    task_id: String,
+    kind: String,
+    id_number: Option<String>,
+    household_id: Option<String>,
+    region: String,
+    created_on: NaiveDate,
+    rule: Option<String>,
+    detail: String,
+}
+
+/// Everything a batch reads and writes, in memory until it is flushed.
+#[derive(Default)]
+struct Batch {
+    seen: BTreeSet<String>,
+    persons: BTreeMap<String, Person>,
+    current: BTreeMap<(String, &'static str, String), Current>,
+    new_facts: Vec<NewFact>,
+    superseded: Vec<i64>,
+    households: BTreeMap<String, HouseholdRow>,
+    /// Every membership row touched or loaded: current ones have `valid_to == None`.
+    members: Vec<MemberRow>,
+    /// Current household of each person (index into `members`).
+    membership: BTreeMap<String, usize>,
+    open_conflicts: BTreeSet<String>,
+    tasks: Vec<NewTask>,
+    outbox: Vec<Vec<Bind>>,
+    processed: Vec<Vec<Bind>>,
+    /// Household → (triggering ce_id, its source time).
+    affected: BTreeMap<String, (String, String)>,
+}
+
+/// Applies `events` in order, then re-evaluates every household they touched. Reads are a few
+/// statements for the whole batch; writes are multi-row statements.
 pub async fn apply_batch(conn: &mut AnyConnection, ctx: &Context, events: &[Inbound]) -> Result<BatchOutcome, ApplyError> {
     let mut outcome = BatchOutcome::default();
-    let mut affected: BTreeMap<String, (String, String)> = BTreeMap::new();
-    for event in events {
+    let mut b = Batch::default();
+    let extracted: Vec<Result<Extracted, super::facts::FactError>> =
+        events.iter().map(|e| extract(e.feed, &e.payload, ctx.today)).collect();
+    load_for_events(conn, &mut b, events, &extracted).await?;
+    for (i, (event, x)) in events.iter().zip(&extracted).enumerate() {
         outcome.events += 1;
-        let seen = sqlx::query("SELECT 1 FROM processed_events WHERE ce_id = $1").bind(&event.ce_id).fetch_optional(&mut *conn).await?;
-        if seen.is_some() {
+        if b.seen.contains(&event.ce_id) {
             outcome.duplicates += 1;
             continue;
         }
-        let result = match extract(event.feed, &event.payload, ctx.today) {
+        b.seen.insert(event.ce_id.clone());
+        let result = match x {
             Err(e) => {
                 tracing::warn!(topic = %event.topic, partition = event.partition, offset = event.offset, field = %e.field,
                     "An inbound event could not be used and was recorded as invalid: {}", e.message);
                 outcome.invalid += 1;
                 "invalid"
             }
-            Ok(Extracted::Household(record)) => apply_household(conn, ctx, event, &record, &mut affected, &mut outcome).await?,
-            Ok(Extracted::Person { id, name, facts }) => {
-                apply_person(conn, ctx, event, &id, name.as_deref(), &facts, &mut affected, &mut outcome).await?
-            }
+            Ok(Extracted::Household(record)) => apply_household(&mut b, ctx, i, event, record, &mut outcome)?,
+            Ok(Extracted::Person { id, name, facts }) => apply_person(&mut b, ctx, i, event, id, name.as_deref(), facts, &mut outcome)?,
         };
-        sqlx::query("INSERT INTO processed_events (ce_id, topic, kafka_partition, kafka_offset, outcome, processed_at) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(&event.ce_id)
-            .bind(&event.topic)
-            .bind(i64::from(event.partition))
-            .bind(event.offset)
-            .bind(result)
-            .bind(now_rfc3339())
-            .execute(&mut *conn)
-            .await?;
+        b.processed.push(vec![
+            t(&event.ce_id),
+            t(&event.topic),
+            Bind::Int(i64::from(event.partition)),
+            Bind::Int(event.offset),
+            t(result),
+            t(now_rfc3339()),
+        ]);
     }
-    for (household_id, (trigger, source_time)) in &affected {
-        evaluate_household(conn, ctx, household_id, trigger, source_time, &mut outcome).await?;
-    }
+    flush_events(conn, ctx, &mut b, events).await?;
+    evaluate_households(conn, ctx, &mut b, &mut outcome).await?;
+    flush_derived(conn, &mut b).await?;
     Ok(outcome)
+}
+
+/// One round of bulk reads: what the batch's events need to be applied.
+async fn load_for_events(
+    conn: &mut AnyConnection,
+    b: &mut Batch,
+    events: &[Inbound],
+    extracted: &[Result<Extracted, super::facts::FactError>],
+) -> Result<(), ApplyError> {
+    let ce_ids = sorted_unique(events.iter().map(|e| e.ce_id.clone()));
+    for r in select_in(conn, "SELECT ce_id FROM processed_events WHERE ce_id IN", "", &ce_ids).await? {
+        b.seen.insert(r.try_get("ce_id")?);
+    }
+    let mut ids = Vec::new();
+    let mut household_ids = Vec::new();
+    for x in extracted.iter().flatten() {
+        match x {
+            Extracted::Household(h) => {
+                household_ids.push(h.household_id.clone());
+                ids.extend(h.members.iter().map(|m| m.id.as_str().to_string()));
+            }
+            Extracted::Person { id, .. } => ids.push(id.as_str().to_string()),
+        }
+    }
+    let ids = sorted_unique(ids);
+    for r in select_in(conn, "SELECT id_number, name, name_source FROM persons WHERE id_number IN", "", &ids).await? {
+        b.persons.insert(
+            r.try_get("id_number")?,
+            Person { name: r.try_get("name")?, name_source: r.try_get("name_source")?, new: false, renamed: false },
+        );
+    }
+    for r in select_in(
+        conn,
+        "SELECT id, id_number, source, field, effective_date, recorded_at, kafka_offset FROM facts WHERE state = 'current' AND id_number IN",
+        "",
+        &ids,
+    )
+    .await?
+    {
+        let source: String = r.try_get("source")?;
+        let Some(feed) = Feed::ALL.iter().find(|f| f.topic() == source) else { continue };
+        b.current.insert(
+            (r.try_get("id_number")?, feed.topic(), r.try_get("field")?),
+            Current {
+                effective: r.try_get::<Option<String>, _>("effective_date")?.as_deref().and_then(parse_date),
+                recorded_at: r.try_get("recorded_at")?,
+                offset: r.try_get("kafka_offset")?,
+                db_id: Some(r.try_get("id")?),
+                new_index: None,
+            },
+        );
+    }
+    for r in
+        select_in(conn, "SELECT id_number FROM review_tasks WHERE kind = 'identity_conflict' AND state = 'open' AND id_number IN", "", &ids)
+            .await?
+    {
+        b.open_conflicts.insert(r.try_get("id_number")?);
+    }
+    // Current memberships of the batch's people, and every current member of the households involved.
+    let mut households = household_ids;
+    for r in select_in(conn, "SELECT household_id FROM household_members WHERE valid_to IS NULL AND id_number IN", "", &ids).await? {
+        households.push(r.try_get("household_id")?);
+    }
+    let households = sorted_unique(households);
+    for r in
+        select_in(conn, "SELECT household_id, region, as_of, base, decision_version FROM households WHERE household_id IN", "", &households)
+            .await?
+    {
+        b.households.insert(
+            r.try_get("household_id")?,
+            HouseholdRow {
+                region: r.try_get("region")?,
+                as_of: parse_date(&r.try_get::<String, _>("as_of")?).unwrap_or_default(),
+                base: serde_json::from_str(&r.try_get::<String, _>("base")?).unwrap_or_default(),
+                version: r.try_get("decision_version")?,
+                dirty: false,
+            },
+        );
+    }
+    for r in select_in(
+        conn,
+        "SELECT id, household_id, id_number, relation, member, valid_from, ce_id FROM household_members WHERE valid_to IS NULL AND household_id IN",
+        "ORDER BY id",
+        &households,
+    )
+    .await?
+    {
+        let row = MemberRow {
+            db_id: Some(r.try_get("id")?),
+            household_id: r.try_get("household_id")?,
+            id_number: r.try_get("id_number")?,
+            relation: r.try_get("relation")?,
+            record: serde_json::from_str(&r.try_get::<String, _>("member")?).unwrap_or_default(),
+            valid_from: r.try_get("valid_from")?,
+            valid_to: None,
+            ce_id: r.try_get("ce_id")?,
+        };
+        b.membership.insert(row.id_number.clone(), b.members.len());
+        b.members.push(row);
+    }
+    Ok(())
 }
 
 /// How a name compares with the registry.
@@ -191,153 +471,98 @@ enum Identity {
     Conflict,
 }
 
-async fn ensure_person(
-    conn: &mut AnyConnection,
-    ctx: &Context,
-    id: &IdNumber,
-    name: Option<&str>,
-    topic: &str,
-    registry: bool,
-) -> Result<Identity, ApplyError> {
-    let row =
-        sqlx::query("SELECT name, name_source FROM persons WHERE id_number = $1").bind(id.as_str()).fetch_optional(&mut *conn).await?;
-    let Some(row) = row else {
-        sqlx::query("INSERT INTO persons (id_number, person_key, name, name_source, birth_date, sex, first_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(id.as_str())
-            .bind(ctx.keys.key(id))
-            .bind(name)
-            .bind(name.map(|_| topic))
-            .bind(id.birth_date().to_string())
-            .bind(match id.sex() {
-                crate::idnum::Sex::Male => "male",
-                crate::idnum::Sex::Female => "female",
-            })
-            .bind(now_rfc3339())
-            .execute(&mut *conn)
-            .await?;
-        return Ok(Identity::Consistent);
+fn ensure_person(b: &mut Batch, id: &IdNumber, name: Option<&str>, topic: &str, registry: bool) -> Identity {
+    let Some(person) = b.persons.get_mut(id.as_str()) else {
+        b.persons.insert(
+            id.as_str().to_string(),
+            Person { name: name.map(str::to_string), name_source: name.map(|_| topic.to_string()), new: true, renamed: false },
+        );
+        return Identity::Consistent;
     };
-    let known: Option<String> = row.try_get("name")?;
-    let known_source: Option<String> = row.try_get("name_source")?;
-    let Some(name) = name else { return Ok(Identity::Consistent) };
-    match known {
+    let Some(name) = name else { return Identity::Consistent };
+    match person.name.as_deref() {
         None => {
-            sqlx::query("UPDATE persons SET name = $1, name_source = $2 WHERE id_number = $3")
-                .bind(name)
-                .bind(topic)
-                .bind(id.as_str())
-                .execute(&mut *conn)
-                .await?;
-            Ok(Identity::Consistent)
+            person.name = Some(name.to_string());
+            person.name_source = Some(topic.to_string());
+            person.renamed = true;
+            Identity::Consistent
         }
         Some(k) if k == name => {
-            if registry && known_source.as_deref() != Some(topic) {
-                sqlx::query("UPDATE persons SET name_source = $1 WHERE id_number = $2")
-                    .bind(topic)
-                    .bind(id.as_str())
-                    .execute(&mut *conn)
-                    .await?;
+            if registry && person.name_source.as_deref() != Some(topic) {
+                person.name_source = Some(topic.to_string());
+                person.renamed = true;
             }
-            Ok(Identity::Consistent)
+            Identity::Consistent
         }
         Some(_) if registry => {
-            let from_registry = known_source.as_deref().is_some_and(|s| s.contains(Feed::Household.topic()));
-            sqlx::query("UPDATE persons SET name = $1, name_source = $2 WHERE id_number = $3")
-                .bind(name)
-                .bind(topic)
-                .bind(id.as_str())
-                .execute(&mut *conn)
-                .await?;
-            Ok(if from_registry { Identity::Consistent } else { Identity::RegistryCorrected })
+            let from_registry = person.name_source.as_deref().is_some_and(|s| s.contains(Feed::Household.topic()));
+            person.name = Some(name.to_string());
+            person.name_source = Some(topic.to_string());
+            person.renamed = true;
+            if from_registry { Identity::Consistent } else { Identity::RegistryCorrected }
         }
-        Some(_) => Ok(Identity::Conflict),
+        Some(_) => Identity::Conflict,
     }
 }
 
-async fn current_household(conn: &mut AnyConnection, id_number: &str) -> Result<Option<(String, String)>, ApplyError> {
-    let row = sqlx::query("SELECT m.household_id, h.region FROM household_members m JOIN households h ON h.household_id = m.household_id WHERE m.id_number = $1 AND m.valid_to IS NULL")
-        .bind(id_number)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(match row {
-        Some(r) => Some((r.try_get("household_id")?, r.try_get("region")?)),
-        None => None,
-    })
+fn current_household(b: &Batch, id_number: &str) -> Option<(String, String)> {
+    let m = b.membership.get(id_number).map(|i| &b.members[*i])?;
+    let region = b.households.get(&m.household_id).map(|h| h.region.clone()).unwrap_or_default();
+    Some((m.household_id.clone(), region))
 }
 
-async fn insert_fact(
-    conn: &mut AnyConnection,
-    event: &Inbound,
-    id_number: &str,
-    fact: &PersonFact,
-    state: &str,
-) -> Result<i64, ApplyError> {
-    let row = sqlx::query(
-        "INSERT INTO facts (id_number, source, field, value, effective_date, recorded_at, state, topic, kafka_partition, kafka_offset, ce_id, source_file, source_row, applied_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
-    )
-    .bind(id_number)
-    .bind(event.feed.topic())
-    .bind(&fact.field)
-    .bind(fact.value.to_string())
-    .bind(fact.effective.map(|d| d.to_string()))
-    .bind(&event.recorded_at)
-    .bind(state)
-    .bind(&event.topic)
-    .bind(i64::from(event.partition))
-    .bind(event.offset)
-    .bind(&event.ce_id)
-    .bind(event.source_file.as_deref())
-    .bind(event.source_row.as_deref())
-    .bind(now_rfc3339())
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(row.try_get("id")?)
+fn push_fact(b: &mut Batch, event: usize, id_number: &str, fact: &PersonFact, state: &'static str) -> usize {
+    b.new_facts.push(NewFact { event, id_number: id_number.to_string(), fact: fact.clone(), state });
+    b.new_facts.len() - 1
 }
 
-/// Stores a fact as current unless the one held for the same person, source and field is newer.
-/// Returns whether it became current.
-async fn apply_fact(conn: &mut AnyConnection, event: &Inbound, id_number: &str, fact: &PersonFact) -> Result<bool, ApplyError> {
-    let current = sqlx::query("SELECT id, effective_date, recorded_at, kafka_offset FROM facts WHERE id_number = $1 AND source = $2 AND field = $3 AND state = 'current'")
-        .bind(id_number)
-        .bind(event.feed.topic())
-        .bind(&fact.field)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if let Some(row) = current {
-        let held_date: Option<String> = row.try_get("effective_date")?;
-        let held_recorded: String = row.try_get("recorded_at")?;
-        let held_offset: i64 = row.try_get("kafka_offset")?;
-        let newer = match (fact.effective, held_date.as_deref().and_then(parse_date)) {
-            (Some(new), Some(held)) if new != held => new > held,
-            _ => (event.recorded_at.as_str(), event.offset) >= (held_recorded.as_str(), held_offset),
+/// Makes a fact current unless the one held for the same person, source and field is newer.
+fn apply_fact(b: &mut Batch, index: usize, event: &Inbound, id_number: &str, fact: &PersonFact) -> bool {
+    let key = (id_number.to_string(), event.feed.topic(), fact.field.clone());
+    if let Some(held) = b.current.get(&key) {
+        let newer = match (fact.effective, held.effective) {
+            (Some(new), Some(old)) if new != old => new > old,
+            _ => (event.recorded_at.as_str(), event.offset) >= (held.recorded_at.as_str(), held.offset),
         };
         if !newer {
-            insert_fact(conn, event, id_number, fact, "stale").await?;
-            return Ok(false);
+            push_fact(b, index, id_number, fact, "stale");
+            return false;
         }
-        let held_id: i64 = row.try_get("id")?;
-        sqlx::query("UPDATE facts SET state = 'superseded' WHERE id = $1").bind(held_id).execute(&mut *conn).await?;
+        match (held.db_id, held.new_index) {
+            (Some(id), _) => b.superseded.push(id),
+            (None, Some(i)) => b.new_facts[i].state = "superseded",
+            _ => {}
+        }
     }
-    insert_fact(conn, event, id_number, fact, "current").await?;
-    Ok(true)
+    let i = push_fact(b, index, id_number, fact, "current");
+    b.current.insert(
+        key,
+        Current {
+            effective: fact.effective,
+            recorded_at: event.recorded_at.clone(),
+            offset: event.offset,
+            db_id: None,
+            new_index: Some(i),
+        },
+    );
+    true
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn apply_person(
-    conn: &mut AnyConnection,
+fn apply_person(
+    b: &mut Batch,
     ctx: &Context,
+    index: usize,
     event: &Inbound,
     id: &IdNumber,
     name: Option<&str>,
     facts: &[PersonFact],
-    affected: &mut BTreeMap<String, (String, String)>,
     outcome: &mut BatchOutcome,
 ) -> Result<&'static str, ApplyError> {
-    let household = current_household(conn, id.as_str()).await?;
-    if let Identity::Conflict = ensure_person(conn, ctx, id, name, &event.topic, false).await? {
+    let household = current_household(b, id.as_str());
+    if let Identity::Conflict = ensure_person(b, id, name, &event.topic, false) {
         for fact in facts {
-            insert_fact(conn, event, id.as_str(), fact, "held").await?;
+            push_fact(b, index, id.as_str(), fact, "held");
         }
         outcome.held += 1;
         let region = household.as_ref().map_or_else(|| id.division().to_string(), |h| h.1.clone());
@@ -347,14 +572,14 @@ async fn apply_person(
             .max()
             .or_else(|| event.recorded_at.get(..10).and_then(parse_date))
             .unwrap_or(ctx.today);
-        raise_identity_conflict(conn, ctx, id, household.as_ref().map(|h| h.0.as_str()), &region, on, event, outcome).await?;
+        raise_identity_conflict(b, ctx, id, household.as_ref().map(|h| h.0.as_str()), &region, on, event, outcome)?;
         tracing::warn!(topic = %event.topic, partition = event.partition, offset = event.offset,
             "A department's name for a person differs from the registry: the facts are held and a caseworker review task was raised.");
         return Ok("held");
     }
     let mut any = false;
     for fact in facts {
-        if apply_fact(conn, event, id.as_str(), fact).await? {
+        if apply_fact(b, index, event, id.as_str(), fact) {
             any = true;
         } else {
             outcome.stale += 1;
@@ -365,17 +590,17 @@ async fn apply_person(
     }
     outcome.applied += 1;
     if let Some((household_id, _)) = household {
-        affected.entry(household_id).or_insert_with(|| (event.ce_id.clone(), event.recorded_at.clone()));
+        b.affected.entry(household_id).or_insert_with(|| (event.ce_id.clone(), event.recorded_at.clone()));
     }
     Ok("applied")
 }
 
-async fn apply_household(
-    conn: &mut AnyConnection,
+fn apply_household(
+    b: &mut Batch,
     ctx: &Context,
+    index: usize,
     event: &Inbound,
     record: &HouseholdRecord,
-    affected: &mut BTreeMap<String, (String, String)>,
     outcome: &mut BatchOutcome,
 ) -> Result<&'static str, ApplyError> {
     let registration = |m: &super::facts::RegisteredMember| PersonFact {
@@ -383,97 +608,76 @@ async fn apply_household(
         value: json!({"household_id": record.household_id, "relation": m.relation}),
         effective: Some(record.as_of),
     };
-    let held =
-        sqlx::query("SELECT as_of FROM households WHERE household_id = $1").bind(&record.household_id).fetch_optional(&mut *conn).await?;
-    if let Some(row) = &held {
-        let as_of: String = row.try_get("as_of")?;
-        if parse_date(&as_of).is_some_and(|held| record.as_of < held) {
-            for m in &record.members {
-                insert_fact(conn, event, m.id.as_str(), &registration(m), "stale").await?;
-            }
-            outcome.stale += 1;
-            return Ok("stale");
+    if b.households.get(&record.household_id).is_some_and(|h| record.as_of < h.as_of) {
+        for m in &record.members {
+            push_fact(b, index, m.id.as_str(), &registration(m), "stale");
         }
+        outcome.stale += 1;
+        return Ok("stale");
     }
     for m in &record.members {
-        if let Identity::RegistryCorrected = ensure_person(conn, ctx, &m.id, m.name.as_deref(), &event.topic, true).await? {
-            raise_identity_conflict(conn, ctx, &m.id, Some(&record.household_id), &record.region, record.as_of, event, outcome).await?;
+        if let Identity::RegistryCorrected = ensure_person(b, &m.id, m.name.as_deref(), &event.topic, true) {
+            raise_identity_conflict(b, ctx, &m.id, Some(&record.household_id), &record.region, record.as_of, event, outcome)?;
         }
     }
-    let now = now_rfc3339();
-    sqlx::query(
-        "INSERT INTO households (household_id, region, as_of, base, decision_version, updated_at) VALUES ($1, $2, $3, $4, 0, $5) \
-         ON CONFLICT (household_id) DO UPDATE SET region = excluded.region, as_of = excluded.as_of, base = excluded.base, updated_at = excluded.updated_at",
-    )
-    .bind(&record.household_id)
-    .bind(&record.region)
-    .bind(record.as_of.to_string())
-    .bind(record.base.to_string())
-    .bind(&now)
-    .execute(&mut *conn)
-    .await?;
-    let current = sqlx::query("SELECT id, id_number, relation, member FROM household_members WHERE household_id = $1 AND valid_to IS NULL")
-        .bind(&record.household_id)
-        .fetch_all(&mut *conn)
-        .await?;
+    let version = b.households.get(&record.household_id).map_or(0, |h| h.version);
+    b.households.insert(
+        record.household_id.clone(),
+        HouseholdRow { region: record.region.clone(), as_of: record.as_of, base: record.base.clone(), version, dirty: true },
+    );
+    let as_of = record.as_of.to_string();
+    // Current members that stay exactly as they were keep their row; the others are closed.
     let mut kept = BTreeSet::new();
-    for row in &current {
-        let row_id: i64 = row.try_get("id")?;
-        let id_number: String = row.try_get("id_number")?;
-        let relation: String = row.try_get("relation")?;
-        let member: Option<Value> = serde_json::from_str(&row.try_get::<String, _>("member")?).ok();
-        let same =
-            record.members.iter().any(|m| m.id.as_str() == id_number && m.relation == relation && member.as_ref() == Some(&m.record));
+    for i in 0..b.members.len() {
+        let row = &b.members[i];
+        if row.household_id != record.household_id || row.valid_to.is_some() {
+            continue;
+        }
+        let same = record.members.iter().any(|m| m.id.as_str() == row.id_number && m.relation == row.relation && m.record == row.record);
         if same {
-            kept.insert(id_number);
+            kept.insert(row.id_number.clone());
         } else {
-            sqlx::query("UPDATE household_members SET valid_to = $1 WHERE id = $2")
-                .bind(record.as_of.to_string())
-                .bind(row_id)
-                .execute(&mut *conn)
-                .await?;
+            let id_number = row.id_number.clone();
+            b.members[i].valid_to = Some(as_of.clone());
+            if b.membership.get(&id_number) == Some(&i) {
+                b.membership.remove(&id_number);
+            }
         }
     }
     for m in &record.members {
-        let fact_id = insert_fact(conn, event, m.id.as_str(), &registration(m), "current").await?;
+        let fact = registration(m);
+        apply_fact(b, index, event, m.id.as_str(), &fact);
         if kept.contains(m.id.as_str()) {
             continue;
         }
         // A person registered here leaves any other household they were in.
-        let elsewhere =
-            sqlx::query("SELECT id, household_id FROM household_members WHERE id_number = $1 AND valid_to IS NULL AND household_id <> $2")
-                .bind(m.id.as_str())
-                .bind(&record.household_id)
-                .fetch_all(&mut *conn)
-                .await?;
-        for row in elsewhere {
-            let row_id: i64 = row.try_get("id")?;
-            let other: String = row.try_get("household_id")?;
-            sqlx::query("UPDATE household_members SET valid_to = $1 WHERE id = $2")
-                .bind(record.as_of.to_string())
-                .bind(row_id)
-                .execute(&mut *conn)
-                .await?;
-            affected.entry(other).or_insert_with(|| (event.ce_id.clone(), event.recorded_at.clone()));
+        if let Some(&i) = b.membership.get(m.id.as_str())
+            && b.members[i].household_id != record.household_id
+        {
+            b.members[i].valid_to = Some(as_of.clone());
+            let other = b.members[i].household_id.clone();
+            b.affected.entry(other).or_insert_with(|| (event.ce_id.clone(), event.recorded_at.clone()));
         }
-        sqlx::query("INSERT INTO household_members (household_id, id_number, relation, member, valid_from, valid_to, fact_id) VALUES ($1, $2, $3, $4, $5, NULL, $6)")
-            .bind(&record.household_id)
-            .bind(m.id.as_str())
-            .bind(&m.relation)
-            .bind(m.record.to_string())
-            .bind(record.as_of.to_string())
-            .bind(fact_id)
-            .execute(&mut *conn)
-            .await?;
+        b.membership.insert(m.id.as_str().to_string(), b.members.len());
+        b.members.push(MemberRow {
+            db_id: None,
+            household_id: record.household_id.clone(),
+            id_number: m.id.as_str().to_string(),
+            relation: m.relation.clone(),
+            record: m.record.clone(),
+            valid_from: as_of.clone(),
+            valid_to: None,
+            ce_id: event.ce_id.clone(),
+        });
     }
     outcome.applied += 1;
-    affected.entry(record.household_id.clone()).or_insert_with(|| (event.ce_id.clone(), event.recorded_at.clone()));
+    b.affected.entry(record.household_id.clone()).or_insert_with(|| (event.ce_id.clone(), event.recorded_at.clone()));
     Ok("applied")
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn raise_identity_conflict(
-    conn: &mut AnyConnection,
+fn raise_identity_conflict(
+    b: &mut Batch,
     ctx: &Context,
     id: &IdNumber,
     household_id: Option<&str>,
@@ -482,20 +686,16 @@ async fn raise_identity_conflict(
     trigger: &Inbound,
     outcome: &mut BatchOutcome,
 ) -> Result<(), ApplyError> {
-    let open = sqlx::query("SELECT 1 FROM review_tasks WHERE kind = 'identity_conflict' AND id_number = $1 AND state = 'open'")
-        .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-    if open.is_some() {
+    if !b.open_conflicts.insert(id.as_str().to_string()) {
         return Ok(());
     }
     let identity = format!("identity_conflict/{}/{}", ctx.keys.key(id), trigger.ce_id);
-    raise_task(conn, ctx, "identity_conflict", Some(id), household_id, region, on, None, &identity, &trigger.recorded_at, outcome).await
+    raise_task(b, ctx, "identity_conflict", Some(id), household_id, region, on, None, &identity, &trigger.recorded_at, outcome)
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn raise_task(
-    conn: &mut AnyConnection,
+fn raise_task(
+    b: &mut Batch,
     ctx: &Context,
     kind: &str,
     person: Option<&IdNumber>,
@@ -521,30 +721,28 @@ async fn raise_task(
         }
     }
     let key = person.map(|p| ctx.keys.key(p)).unwrap_or_default();
-    let task_id = write_outbox(conn, ctx, REVIEW_TOPIC, "task_id", &key, identity, payload, household_id, source_time).await?;
-    sqlx::query("INSERT INTO review_tasks (task_id, kind, id_number, household_id, region, created_on, rule, detail, state, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'open', $9)")
-        .bind(&task_id)
-        .bind(kind)
-        .bind(person.map(IdNumber::as_str))
-        .bind(household_id)
-        .bind(region)
-        .bind(on.to_string())
-        .bind(rule)
-        .bind(&detail)
-        .bind(now_rfc3339())
-        .execute(&mut *conn)
-        .await?;
+    let task_id = write_outbox(b, ctx, REVIEW_TOPIC, "task_id", &key, identity, payload, household_id, source_time)?;
+    b.tasks.push(NewTask {
+        task_id,
+        kind: kind.to_string(),
+        id_number: person.map(|p| p.as_str().to_string()),
+        household_id: household_id.map(str::to_string),
+        region: region.to_string(),
+        created_on: on,
+        rule: rule.map(str::to_string),
+        detail,
+    });
     outcome.review_tasks += 1;
     outcome.outbox += 1;
     metrics::counter!("doudi_matcher_review_tasks_total", "kind" => kind.to_string()).increment(1);
     Ok(())
 }
 
-/// Writes one outbox row: the payload gets its deterministic id under `id_field` and is checked
+/// Queues one outbox row: the payload gets its deterministic id under `id_field` and is checked
 /// against the schema of `catalogue_topic`. Returns the id.
 #[allow(clippy::too_many_arguments)]
-async fn write_outbox(
-    conn: &mut AnyConnection,
+fn write_outbox(
+    b: &mut Batch,
     ctx: &Context,
     catalogue_topic: &str,
     id_field: &str,
@@ -565,316 +763,590 @@ async fn write_outbox(
     if let Some(v) = schema.violations(&payload).first() {
         return Err(ApplyError::InvalidOutbound { topic: catalogue_topic.into(), reason: format!("{} at {}", v.message, v.pointer) });
     }
-    sqlx::query(
-        "INSERT INTO outbox (topic, message_key, ce_id, ce_type, dataschema, payload, household_id, source_time, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-         ON CONFLICT (ce_id) DO NOTHING",
-    )
-    .bind(ctx.outbound.actual(catalogue_topic))
-    .bind(key)
-    .bind(&ce_id)
-    .bind(event_type(catalogue_topic))
-    .bind(schema.id.as_str())
-    .bind(payload.to_string())
-    .bind(household_id)
-    .bind(source_time)
-    .bind(now_rfc3339())
-    .execute(&mut *conn)
-    .await?;
+    b.outbox.push(vec![
+        t(ctx.outbound.actual(catalogue_topic)),
+        t(key),
+        t(&ce_id),
+        t(event_type(catalogue_topic)),
+        t(&schema.id),
+        t(payload.to_string()),
+        ot(household_id),
+        t(source_time),
+        t(now_rfc3339()),
+    ]);
     Ok(ce_id)
 }
 
-async fn person_names(conn: &mut AnyConnection, ids: &[String]) -> Result<BTreeMap<String, String>, ApplyError> {
-    if ids.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let sql = format!("SELECT id_number, name FROM persons WHERE id_number IN ({})", placeholders(1, ids.len()));
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for id in ids {
-        q = q.bind(id);
-    }
-    let mut out = BTreeMap::new();
-    for row in q.fetch_all(&mut *conn).await? {
-        if let Some(name) = row.try_get::<Option<String>, _>("name")? {
-            out.insert(row.try_get("id_number")?, name);
+/// Writes what the events changed: persons, facts, households and memberships.
+async fn flush_events(conn: &mut AnyConnection, ctx: &Context, b: &mut Batch, events: &[Inbound]) -> Result<(), ApplyError> {
+    let now = now_rfc3339();
+    let mut new_persons = Vec::new();
+    for (id_number, p) in &b.persons {
+        if p.new {
+            let Ok(id) = IdNumber::parse(id_number) else { continue };
+            new_persons.push(vec![
+                t(id_number),
+                t(ctx.keys.key(&id)),
+                ot(p.name.clone()),
+                ot(p.name_source.clone()),
+                t(id.birth_date().to_string()),
+                t(match id.sex() {
+                    crate::idnum::Sex::Male => "male",
+                    crate::idnum::Sex::Female => "female",
+                }),
+                t(&now),
+            ]);
+        } else if p.renamed {
+            sqlx::query("UPDATE persons SET name = $1, name_source = $2 WHERE id_number = $3")
+                .bind(p.name.clone())
+                .bind(p.name_source.clone())
+                .bind(id_number)
+                .execute(&mut *conn)
+                .await?;
         }
     }
-    Ok(out)
+    insert_rows(
+        conn,
+        "persons",
+        &["id_number", "person_key", "name", "name_source", "birth_date", "sex", "first_seen_at"],
+        &new_persons,
+        "",
+    )
+    .await?;
+    update_in(
+        conn,
+        "UPDATE facts SET state = 'superseded' WHERE id IN",
+        &[],
+        &b.superseded.iter().map(|i| Bind::Int(*i)).collect::<Vec<_>>(),
+    )
+    .await?;
+    let facts: Vec<Vec<Bind>> = b
+        .new_facts
+        .iter()
+        .map(|f| {
+            let e = &events[f.event];
+            vec![
+                t(&f.id_number),
+                t(e.feed.topic()),
+                t(&f.fact.field),
+                t(f.fact.value.to_string()),
+                ot(f.fact.effective.map(|d| d.to_string())),
+                t(&e.recorded_at),
+                t(f.state),
+                t(&e.topic),
+                Bind::Int(i64::from(e.partition)),
+                Bind::Int(e.offset),
+                t(&e.ce_id),
+                ot(e.source_file.clone()),
+                ot(e.source_row.clone()),
+                t(&now),
+            ]
+        })
+        .collect();
+    insert_rows(
+        conn,
+        "facts",
+        &[
+            "id_number",
+            "source",
+            "field",
+            "value",
+            "effective_date",
+            "recorded_at",
+            "state",
+            "topic",
+            "kafka_partition",
+            "kafka_offset",
+            "ce_id",
+            "source_file",
+            "source_row",
+            "applied_at",
+        ],
+        &facts,
+        "",
+    )
+    .await?;
+    flush_households(conn, b).await?;
+    let mut closes: BTreeMap<String, Vec<Bind>> = BTreeMap::new();
+    let mut inserts = Vec::new();
+    for m in &b.members {
+        match (m.db_id, &m.valid_to) {
+            (Some(id), Some(to)) => closes.entry(to.clone()).or_default().push(Bind::Int(id)),
+            (Some(_), None) => {}
+            (None, to) => inserts.push(vec![
+                t(&m.household_id),
+                t(&m.id_number),
+                t(&m.relation),
+                t(m.record.to_string()),
+                t(&m.valid_from),
+                ot(to.clone()),
+                t(&m.ce_id),
+            ]),
+        }
+    }
+    for (to, ids) in &closes {
+        update_in(conn, "UPDATE household_members SET valid_to = $1 WHERE id IN", &[t(to)], ids).await?;
+    }
+    insert_rows(
+        conn,
+        "household_members",
+        &["household_id", "id_number", "relation", "member", "valid_from", "valid_to", "ce_id"],
+        &inserts,
+        "",
+    )
+    .await?;
+    b.persons.values_mut().for_each(|p| {
+        p.new = false;
+        p.renamed = false;
+    });
+    Ok(())
+}
+
+async fn flush_households(conn: &mut AnyConnection, b: &mut Batch) -> Result<(), ApplyError> {
+    let now = now_rfc3339();
+    let rows: Vec<Vec<Bind>> = b
+        .households
+        .iter()
+        .filter(|(_, h)| h.dirty)
+        .map(|(id, h)| vec![t(id), t(&h.region), t(h.as_of.to_string()), t(h.base.to_string()), Bind::Int(h.version), t(&now)])
+        .collect();
+    insert_rows(
+        conn,
+        "households",
+        &["household_id", "region", "as_of", "base", "decision_version", "updated_at"],
+        &rows,
+        "ON CONFLICT (household_id) DO UPDATE SET region = excluded.region, as_of = excluded.as_of, base = excluded.base, \
+         decision_version = excluded.decision_version, updated_at = excluded.updated_at",
+    )
+    .await?;
+    b.households.values_mut().for_each(|h| h.dirty = false);
+    Ok(())
+}
+
+/// Writes decisions' consequences: households' versions, review tasks, the outbox and the
+/// processed ids.
+async fn flush_derived(conn: &mut AnyConnection, b: &mut Batch) -> Result<(), ApplyError> {
+    flush_households(conn, b).await?;
+    let now = now_rfc3339();
+    let tasks: Vec<Vec<Bind>> = b
+        .tasks
+        .iter()
+        .map(|k| {
+            vec![
+                t(&k.task_id),
+                t(&k.kind),
+                ot(k.id_number.clone()),
+                ot(k.household_id.clone()),
+                t(&k.region),
+                t(k.created_on.to_string()),
+                ot(k.rule.clone()),
+                t(&k.detail),
+                t("open"),
+                t(&now),
+            ]
+        })
+        .collect();
+    insert_rows(
+        conn,
+        "review_tasks",
+        &["task_id", "kind", "id_number", "household_id", "region", "created_on", "rule", "detail", "state", "created_at"],
+        &tasks,
+        "ON CONFLICT (task_id) DO NOTHING",
+    )
+    .await?;
+    insert_rows(
+        conn,
+        "outbox",
+        &["topic", "message_key", "ce_id", "ce_type", "dataschema", "payload", "household_id", "source_time", "created_at"],
+        &b.outbox,
+        "ON CONFLICT (ce_id) DO NOTHING",
+    )
+    .await?;
+    insert_rows(
+        conn,
+        "processed_events",
+        &["ce_id", "topic", "kafka_partition", "kafka_offset", "outcome", "processed_at"],
+        &b.processed,
+        "",
+    )
+    .await?;
+    Ok(())
 }
 
 /// The current members of a household and their current facts (registrations left out), in a
 /// stable order.
 pub async fn household_state(conn: &mut AnyConnection, household_id: &str) -> Result<(Vec<StoredMember>, Vec<StoredFact>), ApplyError> {
-    let member_rows =
-        sqlx::query("SELECT id_number, member FROM household_members WHERE household_id = $1 AND valid_to IS NULL ORDER BY id")
-            .bind(household_id)
-            .fetch_all(&mut *conn)
-            .await?;
-    let mut members = Vec::with_capacity(member_rows.len());
-    for r in &member_rows {
-        members.push(StoredMember {
-            id_number: r.try_get("id_number")?,
-            record: serde_json::from_str(&r.try_get::<String, _>("member")?).unwrap_or_default(),
-        });
-    }
-    let ids: Vec<String> = members.iter().map(|m| m.id_number.clone()).collect();
-    let mut facts = Vec::new();
-    if !ids.is_empty() {
-        let sql = format!(
-            "SELECT id_number, field, value, effective_date FROM facts WHERE state = 'current' AND id_number IN ({}) ORDER BY id_number, field, id",
-            placeholders(1, ids.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in &ids {
-            q = q.bind(id);
-        }
-        for r in q.fetch_all(&mut *conn).await? {
-            let field: String = r.try_get("field")?;
-            if field.starts_with("registration:") {
-                continue;
-            }
-            facts.push(StoredFact {
-                id_number: r.try_get("id_number")?,
-                field,
-                value: serde_json::from_str(&r.try_get::<String, _>("value")?).unwrap_or_default(),
-                effective: r.try_get::<Option<String>, _>("effective_date")?.as_deref().and_then(parse_date),
-            });
-        }
-    }
-    Ok((members, facts))
+    let mut state = households_state(conn, &[household_id.to_string()]).await?;
+    Ok(state.remove(household_id).unwrap_or_default())
 }
 
-/// Re-assesses one household on its current facts and writes what changed.
-async fn evaluate_household(
+/// As [`household_state`], for many households in a few statements.
+async fn households_state(
     conn: &mut AnyConnection,
-    ctx: &Context,
-    household_id: &str,
-    trigger: &str,
-    source_time: &str,
-    outcome: &mut BatchOutcome,
-) -> Result<(), ApplyError> {
-    outcome.households_evaluated += 1;
-    let Some(row) = sqlx::query("SELECT region, as_of, base, decision_version FROM households WHERE household_id = $1")
-        .bind(household_id)
-        .fetch_optional(&mut *conn)
-        .await?
-    else {
-        return Ok(());
-    };
-    let region: String = row.try_get("region")?;
-    let as_of = parse_date(&row.try_get::<String, _>("as_of")?).unwrap_or(ctx.today);
-    let base: Value = serde_json::from_str(&row.try_get::<String, _>("base")?).unwrap_or_default();
-    let version: i64 = row.try_get("decision_version")?;
-
-    let (members, facts) = household_state(conn, household_id).await?;
-
-    let old_summary = if version > 0 {
-        let r = sqlx::query("SELECT category, basis, size, per_capita_income, monthly_payment, policy_version, rules FROM decisions WHERE household_id = $1 AND version = $2")
-            .bind(household_id)
-            .bind(version)
-            .fetch_one(&mut *conn)
-            .await?;
-        Some(Summary {
-            category: r.try_get("category")?,
-            basis: r.try_get("basis")?,
-            size: r.try_get("size")?,
-            per_capita_income: r.try_get("per_capita_income")?,
-            monthly_payment: r.try_get("monthly_payment")?,
-            policy_version: r.try_get("policy_version")?,
-            rules: r.try_get("rules")?,
-        })
-    } else {
-        None
-    };
-
-    // Assess, or (nobody left) decide that nothing is in force.
-    let (summary, date, new_entitlements, raised_tasks, decision_json, members_status, head) = if members.is_empty() {
-        (Summary::empty(&ctx.params.policy.version), as_of, Vec::new(), Vec::new(), json!({"members": []}), json!([]), None)
-    } else {
-        let assembled = assemble(household_id, &region, as_of, &base, &members, &facts);
-        let date = assembled.date;
-        let checked = serde_json::from_value::<Household>(assembled.household)
-            .map_err(|e| format!("field `{}`: {}", "(household)", e.to_string().split(" at line ").next().unwrap_or_default()))
-            .and_then(|h| h.validate(date, &ctx.params.policy.province).map_err(|e| e.to_string()));
-        let assessed = checked.and_then(|c| crate::policy::assess(&ctx.params, &c, date).map(|d| (c, d)).map_err(|e| e.to_string()));
-        let (checked, decision) = match assessed {
-            Ok(x) => x,
-            Err(problem) => {
-                tracing::warn!(trigger_event = %trigger, "A household could not be assessed; its current decision stands until its facts are corrected: {problem}");
-                sqlx::query(
-                    "INSERT INTO assessment_problems (household_id, problem, ce_id, recorded_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (household_id) DO UPDATE SET problem = excluded.problem, ce_id = excluded.ce_id, recorded_at = excluded.recorded_at",
-                )
-                .bind(household_id)
-                .bind(&problem)
-                .bind(trigger)
-                .bind(now_rfc3339())
-                .execute(&mut *conn)
-                .await?;
-                outcome.assessment_problems += 1;
-                return Ok(());
-            }
-        };
-        sqlx::query("DELETE FROM assessment_problems WHERE household_id = $1").bind(household_id).execute(&mut *conn).await?;
-        let entitlements = entitlements_of(&decision, &checked);
-        let tasks: Vec<(String, String, String)> =
-            decision.review_tasks.iter().map(|t| (t.kind.to_string(), t.person.as_str().to_string(), t.rule.to_string())).collect();
-        let members_status: Vec<Value> =
-            decision.members.iter().map(|m| json!({"id_number": m.person.as_str(), "status": m.status.as_str()})).collect();
-        let head = checked.ids[checked.head].clone();
-        let mut json = serde_json::to_value(&decision).unwrap_or_default();
-        if let Some(obj) = json.as_object_mut() {
-            obj.remove("explanation");
-        }
-        (Summary::of(&decision), date, entitlements, tasks, json, Value::Array(members_status), Some(head))
-    };
-
-    // Entitlements in force before.
-    let mut before = Vec::new();
-    for r in sqlx::query("SELECT agency, kind, id_number, attributes, rules FROM entitlements WHERE household_id = $1 AND ended_on IS NULL")
-        .bind(household_id)
-        .fetch_all(&mut *conn)
-        .await?
+    household_ids: &[String],
+) -> Result<BTreeMap<String, (Vec<StoredMember>, Vec<StoredFact>)>, ApplyError> {
+    let mut out: BTreeMap<String, (Vec<StoredMember>, Vec<StoredFact>)> = BTreeMap::new();
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    for r in select_in(
+        conn,
+        "SELECT household_id, id_number, member FROM household_members WHERE valid_to IS NULL AND household_id IN",
+        "ORDER BY id",
+        household_ids,
+    )
+    .await?
     {
-        before.push(EntitlementRow {
-            agency: r.try_get("agency")?,
-            kind: r.try_get("kind")?,
-            id_number: r.try_get("id_number")?,
-            attributes: serde_json::from_str(&r.try_get::<String, _>("attributes")?).unwrap_or_default(),
-            rules: serde_json::from_str(&r.try_get::<String, _>("rules")?).unwrap_or_default(),
+        let household_id: String = r.try_get("household_id")?;
+        let id_number: String = r.try_get("id_number")?;
+        owner.insert(id_number.clone(), household_id.clone());
+        out.entry(household_id)
+            .or_default()
+            .0
+            .push(StoredMember { id_number, record: serde_json::from_str(&r.try_get::<String, _>("member")?).unwrap_or_default() });
+    }
+    let ids: Vec<String> = owner.keys().cloned().collect();
+    for r in select_in(
+        conn,
+        "SELECT id_number, field, value, effective_date FROM facts WHERE state = 'current' AND id_number IN",
+        "ORDER BY id_number, field, id",
+        &ids,
+    )
+    .await?
+    {
+        let field: String = r.try_get("field")?;
+        if field.starts_with("registration:") {
+            continue;
+        }
+        let id_number: String = r.try_get("id_number")?;
+        let Some(household_id) = owner.get(&id_number) else { continue };
+        out.entry(household_id.clone()).or_default().1.push(StoredFact {
+            id_number,
+            field,
+            value: serde_json::from_str(&r.try_get::<String, _>("value")?).unwrap_or_default(),
+            effective: r.try_get::<Option<String>, _>("effective_date")?.as_deref().and_then(parse_date),
         });
     }
-    let changes = diff(&before, &new_entitlements);
+    Ok(out)
+}
 
-    // Review tasks the engine raises now, against those open for this household.
-    let mut open = BTreeSet::new();
-    for r in
-        sqlx::query("SELECT kind, id_number FROM review_tasks WHERE household_id = $1 AND state = 'open' AND kind <> 'identity_conflict'")
-            .bind(household_id)
-            .fetch_all(&mut *conn)
-            .await?
-    {
-        open.insert((r.try_get::<String, _>("kind")?, r.try_get::<Option<String>, _>("id_number")?.unwrap_or_default()));
-    }
-    let raised: BTreeSet<(String, String)> = raised_tasks.iter().map(|(k, p, _)| (k.clone(), p.clone())).collect();
-    let new_tasks: Vec<_> = raised_tasks.iter().filter(|(k, p, _)| !open.contains(&(k.clone(), p.clone()))).cloned().collect();
-    let cleared: Vec<_> = open.difference(&raised).cloned().collect();
+/// New attributes, rules, end date and ending version of entitlement rows.
+type UpdateContent = (String, String, Option<String>, Option<i64>);
 
-    let summary_changed = old_summary.as_ref() != Some(&summary);
-    if !summary_changed && changes.is_empty() && new_tasks.is_empty() && cleared.is_empty() {
+/// A changed or ended entitlement, rewritten by id.
+struct EntitlementUpdate {
+    id: i64,
+    attributes: String,
+    rules: String,
+    /// The end date and the decision version that ended it.
+    ended: Option<(String, i64)>,
+}
+
+/// Re-assesses every affected household on its current facts and queues what changed.
+async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Batch, outcome: &mut BatchOutcome) -> Result<(), ApplyError> {
+    let affected: Vec<String> = b.affected.keys().cloned().collect();
+    if affected.is_empty() {
         return Ok(());
     }
-    let new_version = version + 1;
-    outcome.decisions += 1;
-    sqlx::query(
-        "INSERT INTO decisions (household_id, version, effective_date, category, basis, size, per_capita_income, monthly_payment, policy_version, rules, decision, trigger_ce_id, decided_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    // Households not loaded yet (a person moved out of them) come in too.
+    let missing: Vec<String> = affected.iter().filter(|h| !b.households.contains_key(*h)).cloned().collect();
+    for r in
+        select_in(conn, "SELECT household_id, region, as_of, base, decision_version FROM households WHERE household_id IN", "", &missing)
+            .await?
+    {
+        b.households.insert(
+            r.try_get("household_id")?,
+            HouseholdRow {
+                region: r.try_get("region")?,
+                as_of: parse_date(&r.try_get::<String, _>("as_of")?).unwrap_or_default(),
+                base: serde_json::from_str(&r.try_get::<String, _>("base")?).unwrap_or_default(),
+                version: r.try_get("decision_version")?,
+                dirty: false,
+            },
+        );
+    }
+    let mut state = households_state(conn, &affected).await?;
+    let mut summaries: BTreeMap<(String, i64), Summary> = BTreeMap::new();
+    for r in select_in(
+        conn,
+        "SELECT d.household_id, d.version, d.category, d.basis, d.size, d.per_capita_income, d.monthly_payment, d.policy_version, d.rules \
+         FROM decisions d JOIN households h ON h.household_id = d.household_id AND h.decision_version = d.version WHERE d.household_id IN",
+        "",
+        &affected,
     )
-    .bind(household_id)
-    .bind(new_version)
-    .bind(date.to_string())
-    .bind(&summary.category)
-    .bind(summary.basis.as_deref())
-    .bind(summary.size)
-    .bind(&summary.per_capita_income)
-    .bind(&summary.monthly_payment)
-    .bind(&summary.policy_version)
-    .bind(&summary.rules)
-    .bind(decision_json.to_string())
-    .bind(trigger)
-    .bind(now_rfc3339())
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("UPDATE households SET decision_version = $1 WHERE household_id = $2")
-        .bind(new_version)
-        .bind(household_id)
-        .execute(&mut *conn)
-        .await?;
+    .await?
+    {
+        summaries.insert(
+            (r.try_get("household_id")?, r.try_get("version")?),
+            Summary {
+                category: r.try_get("category")?,
+                basis: r.try_get("basis")?,
+                size: r.try_get("size")?,
+                per_capita_income: r.try_get("per_capita_income")?,
+                monthly_payment: r.try_get("monthly_payment")?,
+                policy_version: r.try_get("policy_version")?,
+                rules: r.try_get("rules")?,
+            },
+        );
+    }
+    let mut in_force: BTreeMap<String, Vec<(i64, EntitlementRow)>> = BTreeMap::new();
+    for r in select_in(
+        conn,
+        "SELECT id, household_id, agency, kind, id_number, attributes, rules FROM entitlements WHERE ended_on IS NULL AND household_id IN",
+        "ORDER BY id",
+        &affected,
+    )
+    .await?
+    {
+        in_force.entry(r.try_get("household_id")?).or_default().push((
+            r.try_get("id")?,
+            EntitlementRow {
+                agency: r.try_get("agency")?,
+                kind: r.try_get("kind")?,
+                id_number: r.try_get("id_number")?,
+                attributes: serde_json::from_str(&r.try_get::<String, _>("attributes")?).unwrap_or_default(),
+                rules: serde_json::from_str(&r.try_get::<String, _>("rules")?).unwrap_or_default(),
+            },
+        ));
+    }
+    let mut open_tasks: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    for r in select_in(
+        conn,
+        "SELECT household_id, kind, id_number FROM review_tasks WHERE state = 'open' AND kind <> 'identity_conflict' AND household_id IN",
+        "",
+        &affected,
+    )
+    .await?
+    {
+        open_tasks
+            .entry(r.try_get("household_id")?)
+            .or_default()
+            .insert((r.try_get::<String, _>("kind")?, r.try_get::<Option<String>, _>("id_number")?.unwrap_or_default()));
+    }
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let entitled: Vec<String> = sorted_unique(
+        in_force
+            .values()
+            .flatten()
+            .map(|e| e.1.id_number.clone())
+            .chain(state.values().flat_map(|s| s.0.iter().map(|m| m.id_number.clone()))),
+    );
+    for r in select_in(conn, "SELECT id_number, name FROM persons WHERE id_number IN", "", &entitled).await? {
+        if let Some(name) = r.try_get::<Option<String>, _>("name")? {
+            names.insert(r.try_get("id_number")?, name);
+        }
+    }
 
-    // The status change, when category or payment moved (a first decision of `none` moves nothing).
-    let status_moved = match &old_summary {
-        Some(o) => o.category != summary.category || o.monthly_payment != summary.monthly_payment,
-        None => summary.category != "none",
-    };
-    if status_moved {
-        let key = head.as_ref().map(|h| ctx.keys.key(h)).unwrap_or_default();
-        let payload = status_payload(household_id, &region, date, &summary, old_summary.as_ref(), members_status);
-        write_outbox(
+    let mut decisions = Vec::new();
+    let mut grants = Vec::new();
+    let mut updates: Vec<EntitlementUpdate> = Vec::new();
+    let mut cleared: Vec<(String, String, String)> = Vec::new();
+    let mut problems = Vec::new();
+    let mut solved = Vec::new();
+    let now = now_rfc3339();
+    for household_id in &affected {
+        outcome.households_evaluated += 1;
+        let Some(row) = b.households.get(household_id).cloned() else { continue };
+        let (trigger, source_time) = b.affected.get(household_id).cloned().unwrap_or_default();
+        let (members, facts) = state.remove(household_id).unwrap_or_default();
+        let old_summary = summaries.get(&(household_id.clone(), row.version));
+        let (summary, date, new_entitlements, raised_tasks, decision_json, members_status, head) = if members.is_empty() {
+            (Summary::empty(&ctx.params.policy.version), row.as_of, Vec::new(), Vec::new(), json!({"members": []}), json!([]), None)
+        } else {
+            let assembled = assemble(household_id, &row.region, row.as_of, &row.base, &members, &facts);
+            let date = assembled.date;
+            let checked = serde_json::from_value::<Household>(assembled.household)
+                .map_err(|e| format!("field `(household)`: {}", e.to_string().split(" at line ").next().unwrap_or_default()))
+                .and_then(|h| h.validate(date, &ctx.params.policy.province).map_err(|e| e.to_string()));
+            let assessed = checked.and_then(|c| crate::policy::assess(&ctx.params, &c, date).map(|d| (c, d)).map_err(|e| e.to_string()));
+            let (checked, decision) = match assessed {
+                Ok(x) => x,
+                Err(problem) => {
+                    tracing::warn!(trigger_event = %trigger, "A household could not be assessed; its current decision stands until its facts are corrected: {problem}");
+                    problems.push((household_id.clone(), problem, trigger.clone()));
+                    outcome.assessment_problems += 1;
+                    continue;
+                }
+            };
+            solved.push(t(household_id));
+            let entitlements = entitlements_of(&decision, &checked);
+            let tasks: Vec<(String, String, String)> =
+                decision.review_tasks.iter().map(|t| (t.kind.to_string(), t.person.as_str().to_string(), t.rule.to_string())).collect();
+            let members_status: Vec<Value> =
+                decision.members.iter().map(|m| json!({"id_number": m.person.as_str(), "status": m.status.as_str()})).collect();
+            let head = checked.ids[checked.head].clone();
+            let mut json = serde_json::to_value(&decision).unwrap_or_default();
+            if let Some(obj) = json.as_object_mut() {
+                obj.remove("explanation");
+            }
+            (Summary::of(&decision), date, entitlements, tasks, json, Value::Array(members_status), Some(head))
+        };
+        let before_rows = in_force.remove(household_id).unwrap_or_default();
+        let before: Vec<EntitlementRow> = before_rows.iter().map(|r| r.1.clone()).collect();
+        let changes = diff(&before, &new_entitlements);
+        let open = open_tasks.remove(household_id).unwrap_or_default();
+        let raised: BTreeSet<(String, String)> = raised_tasks.iter().map(|(k, p, _)| (k.clone(), p.clone())).collect();
+        let new_tasks: Vec<_> = raised_tasks.iter().filter(|(k, p, _)| !open.contains(&(k.clone(), p.clone()))).cloned().collect();
+        let gone: Vec<_> = open.difference(&raised).cloned().collect();
+
+        let summary_changed = old_summary != Some(&summary);
+        if !summary_changed && changes.is_empty() && new_tasks.is_empty() && gone.is_empty() {
+            continue;
+        }
+        let new_version = row.version + 1;
+        outcome.decisions += 1;
+        decisions.push(vec![
+            t(household_id),
+            Bind::Int(new_version),
+            t(date.to_string()),
+            t(&summary.category),
+            ot(summary.basis.clone()),
+            Bind::Int(summary.size),
+            t(&summary.per_capita_income),
+            t(&summary.monthly_payment),
+            t(&summary.policy_version),
+            t(&summary.rules),
+            t(decision_json.to_string()),
+            t(&trigger),
+            t(&now),
+        ]);
+        if let Some(h) = b.households.get_mut(household_id) {
+            h.version = new_version;
+            h.dirty = true;
+        }
+        let status_moved = match old_summary {
+            Some(o) => o.category != summary.category || o.monthly_payment != summary.monthly_payment,
+            None => summary.category != "none",
+        };
+        if status_moved {
+            let key = head.as_ref().map(|h| ctx.keys.key(h)).unwrap_or_default();
+            let payload = status_payload(household_id, &row.region, date, &summary, old_summary, members_status);
+            write_outbox(
+                b,
+                ctx,
+                STATUS_TOPIC,
+                "event_id",
+                &key,
+                &format!("{household_id}/v{new_version}/status"),
+                payload,
+                Some(household_id),
+                &source_time,
+            )?;
+            outcome.outbox += 1;
+        }
+        for (change, e) in &changes {
+            let existing = before_rows.iter().find(|r| r.1.key() == e.key());
+            match (change, existing) {
+                (Change::Granted, _) => grants.push(vec![
+                    t(household_id),
+                    t(&e.agency),
+                    t(&e.kind),
+                    t(&e.id_number),
+                    t(e.attributes.to_string()),
+                    t(json!(e.rules).to_string()),
+                    t(date.to_string()),
+                    Bind::Int(new_version),
+                ]),
+                (Change::Changed, Some((id, ..))) => updates.push(EntitlementUpdate {
+                    id: *id,
+                    attributes: e.attributes.to_string(),
+                    rules: json!(e.rules).to_string(),
+                    ended: None,
+                }),
+                (Change::Ended, Some((id, old, ..))) => updates.push(EntitlementUpdate {
+                    id: *id,
+                    attributes: old.attributes.to_string(),
+                    rules: json!(old.rules).to_string(),
+                    ended: Some((date.to_string(), new_version)),
+                }),
+                _ => {}
+            }
+            let person = IdNumber::parse(&e.id_number).ok();
+            let key = person.as_ref().map(|p| ctx.keys.key(p)).unwrap_or_default();
+            let payload = entitlement_payload(*change, e, names.get(&e.id_number).map(String::as_str), household_id, &row.region, date);
+            let identity = format!("{household_id}/v{new_version}/{}/{}/{key}", e.agency, e.kind);
+            write_outbox(b, ctx, &agency_topic(&e.agency), "event_id", &key, &identity, payload, Some(household_id), &source_time)?;
+            outcome.outbox += 1;
+            metrics::counter!("doudi_matcher_entitlement_changes_total", "agency" => e.agency.clone(), "change" => change.as_str())
+                .increment(1);
+        }
+        for (kind, person, rule) in &new_tasks {
+            let id = IdNumber::parse(person).ok();
+            let identity =
+                format!("{household_id}/v{new_version}/task/{kind}/{}", id.as_ref().map(|p| ctx.keys.key(p)).unwrap_or_default());
+            raise_task(b, ctx, kind, id.as_ref(), Some(household_id), &row.region, date, Some(rule), &identity, &source_time, outcome)?;
+        }
+        for (kind, person) in gone {
+            cleared.push((household_id.clone(), kind, person));
+        }
+    }
+    insert_rows(
+        conn,
+        "decisions",
+        &[
+            "household_id",
+            "version",
+            "effective_date",
+            "category",
+            "basis",
+            "size",
+            "per_capita_income",
+            "monthly_payment",
+            "policy_version",
+            "rules",
+            "decision",
+            "trigger_ce_id",
+            "decided_at",
+        ],
+        &decisions,
+        "",
+    )
+    .await?;
+    insert_rows(
+        conn,
+        "entitlements",
+        &["household_id", "agency", "kind", "id_number", "attributes", "rules", "granted_on", "granted_version"],
+        &grants,
+        "",
+    )
+    .await?;
+    // Changed and ended rows are rewritten by id, one statement per distinct new content.
+    let mut grouped: BTreeMap<UpdateContent, Vec<Bind>> = BTreeMap::new();
+    for u in updates {
+        let (ended_on, ended_version) = match u.ended {
+            Some((on, version)) => (Some(on), Some(version)),
+            None => (None, None),
+        };
+        grouped.entry((u.attributes, u.rules, ended_on, ended_version)).or_default().push(Bind::Int(u.id));
+    }
+    for ((attributes, rules, ended_on, ended_version), ids) in grouped {
+        let version = Bind::OptInt(ended_version);
+        update_in(
             conn,
-            ctx,
-            STATUS_TOPIC,
-            "event_id",
-            &key,
-            &format!("{household_id}/v{new_version}/status"),
-            payload,
-            Some(household_id),
-            source_time,
+            "UPDATE entitlements SET attributes = $1, rules = $2, ended_on = $3, ended_version = $4 WHERE id IN",
+            &[t(attributes), t(rules), ot(ended_on), version],
+            &ids,
         )
         .await?;
-        outcome.outbox += 1;
     }
-
-    let persons: Vec<String> = changes.iter().map(|(_, e)| e.id_number.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-    let names = person_names(conn, &persons).await?;
-    for (change, e) in &changes {
-        match change {
-            Change::Granted => {
-                sqlx::query("INSERT INTO entitlements (household_id, agency, kind, id_number, attributes, rules, granted_on, granted_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
-                    .bind(household_id)
-                    .bind(&e.agency)
-                    .bind(&e.kind)
-                    .bind(&e.id_number)
-                    .bind(e.attributes.to_string())
-                    .bind(json!(e.rules).to_string())
-                    .bind(date.to_string())
-                    .bind(new_version)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Change::Changed => {
-                sqlx::query("UPDATE entitlements SET attributes = $1, rules = $2 WHERE household_id = $3 AND agency = $4 AND kind = $5 AND id_number = $6 AND ended_on IS NULL")
-                    .bind(e.attributes.to_string())
-                    .bind(json!(e.rules).to_string())
-                    .bind(household_id)
-                    .bind(&e.agency)
-                    .bind(&e.kind)
-                    .bind(&e.id_number)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Change::Ended => {
-                sqlx::query("UPDATE entitlements SET ended_on = $1, ended_version = $2 WHERE household_id = $3 AND agency = $4 AND kind = $5 AND id_number = $6 AND ended_on IS NULL")
-                    .bind(date.to_string())
-                    .bind(new_version)
-                    .bind(household_id)
-                    .bind(&e.agency)
-                    .bind(&e.kind)
-                    .bind(&e.id_number)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-        }
-        let person = IdNumber::parse(&e.id_number).ok();
-        let key = person.as_ref().map(|p| ctx.keys.key(p)).unwrap_or_default();
-        let payload = entitlement_payload(*change, e, names.get(&e.id_number).map(String::as_str), household_id, &region, date);
-        let identity = format!("{household_id}/v{new_version}/{}/{}/{key}", e.agency, e.kind);
-        write_outbox(conn, ctx, &agency_topic(&e.agency), "event_id", &key, &identity, payload, Some(household_id), source_time).await?;
-        outcome.outbox += 1;
-        metrics::counter!("doudi_matcher_entitlement_changes_total", "agency" => e.agency.clone(), "change" => change.as_str())
-            .increment(1);
-    }
-
-    for (kind, person, rule) in &new_tasks {
-        let id = IdNumber::parse(person).ok();
-        let identity = format!("{household_id}/v{new_version}/task/{kind}/{}", id.as_ref().map(|p| ctx.keys.key(p)).unwrap_or_default());
-        raise_task(conn, ctx, kind, id.as_ref(), Some(household_id), &region, date, Some(rule), &identity, source_time, outcome).await?;
-    }
-    for (kind, person) in &cleared {
+    for (household_id, kind, person) in &cleared {
         sqlx::query(
             "UPDATE review_tasks SET state = 'cleared' WHERE household_id = $1 AND kind = $2 AND id_number = $3 AND state = 'open'",
         )
         .bind(household_id)
         .bind(kind)
         .bind(person)
+        .execute(&mut *conn)
+        .await?;
+    }
+    update_in(conn, "DELETE FROM assessment_problems WHERE household_id IN", &[], &solved).await?;
+    for (household_id, problem, trigger) in problems {
+        sqlx::query(
+            "INSERT INTO assessment_problems (household_id, problem, ce_id, recorded_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (household_id) DO UPDATE SET problem = excluded.problem, ce_id = excluded.ce_id, recorded_at = excluded.recorded_at",
+        )
+        .bind(&household_id)
+        .bind(&problem)
+        .bind(&trigger)
+        .bind(&now)
         .execute(&mut *conn)
         .await?;
     }
