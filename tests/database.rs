@@ -37,7 +37,9 @@ async fn sqlite_write_and_read() {
 
 #[tokio::test]
 async fn postgres_write_and_read() {
-    write_and_read(&common::postgres(), Backend::Postgres).await;
+    // A fresh database: migrations are checked from the first one, whatever the server held before.
+    let pg = common::fresh_postgres().await;
+    write_and_read(&pg.settings, Backend::Postgres).await;
 }
 
 #[tokio::test]

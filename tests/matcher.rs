@@ -534,3 +534,41 @@ async fn sigkill_mid_batch_repeatedly_then_restart_equals_a_clean_run() {
     assert_eq!(distinct, outbox, "published ce_ids are exactly the committed outbox rows");
     assert!(published.len() >= outbox.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_matcher_serves_its_metrics() {
+    let x = Exchange::new().await;
+    x.feed("civil-household", &root().join("connectors/samples/civil-household.jsonl")).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut args = x.match_args("metrics");
+    args.retain(|a| a != "--until-idle");
+    let mut daemon = std::process::Command::new(common::doudi_bin())
+        .args(&args)
+        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
+        .env("DOUDI_LOG_LEVEL", "warn")
+        .env("DOUDI_DATABASE_URL", &x.pg.settings.url)
+        .env("DOUDI_HTTP_PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let mut metrics = String::new();
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if tokio::net::TcpStream::connect(&addr).await.is_err() {
+            continue;
+        }
+        metrics = common::http_get(&addr, "/metrics").await.1;
+        if metrics.contains("doudi_matcher_end_to_end_seconds") {
+            break;
+        }
+    }
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    assert!(metrics.contains("doudi_matcher_events_total{outcome=\"applied\"} 6"), "{metrics}");
+    assert!(metrics.contains("doudi_matcher_batch_seconds_count"), "{metrics}");
+    assert!(metrics.contains("doudi_matcher_entitlement_changes_total{agency=\"medical\",change=\"granted\"}"), "{metrics}");
+    assert!(metrics.contains("doudi_matcher_end_to_end_seconds_count{topic="), "{metrics}");
+    assert!(!metrics.contains("220102"), "no ID numbers in metrics");
+}
