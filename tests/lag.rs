@@ -249,12 +249,22 @@ async fn lag_serve_exports_metrics_and_a_status_page_chromium_can_render() {
     }
     assert!(ready, "lag serve became ready");
 
-    let (status, metrics) = common::http_get(&addr, "/metrics").await;
-    assert_eq!(status, 200);
     let group = &f.group;
     let topic = &f.topic;
+    // The exporter evaluates every group on the broker each second; under load the first evaluation
+    // may not have read this group's oldest record yet, so wait for the time lag to appear.
+    let lag_seconds = format!("doudi_consumergroup_lag_seconds{{group=\"{group}\",topic=\"{topic}\"}}");
+    let (mut status, mut metrics) = common::http_get(&addr, "/metrics").await;
+    for _ in 0..60 {
+        if metrics.contains(&lag_seconds) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        (status, metrics) = common::http_get(&addr, "/metrics").await;
+    }
+    assert_eq!(status, 200);
     assert!(metrics.contains(&format!("doudi_consumergroup_lag_messages{{group=\"{group}\",topic=\"{topic}\"}} 5")), "{metrics}");
-    assert!(metrics.contains(&format!("doudi_consumergroup_lag_seconds{{group=\"{group}\",topic=\"{topic}\"}}")));
+    assert!(metrics.contains(&lag_seconds), "{metrics}");
     assert!(metrics.contains(&format!("doudi_consumergroup_status{{group=\"{group}\",status=\"")));
     assert!(metrics.contains(&format!("doudi_dlq_messages{{topic=\"{dlq}\"}} 2")), "{metrics}");
     assert!(!metrics.contains("partition="), "no per-partition series");
