@@ -657,6 +657,26 @@ async fn start_connector(
     })
 }
 
+/// Serves `/healthz`, `/readyz` and `/metrics` on `http.bind`:`http.port` beside a long-running
+/// command, unless the port is 0 (exit 2 when the address is bad or taken).
+async fn start_ops_endpoint(settings: &Settings) -> Result<(), ExitCode> {
+    if settings.http.port == 0 {
+        return Ok(());
+    }
+    let addr = ops_address(settings)?;
+    let router = doudi::http::ops_router(doudi::telemetry::metrics_handle(), Vec::new());
+    match doudi::http::serve(addr, router, std::future::pending()).await {
+        Ok((bound, _task)) => {
+            tracing::info!(address = %bound, "serving /healthz, /readyz and /metrics");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("doudi: http.port: cannot listen on {addr}: {e}");
+            Err(ExitCode::from(exit::USAGE))
+        }
+    }
+}
+
 /// The address of the ops endpoint from `http.bind` and `http.port`.
 fn ops_address(settings: &Settings) -> Result<std::net::SocketAddr, ExitCode> {
     format!("{}:{}", settings.http.bind, settings.http.port).parse().map_err(|e| {
@@ -708,19 +728,8 @@ async fn connect(args: ConnectArgs, settings: &Settings) -> ExitCode {
                 print_summary(connector.process_file(&input).await)
             } else {
                 // The ops endpoint (/healthz, /readyz, /metrics) runs beside the daemon.
-                if settings.http.port != 0 {
-                    let addr = match ops_address(settings) {
-                        Ok(a) => a,
-                        Err(code) => return code,
-                    };
-                    let router = doudi::http::ops_router(doudi::telemetry::metrics_handle(), Vec::new());
-                    match doudi::http::serve(addr, router, std::future::pending()).await {
-                        Ok((bound, _task)) => tracing::info!(address = %bound, "serving /healthz, /readyz and /metrics"),
-                        Err(e) => {
-                            eprintln!("doudi: http.port: cannot listen on {addr}: {e}");
-                            return ExitCode::from(exit::USAGE);
-                        }
-                    }
+                if let Err(code) = start_ops_endpoint(settings).await {
+                    return code;
                 }
                 match doudi::connect::daemon::run(connector, settings).await {
                     Ok(()) => ExitCode::SUCCESS,
@@ -799,19 +808,10 @@ async fn run_matcher(args: MatchArgs, settings: &Settings) -> ExitCode {
         assignment_timeout: std::time::Duration::from_secs(60),
         owner: format!("{host}/{}/{}", std::process::id(), uuid::Uuid::new_v4().simple()),
     };
-    if !args.until_idle && settings.http.port != 0 {
-        let addr = match ops_address(settings) {
-            Ok(a) => a,
-            Err(code) => return code,
-        };
-        let router = doudi::http::ops_router(doudi::telemetry::metrics_handle(), Vec::new());
-        match doudi::http::serve(addr, router, std::future::pending()).await {
-            Ok((bound, _task)) => tracing::info!(address = %bound, "serving /healthz, /readyz and /metrics"),
-            Err(e) => {
-                eprintln!("doudi: http.port: cannot listen on {addr}: {e}");
-                return ExitCode::from(exit::USAGE);
-            }
-        }
+    if !args.until_idle
+        && let Err(code) = start_ops_endpoint(settings).await
+    {
+        return code;
     }
     let job = db.start_job("matcher", &args.group).await.ok();
     let result = doudi::matcher::run(&db, &settings.kafka, &ctx, &options, shutdown_signal()).await;
