@@ -160,6 +160,18 @@ fn ot(s: Option<impl Into<String>>) -> Bind {
     Bind::Text(s.map(Into::into))
 }
 
+/// Binds one value.
+fn bind<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    b: &Bind,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    match b {
+        Bind::Text(v) => q.bind(v.clone()),
+        Bind::Int(v) => q.bind(*v),
+        Bind::OptInt(v) => q.bind(*v),
+    }
+}
+
 /// Most values bound in one statement (SQLite allows 32,766, PostgreSQL 65,535).
 const MAX_BINDS: usize = 30_000;
 
@@ -177,11 +189,7 @@ async fn insert_rows(conn: &mut AnyConnection, table: &str, cols: &[&str], rows:
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for row in chunk {
             for b in row {
-                q = match b {
-                    Bind::Text(v) => q.bind(v.clone()),
-                    Bind::Int(v) => q.bind(*v),
-                    Bind::OptInt(v) => q.bind(*v),
-                };
+                q = bind(q, b);
             }
         }
         q.execute(&mut *conn).await?;
@@ -211,8 +219,8 @@ async fn select_in(
     Ok(out)
 }
 
-/// `UPDATE … SET … WHERE key IN (keys)` with fixed leading binds, chunked.
-async fn update_in(conn: &mut AnyConnection, sql_prefix: &str, leading: &[Bind], keys: &[Bind]) -> Result<(), ApplyError> {
+/// `UPDATE …` or `DELETE … WHERE key IN (keys)` with fixed leading binds, chunked.
+async fn execute_in(conn: &mut AnyConnection, sql_prefix: &str, leading: &[Bind], keys: &[Bind]) -> Result<(), ApplyError> {
     for chunk in keys.chunks(MAX_BINDS) {
         if chunk.is_empty() {
             continue;
@@ -220,11 +228,7 @@ async fn update_in(conn: &mut AnyConnection, sql_prefix: &str, leading: &[Bind],
         let sql = format!("{sql_prefix} ({})", placeholders(leading.len() + 1, chunk.len()));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for b in leading.iter().chain(chunk) {
-            q = match b {
-                Bind::Text(v) => q.bind(v.clone()),
-                Bind::Int(v) => q.bind(*v),
-                Bind::OptInt(v) => q.bind(*v),
-            };
+            q = bind(q, b);
         }
         q.execute(&mut *conn).await?;
     }
@@ -422,21 +426,7 @@ async fn load_for_events(
         households.push(r.try_get("household_id")?);
     }
     let households = sorted_unique(households);
-    for r in
-        select_in(conn, "SELECT household_id, region, as_of, base, decision_version FROM households WHERE household_id IN", "", &households)
-            .await?
-    {
-        b.households.insert(
-            r.try_get("household_id")?,
-            HouseholdRow {
-                region: r.try_get("region")?,
-                as_of: parse_date(&r.try_get::<String, _>("as_of")?).unwrap_or_default(),
-                base: serde_json::from_str(&r.try_get::<String, _>("base")?).unwrap_or_default(),
-                version: r.try_get("decision_version")?,
-                dirty: false,
-            },
-        );
-    }
+    load_households(conn, b, &households).await?;
     for r in select_in(
         conn,
         "SELECT id, household_id, id_number, relation, member, valid_from, ce_id FROM household_members WHERE valid_to IS NULL AND household_id IN",
@@ -457,6 +447,24 @@ async fn load_for_events(
         };
         b.membership.insert(row.id_number.clone(), b.members.len());
         b.members.push(row);
+    }
+    Ok(())
+}
+
+/// Reads the stored rows of `household_ids` into the batch.
+async fn load_households(conn: &mut AnyConnection, b: &mut Batch, household_ids: &[String]) -> Result<(), ApplyError> {
+    let sql = "SELECT household_id, region, as_of, base, decision_version FROM households WHERE household_id IN";
+    for r in select_in(conn, sql, "", household_ids).await? {
+        b.households.insert(
+            r.try_get("household_id")?,
+            HouseholdRow {
+                region: r.try_get("region")?,
+                as_of: parse_date(&r.try_get::<String, _>("as_of")?).unwrap_or_default(),
+                base: serde_json::from_str(&r.try_get::<String, _>("base")?).unwrap_or_default(),
+                version: r.try_get("decision_version")?,
+                dirty: false,
+            },
+        );
     }
     Ok(())
 }
@@ -813,7 +821,7 @@ async fn flush_events(conn: &mut AnyConnection, ctx: &Context, b: &mut Batch, ev
         "",
     )
     .await?;
-    update_in(
+    execute_in(
         conn,
         "UPDATE facts SET state = 'superseded' WHERE id IN",
         &[],
@@ -885,7 +893,7 @@ async fn flush_events(conn: &mut AnyConnection, ctx: &Context, b: &mut Batch, ev
         }
     }
     for (to, ids) in &closes {
-        update_in(conn, "UPDATE household_members SET valid_to = $1 WHERE id IN", &[t(to)], ids).await?;
+        execute_in(conn, "UPDATE household_members SET valid_to = $1 WHERE id IN", &[t(to)], ids).await?;
     }
     insert_rows(
         conn,
@@ -1048,21 +1056,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
     }
     // Households not loaded yet (a person moved out of them) come in too.
     let missing: Vec<String> = affected.iter().filter(|h| !b.households.contains_key(*h)).cloned().collect();
-    for r in
-        select_in(conn, "SELECT household_id, region, as_of, base, decision_version FROM households WHERE household_id IN", "", &missing)
-            .await?
-    {
-        b.households.insert(
-            r.try_get("household_id")?,
-            HouseholdRow {
-                region: r.try_get("region")?,
-                as_of: parse_date(&r.try_get::<String, _>("as_of")?).unwrap_or_default(),
-                base: serde_json::from_str(&r.try_get::<String, _>("base")?).unwrap_or_default(),
-                version: r.try_get("decision_version")?,
-                dirty: false,
-            },
-        );
-    }
+    load_households(conn, b, &missing).await?;
     let mut state = households_state(conn, &affected).await?;
     let mut summaries: BTreeMap<(String, i64), Summary> = BTreeMap::new();
     for r in select_in(
@@ -1319,7 +1313,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
     }
     for ((attributes, rules, ended_on, ended_version), ids) in grouped {
         let version = Bind::OptInt(ended_version);
-        update_in(
+        execute_in(
             conn,
             "UPDATE entitlements SET attributes = $1, rules = $2, ended_on = $3, ended_version = $4 WHERE id IN",
             &[t(attributes), t(rules), ot(ended_on), version],
@@ -1337,7 +1331,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
         .execute(&mut *conn)
         .await?;
     }
-    update_in(conn, "DELETE FROM assessment_problems WHERE household_id IN", &[], &solved).await?;
+    execute_in(conn, "DELETE FROM assessment_problems WHERE household_id IN", &[], &solved).await?;
     for (household_id, problem, trigger) in problems {
         sqlx::query(
             "INSERT INTO assessment_problems (household_id, problem, ce_id, recorded_at) VALUES ($1, $2, $3, $4) \
