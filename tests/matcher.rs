@@ -14,22 +14,21 @@ use doudi::connect::run::Connector;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-const OUTBOUND: [&str; 7] = [
-    "exchange.recipient.status.v1",
-    "exchange.entitlement.medical.v1",
-    "exchange.entitlement.education.v1",
-    "exchange.entitlement.housing.v1",
-    "exchange.entitlement.hrss.v1",
-    "exchange.entitlement.union.v1",
-    "exchange.review-task.v1",
-];
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn settings() -> Settings {
     Settings { kafka: common::kafka(), ..Settings::default() }
+}
+
+/// Creates every outbound topic the matcher writes, named `test.<name>.<suffix>`; returns their names.
+async fn outbound_topics(suffix: &str) -> Vec<String> {
+    let names: Vec<String> = doudi::matcher::Outbound::with_affixes("test.", &format!(".{suffix}")).names.into_values().collect();
+    for name in &names {
+        doudi::kafka::ensure_topic(&common::kafka(), name, 3, 1).await.unwrap();
+    }
+    names
 }
 
 /// An isolated exchange: every inbound and outbound topic with one suffix, and a fresh database.
@@ -42,12 +41,7 @@ struct Exchange {
 impl Exchange {
     async fn new() -> Self {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let mut names = Vec::new();
-        for t in OUTBOUND {
-            let name = format!("test.{t}.{suffix}");
-            doudi::kafka::ensure_topic(&common::kafka(), &name, 3, 1).await.unwrap();
-            names.push(name);
-        }
+        let names = outbound_topics(&suffix).await;
         for feed in doudi::matcher::Feed::ALL {
             let name = format!("test.{}.{suffix}", feed.topic());
             doudi::kafka::ensure_topic(&common::kafka(), &name, 3, 1).await.unwrap();
@@ -69,6 +63,22 @@ impl Exchange {
             .map(|s| s.to_string())
             .chain([root().join("schemas").display().to_string()])
             .collect()
+    }
+
+    /// `doudi` with `args` against this exchange's database: a short session timeout (a killed
+    /// member leaves the group quickly), no ops port, output discarded.
+    fn matcher_command(&self, args: &[String]) -> std::process::Command {
+        let mut command = std::process::Command::new(common::doudi_bin());
+        command
+            .args(args)
+            .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
+            .env("DOUDI_LOG_LEVEL", "warn")
+            .env("DOUDI_KAFKA_OPTIONS_SESSION_TIMEOUT_MS", "6000")
+            .env("DOUDI_DATABASE_URL", &self.pg.settings.url)
+            .env("DOUDI_HTTP_PORT", "0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        command
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
@@ -401,9 +411,7 @@ async fn clean_reference(x: &Exchange) -> (Vec<String>, Vec<String>, i64) {
         outbound: doudi::matcher::Outbound::with_affixes("test.", &format!(".{reference_suffix}")),
         today: chrono::Local::now().date_naive(),
     };
-    for t in OUTBOUND {
-        doudi::kafka::ensure_topic(&common::kafka(), &format!("test.{t}.{reference_suffix}"), 3, 1).await.unwrap();
-    }
+    outbound_topics(&reference_suffix).await;
     let options = doudi::matcher::MatchOptions {
         group: common::unique("clean"),
         inbound: doudi::matcher::MatchOptions::inbound_with_affixes("test.", &format!(".{}", x.suffix)),
@@ -426,18 +434,7 @@ async fn two_instances_share_the_partitions_and_apply_each_event_once() {
     produce_synthetic(&x, HOUSEHOLDS).await;
     let mut args = x.match_args("pair");
     args.extend(["--batch-size".to_string(), "40".to_string()]);
-    let spawn = || {
-        std::process::Command::new(common::doudi_bin())
-            .args(&args)
-            .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
-            .env("DOUDI_LOG_LEVEL", "warn")
-            .env("DOUDI_KAFKA_OPTIONS_SESSION_TIMEOUT_MS", "6000")
-            .env("DOUDI_DATABASE_URL", &x.pg.settings.url)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || x.matcher_command(&args).stdout(std::process::Stdio::piped()).spawn().unwrap();
     // Two members of one group at once: the partitions are split, and whenever one leaves, the
     // other claims its partitions with a new epoch.
     let a = spawn();
@@ -478,16 +475,7 @@ async fn sigkill_mid_batch_repeatedly_then_restart_equals_a_clean_run() {
     args.extend(["--batch-size".to_string(), "50".to_string()]);
     for round in 0..4u64 {
         let before: i64 = sqlx::query("SELECT COUNT(*) AS n FROM processed_events").fetch_one(db.pool()).await.unwrap().get("n");
-        let mut child = std::process::Command::new(common::doudi_bin())
-            .args(&args)
-            .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
-            .env("DOUDI_LOG_LEVEL", "warn")
-            .env("DOUDI_HTTP_PORT", "0")
-            .envs(session)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = x.matcher_command(&args).spawn().unwrap();
         // Wait until it is applying, then kill it at a moment that varies per round.
         let started = std::time::Instant::now();
         loop {
@@ -542,16 +530,7 @@ async fn the_running_matcher_serves_its_metrics() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut args = x.match_args("metrics");
     args.retain(|a| a != "--until-idle");
-    let mut daemon = std::process::Command::new(common::doudi_bin())
-        .args(&args)
-        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
-        .env("DOUDI_LOG_LEVEL", "warn")
-        .env("DOUDI_DATABASE_URL", &x.pg.settings.url)
-        .env("DOUDI_HTTP_PORT", port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = x.matcher_command(&args).env("DOUDI_HTTP_PORT", port.to_string()).spawn().unwrap();
     let addr = format!("127.0.0.1:{port}");
     let mut metrics = String::new();
     for _ in 0..120 {
