@@ -171,5 +171,21 @@ fn job_run_from_row(row: &sqlx::any::AnyRow) -> Result<JobRun, DbError> {
 
 /// Now, as RFC 3339 UTC with microseconds: sorts as text on both backends.
 pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    rfc3339(chrono::Utc::now())
+}
+
+/// A time as stored: RFC 3339 in UTC with microseconds (sorts as text).
+pub fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// China Standard Time (UTC+8, no daylight saving): the calendar of the province's offices.
+pub const CHINA_STANDARD_TIME: chrono::FixedOffset = match chrono::FixedOffset::east_opt(8 * 3600) {
+    Some(offset) => offset,
+    None => panic!("UTC+8 is a valid offset"),
+};
+
+/// The calendar day of `at` in China Standard Time.
+pub fn china_date(at: chrono::DateTime<chrono::Utc>) -> chrono::NaiveDate {
+    at.with_timezone(&CHINA_STANDARD_TIME).date_naive()
 }

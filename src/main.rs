@@ -71,6 +71,17 @@ enum Command {
     /// The shared recipient database.
     #[command(subcommand)]
     Recipients(RecipientsCommand),
+    /// Dynamic management: re-evaluate exactly the households whose facts cross a date boundary on
+    /// --date (birthdays at the ages the rules use, residence permits, windows of refusals and
+    /// medical settlements) or whose periodic review is due (with a `periodic_review_due` task), and
+    /// publish the deltas. Run daily. Prints a JSON summary.
+    Review {
+        /// The day to review, YYYY-MM-DD (default: today in China Standard Time).
+        #[arg(long)]
+        date: Option<chrono::NaiveDate>,
+        #[command(flatten)]
+        run: ReevaluateArgs,
+    },
     /// Print a live view of a topic with personal data masked.
     Tap {
         #[arg(long)]
@@ -313,6 +324,25 @@ enum SchemasCommand {
     },
 }
 
+/// What re-evaluating households without an inbound event needs (policy apply, review).
+#[derive(clap::Args)]
+struct ReevaluateArgs {
+    #[arg(long, default_value = "schemas")]
+    schemas: PathBuf,
+    /// Households per database transaction.
+    #[arg(long, default_value_t = 1000)]
+    chunk_size: usize,
+    /// Leave the deltas in the outbox for the running matcher's relay instead of publishing them.
+    #[arg(long)]
+    no_publish: bool,
+    /// Prefix of every outbound topic name (staging environments, tests).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
+    /// Suffix of every outbound topic name (staging environments, tests).
+    #[arg(long, default_value = "")]
+    topic_suffix: String,
+}
+
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Print every region and year with the S1 and S2 bounds; exit 1 on any violation.
@@ -324,6 +354,18 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Record a new parameter version (after `policy check`), re-evaluate every household of the
+    /// regions it changes as of its effective date, and publish only the resulting deltas. Applying
+    /// the same version again does nothing. Prints a JSON summary.
+    Apply {
+        /// The new policy parameter file.
+        #[arg(long)]
+        policy: PathBuf,
+        #[command(flatten)]
+        run: ReevaluateArgs,
+    },
+    /// The policy versions recorded, newest first.
+    Versions,
 }
 
 #[derive(Subcommand)]
@@ -386,6 +428,9 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::Policy(PolicyCommand::Apply { policy, run }) => policy_apply(&policy, &run, &settings).await,
+        Command::Policy(PolicyCommand::Versions) => policy_versions(&settings).await,
+        Command::Review { date, run } => review(date, &run, &settings).await,
         Command::Schemas(command) => schemas(command),
         Command::Connect(args) => connect(args, &settings).await,
         Command::Tap { topic, follow, limit } => {
@@ -790,6 +835,13 @@ async fn run_matcher(args: MatchArgs, settings: &Settings) -> ExitCode {
         Ok(db) => db,
         Err(code) => return code,
     };
+    let params = match doudi::matcher::policy_change::establish(&db, params).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("doudi: {e}");
+            return ExitCode::from(exit::INFRASTRUCTURE);
+        }
+    };
     let ctx = Context {
         params: std::sync::Arc::new(params),
         keys: doudi::envelope::KeyDeriver::new(&settings.keys),
@@ -835,6 +887,185 @@ async fn run_matcher(args: MatchArgs, settings: &Settings) -> ExitCode {
             ExitCode::from(exit::INFRASTRUCTURE)
         }
     }
+}
+
+/// The matcher's context for re-evaluations outside `doudi match`.
+fn reevaluation_context(
+    params: doudi::policy::Params,
+    args: &ReevaluateArgs,
+    settings: &Settings,
+) -> Result<doudi::matcher::Context, ExitCode> {
+    let registry = doudi::schema::Registry::load(&args.schemas).map_err(|e| {
+        eprintln!("doudi: --schemas: {e}");
+        ExitCode::from(exit::USAGE)
+    })?;
+    if args.chunk_size == 0 {
+        eprintln!("doudi: --chunk-size must be at least 1");
+        return Err(ExitCode::from(exit::USAGE));
+    }
+    Ok(doudi::matcher::Context {
+        params: std::sync::Arc::new(params),
+        keys: doudi::envelope::KeyDeriver::new(&settings.keys),
+        registry: std::sync::Arc::new(registry),
+        outbound: doudi::matcher::Outbound::with_affixes(&args.topic_prefix, &args.topic_suffix),
+        today: chrono::Local::now().date_naive(),
+    })
+}
+
+/// Publishes the outbox unless told not to; returns how many were published.
+async fn publish_outbox(db: &doudi::db::Database, args: &ReevaluateArgs, settings: &Settings) -> Result<u64, ExitCode> {
+    if args.no_publish {
+        return Ok(0);
+    }
+    let producer = doudi::kafka::idempotent_producer(&settings.kafka).map_err(|e| {
+        eprintln!("doudi: {e}");
+        ExitCode::from(exit::INFRASTRUCTURE)
+    })?;
+    doudi::matcher::relay(db, &producer).await.map_err(|e| {
+        eprintln!("doudi: publishing the outbox: {e}");
+        ExitCode::from(exit::INFRASTRUCTURE)
+    })
+}
+
+async fn policy_apply(policy: &std::path::Path, args: &ReevaluateArgs, settings: &Settings) -> ExitCode {
+    let params = match load_policy(Some(policy)) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let violations = doudi::policy::check::check(&params).iter().filter(|r| !r.ok).count();
+    if violations > 0 {
+        eprintln!("doudi: {violations} violation(s) of S1/S2 in {}; run `doudi policy check` and fix them first", params.policy.version);
+        return ExitCode::from(exit::FOUND_PROBLEM);
+    }
+    let ctx = match reevaluation_context(params, args, settings) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let db = match open_database(settings).await {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    let started = std::time::Instant::now();
+    let summary = match doudi::matcher::policy_change::apply(&db, &ctx, args.chunk_size).await {
+        Ok(s) => s,
+        Err(e @ doudi::matcher::policy_change::PolicyChangeError::VersionReused(_)) => {
+            eprintln!("doudi: --policy: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+        Err(e) => {
+            eprintln!("doudi: {e}");
+            return ExitCode::from(exit::INFRASTRUCTURE);
+        }
+    };
+    let published = match publish_outbox(&db, args, settings).await {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
+    let mut out = serde_json::to_value(&summary).unwrap_or_default();
+    if let Some(obj) = out.as_object_mut() {
+        obj.insert("published".into(), published.into());
+        obj.insert("seconds".into(), started.elapsed().as_secs().into());
+    }
+    println!("{out}");
+    ExitCode::SUCCESS
+}
+
+async fn policy_versions(settings: &Settings) -> ExitCode {
+    let db = match open_database(settings).await {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    let rows = sqlx::query(
+        "SELECT version, state, effective_date, regions, households, decisions, applied_at FROM policy_versions ORDER BY applied_at DESC, version DESC",
+    )
+    .fetch_all(db.pool())
+    .await;
+    match rows {
+        Ok(rows) => {
+            use sqlx::Row;
+            println!(
+                "{:<16} {:<9} {:<10} {:>10} {:>10} {:<28} regions",
+                "version", "state", "effective", "households", "decisions", "applied at"
+            );
+            for r in rows {
+                println!(
+                    "{:<16} {:<9} {:<10} {:>10} {:>10} {:<28} {}",
+                    r.try_get::<String, _>("version").unwrap_or_default(),
+                    r.try_get::<String, _>("state").unwrap_or_default(),
+                    r.try_get::<Option<String>, _>("effective_date").ok().flatten().unwrap_or_else(|| "-".into()),
+                    r.try_get::<i64, _>("households").unwrap_or_default(),
+                    r.try_get::<i64, _>("decisions").unwrap_or_default(),
+                    r.try_get::<String, _>("applied_at").unwrap_or_default(),
+                    r.try_get::<String, _>("regions").unwrap_or_default(),
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("doudi: {e}");
+            ExitCode::from(exit::INFRASTRUCTURE)
+        }
+    }
+}
+
+async fn review(date: Option<chrono::NaiveDate>, args: &ReevaluateArgs, settings: &Settings) -> ExitCode {
+    use doudi::matcher::policy_change;
+    let date = date.unwrap_or_else(|| doudi::db::china_date(chrono::Utc::now()));
+    let db = match open_database(settings).await {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    // The version in force decides; the shipped file only for a database without one.
+    let params = match policy_change::in_force(&db).await {
+        Ok(Some((_, p))) => p,
+        Ok(None) => match load_policy(None) {
+            Ok(p) => p,
+            Err(code) => return code,
+        },
+        Err(e) => {
+            eprintln!("doudi: {e}");
+            return ExitCode::from(exit::INFRASTRUCTURE);
+        }
+    };
+    let ctx = match reevaluation_context(params, args, settings) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let started = std::time::Instant::now();
+    let result = async {
+        let due = doudi::matcher::calendar::due_on(&db, &ctx.params, date).await?;
+        let households: Vec<String> = due.households.keys().cloned().collect();
+        let totals =
+            policy_change::reevaluate_all(&db, &ctx, &households, Some(date), &format!("review:{date}"), &due.reviews, args.chunk_size)
+                .await?;
+        Ok::<_, policy_change::PolicyChangeError>((due, totals))
+    }
+    .await;
+    let (due, totals) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("doudi: {e}");
+            return ExitCode::from(exit::INFRASTRUCTURE);
+        }
+    };
+    let published = match publish_outbox(&db, args, settings).await {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
+    let out = serde_json::json!({
+        "date": date,
+        "households": due.households.len(),
+        "by_boundary": due.counts().into_iter().map(|(k, v)| (serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(), v)).collect::<std::collections::BTreeMap<_, _>>(),
+        "periodic_reviews": due.reviews.len(),
+        "decisions": totals.decisions,
+        "outbox": totals.outbox,
+        "review_tasks": totals.review_tasks,
+        "assessment_problems": totals.assessment_problems,
+        "published": published,
+        "seconds": started.elapsed().as_secs(),
+    });
+    println!("{out}");
+    ExitCode::SUCCESS
 }
 
 async fn recipients_show(raw: &str, unmasked: bool, json: bool, policy: Option<&std::path::Path>, settings: &Settings) -> ExitCode {

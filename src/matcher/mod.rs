@@ -7,8 +7,10 @@
 //! `doudi recipients show`.
 
 pub mod assemble;
+pub mod calendar;
 pub mod facts;
 pub mod outbound;
+pub mod policy_change;
 pub mod show;
 pub mod store;
 pub mod synthetic;

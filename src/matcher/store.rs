@@ -41,9 +41,15 @@ pub struct Outbound {
 pub const STATUS_TOPIC: &str = "exchange.recipient.status.v1";
 pub const REVIEW_TOPIC: &str = "exchange.review-task.v1";
 
+/// Every agency's entitlement topic starts so.
+pub const ENTITLEMENT_TOPIC_PREFIX: &str = "exchange.entitlement.";
+
+/// The agencies with an entitlement topic.
+pub const AGENCIES: [&str; 5] = ["medical", "education", "housing", "hrss", "union"];
+
 /// The catalogue topic of an agency's entitlements.
 pub fn agency_topic(agency: &str) -> String {
-    format!("exchange.entitlement.{agency}.v1")
+    format!("{ENTITLEMENT_TOPIC_PREFIX}{agency}.v1")
 }
 
 impl Outbound {
@@ -51,7 +57,7 @@ impl Outbound {
     pub fn with_affixes(prefix: &str, suffix: &str) -> Self {
         let mut names = BTreeMap::new();
         let mut all = vec![STATUS_TOPIC.to_string(), REVIEW_TOPIC.to_string()];
-        all.extend(["medical", "education", "housing", "hrss", "union"].iter().map(|a| agency_topic(a)));
+        all.extend(AGENCIES.iter().map(|a| agency_topic(a)));
         for n in all {
             names.insert(n.clone(), format!("{prefix}{n}{suffix}"));
         }
@@ -275,6 +281,10 @@ struct HouseholdRow {
     as_of: NaiveDate,
     base: Value,
     version: i64,
+    /// Assessed no earlier than this date (set by a policy change or a calendar review).
+    reevaluated_on: Option<NaiveDate>,
+    /// When the next periodic review is due.
+    next_review_on: Option<NaiveDate>,
     dirty: bool,
 }
 
@@ -319,6 +329,8 @@ struct Batch {
     open_conflicts: BTreeSet<String>,
     tasks: Vec<NewTask>,
     outbox: Vec<Vec<Bind>>,
+    /// Delivery rows of the entitlement events in `outbox`.
+    deliveries: Vec<Vec<Bind>>,
     processed: Vec<Vec<Bind>>,
     /// Household → (triggering ce_id, its source time).
     affected: BTreeMap<String, (String, String)>,
@@ -453,7 +465,8 @@ async fn load_for_events(
 
 /// Reads the stored rows of `household_ids` into the batch.
 async fn load_households(conn: &mut AnyConnection, b: &mut Batch, household_ids: &[String]) -> Result<(), ApplyError> {
-    let sql = "SELECT household_id, region, as_of, base, decision_version FROM households WHERE household_id IN";
+    let sql =
+        "SELECT household_id, region, as_of, base, decision_version, reevaluated_on, next_review_on FROM households WHERE household_id IN";
     for r in select_in(conn, sql, "", household_ids).await? {
         b.households.insert(
             r.try_get("household_id")?,
@@ -462,6 +475,8 @@ async fn load_households(conn: &mut AnyConnection, b: &mut Batch, household_ids:
                 as_of: parse_date(&r.try_get::<String, _>("as_of")?).unwrap_or_default(),
                 base: serde_json::from_str(&r.try_get::<String, _>("base")?).unwrap_or_default(),
                 version: r.try_get("decision_version")?,
+                reevaluated_on: r.try_get::<Option<String>, _>("reevaluated_on")?.as_deref().and_then(parse_date),
+                next_review_on: r.try_get::<Option<String>, _>("next_review_on")?.as_deref().and_then(parse_date),
                 dirty: false,
             },
         );
@@ -628,10 +643,19 @@ fn apply_household(
             raise_identity_conflict(b, ctx, &m.id, Some(&record.household_id), &record.region, record.as_of, event, outcome)?;
         }
     }
-    let version = b.households.get(&record.household_id).map_or(0, |h| h.version);
+    let (version, reevaluated_on, next_review_on) =
+        b.households.get(&record.household_id).map_or((0, None, None), |h| (h.version, h.reevaluated_on, h.next_review_on));
     b.households.insert(
         record.household_id.clone(),
-        HouseholdRow { region: record.region.clone(), as_of: record.as_of, base: record.base.clone(), version, dirty: true },
+        HouseholdRow {
+            region: record.region.clone(),
+            as_of: record.as_of,
+            base: record.base.clone(),
+            version,
+            reevaluated_on,
+            next_review_on,
+            dirty: true,
+        },
     );
     let as_of = record.as_of.to_string();
     // Current members that stay exactly as they were keep their row; the others are closed.
@@ -770,6 +794,25 @@ fn write_outbox(
         .map_err(|e| ApplyError::InvalidOutbound { topic: catalogue_topic.into(), reason: e.to_string() })?;
     if let Some(v) = schema.violations(&payload).first() {
         return Err(ApplyError::InvalidOutbound { topic: catalogue_topic.into(), reason: format!("{} at {}", v.message, v.pointer) });
+    }
+    if catalogue_topic.starts_with(ENTITLEMENT_TOPIC_PREFIX) {
+        let field = |name: &str| payload.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
+        let now = chrono::Utc::now();
+        let at = crate::db::rfc3339(now);
+        b.deliveries.push(vec![
+            t(&ce_id),
+            t(field("agency")),
+            t(field("kind")),
+            t(field("change")),
+            t(field("household_id")),
+            t(field("id_number")),
+            ot(payload.get("yearly_amount").and_then(Value::as_str)),
+            t(field("effective_date")),
+            t(&at),
+            t(crate::db::china_date(now).to_string()),
+            t("pending"),
+            t(&at),
+        ]);
     }
     b.outbox.push(vec![
         t(ctx.outbound.actual(catalogue_topic)),
@@ -916,15 +959,27 @@ async fn flush_households(conn: &mut AnyConnection, b: &mut Batch) -> Result<(),
         .households
         .iter()
         .filter(|(_, h)| h.dirty)
-        .map(|(id, h)| vec![t(id), t(&h.region), t(h.as_of.to_string()), t(h.base.to_string()), Bind::Int(h.version), t(&now)])
+        .map(|(id, h)| {
+            vec![
+                t(id),
+                t(&h.region),
+                t(h.as_of.to_string()),
+                t(h.base.to_string()),
+                Bind::Int(h.version),
+                ot(h.reevaluated_on.map(|d| d.to_string())),
+                ot(h.next_review_on.map(|d| d.to_string())),
+                t(&now),
+            ]
+        })
         .collect();
     insert_rows(
         conn,
         "households",
-        &["household_id", "region", "as_of", "base", "decision_version", "updated_at"],
+        &["household_id", "region", "as_of", "base", "decision_version", "reevaluated_on", "next_review_on", "updated_at"],
         &rows,
         "ON CONFLICT (household_id) DO UPDATE SET region = excluded.region, as_of = excluded.as_of, base = excluded.base, \
-         decision_version = excluded.decision_version, updated_at = excluded.updated_at",
+         decision_version = excluded.decision_version, reevaluated_on = excluded.reevaluated_on, \
+         next_review_on = excluded.next_review_on, updated_at = excluded.updated_at",
     )
     .await?;
     b.households.values_mut().for_each(|h| h.dirty = false);
@@ -967,6 +1022,27 @@ async fn flush_derived(conn: &mut AnyConnection, b: &mut Batch) -> Result<(), Ap
         "outbox",
         &["topic", "message_key", "ce_id", "ce_type", "dataschema", "payload", "household_id", "source_time", "created_at"],
         &b.outbox,
+        "ON CONFLICT (ce_id) DO NOTHING",
+    )
+    .await?;
+    insert_rows(
+        conn,
+        "deliveries",
+        &[
+            "ce_id",
+            "agency",
+            "kind",
+            "change",
+            "household_id",
+            "id_number",
+            "amount",
+            "effective_date",
+            "created_at",
+            "created_on",
+            "state",
+            "updated_at",
+        ],
+        &b.deliveries,
         "ON CONFLICT (ce_id) DO NOTHING",
     )
     .await?;
@@ -1104,7 +1180,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
     let mut open_tasks: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
     for r in select_in(
         conn,
-        "SELECT household_id, kind, id_number FROM review_tasks WHERE state = 'open' AND kind <> 'identity_conflict' AND household_id IN",
+        "SELECT household_id, kind, id_number FROM review_tasks WHERE state = 'open' AND kind NOT IN ('identity_conflict', 'periodic_review_due') AND household_id IN",
         "",
         &affected,
     )
@@ -1145,7 +1221,8 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
         let (summary, date, new_entitlements, raised_tasks, decision_json, members_status, head) = if members.is_empty() {
             (Summary::empty(&ctx.params.policy.version), row.as_of, Vec::new(), Vec::new(), json!({"members": []}), json!([]), None)
         } else {
-            let assembled = assemble(household_id, &row.region, row.as_of, &row.base, &members, &facts);
+            let floor = row.reevaluated_on.map_or(row.as_of, |d| d.max(row.as_of));
+            let assembled = assemble(household_id, &row.region, floor, &row.base, &members, &facts);
             let date = assembled.date;
             let checked = serde_json::from_value::<Household>(assembled.household)
                 .map_err(|e| format!("field `(household)`: {}", e.to_string().split(" at line ").next().unwrap_or_default()))
@@ -1345,4 +1422,83 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
         .await?;
     }
     Ok(())
+}
+
+/// A periodic review falling due: the task is raised for the head and the next review scheduled.
+#[derive(Clone, Debug)]
+pub struct ReviewDue {
+    pub next_review_on: NaiveDate,
+}
+
+/// Re-evaluates `household_ids` without an inbound event (a policy change, the calendar), as of
+/// no earlier than `on`, writing what changed exactly as an inbound event would: decisions,
+/// entitlements, review tasks, outbox rows and deliveries. From then on each household is assessed
+/// no earlier than `on`. `trigger` names the cause in `decisions.trigger_ce_id` and in the
+/// outbound events' identities, so that running it twice derives the same `ce_id`s. Households in
+/// `reviews` also get a `periodic_review_due` task and their next review date.
+pub async fn reevaluate(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    household_ids: &[String],
+    on: Option<NaiveDate>,
+    trigger: &str,
+    reviews: &BTreeMap<String, ReviewDue>,
+) -> Result<BatchOutcome, ApplyError> {
+    let mut outcome = BatchOutcome::default();
+    let mut b = Batch::default();
+    load_households(conn, &mut b, household_ids).await?;
+    let source_time = now_rfc3339();
+    for (household_id, h) in &mut b.households {
+        if let Some(on) = on
+            && h.reevaluated_on.is_none_or(|d| d < on)
+        {
+            h.reevaluated_on = Some(on);
+            h.dirty = true;
+        }
+        if let Some(due) = reviews.get(household_id) {
+            h.next_review_on = Some(due.next_review_on);
+            h.dirty = true;
+        }
+        b.affected.insert(household_id.clone(), (trigger.to_string(), source_time.clone()));
+    }
+    let due: Vec<String> = reviews.keys().filter(|h| b.households.contains_key(*h)).cloned().collect();
+    if !due.is_empty() {
+        let mut heads: BTreeMap<String, String> = BTreeMap::new();
+        for r in select_in(
+            conn,
+            "SELECT household_id, id_number, relation FROM household_members WHERE valid_to IS NULL AND household_id IN",
+            "ORDER BY id",
+            &due,
+        )
+        .await?
+        {
+            let household_id: String = r.try_get("household_id")?;
+            let relation: String = r.try_get("relation")?;
+            if relation == "head" || !heads.contains_key(&household_id) {
+                heads.insert(household_id, r.try_get("id_number")?);
+            }
+        }
+        for household_id in &due {
+            let Some(head) = heads.get(household_id).and_then(|h| IdNumber::parse(h).ok()) else { continue };
+            let region = b.households.get(household_id).map(|h| h.region.clone()).unwrap_or_default();
+            let identity = format!("{household_id}/{trigger}/periodic_review_due");
+            let created_on = on.unwrap_or(ctx.today);
+            raise_task(
+                &mut b,
+                ctx,
+                "periodic_review_due",
+                Some(&head),
+                Some(household_id),
+                &region,
+                created_on,
+                None,
+                &identity,
+                &source_time,
+                &mut outcome,
+            )?;
+        }
+    }
+    evaluate_households(conn, ctx, &mut b, &mut outcome).await?;
+    flush_derived(conn, &mut b).await?;
+    Ok(outcome)
 }

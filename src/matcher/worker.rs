@@ -73,6 +73,8 @@ pub enum MatchError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Producer(#[from] crate::kafka::KafkaError),
+    #[error(transparent)]
+    Policy(#[from] super::policy_change::PolicyChangeError),
     #[error("no partition of the inbound topics was assigned within {0:?}; is the broker up and do the topics exist?")]
     NoAssignment(Duration),
 }
@@ -175,6 +177,7 @@ pub async fn run(
     let mut summary = RunSummary::default();
     let started = Instant::now();
     let mut last_event = Instant::now();
+    let mut ctx = ctx.clone();
     tokio::pin!(stop);
     loop {
         take_assignments(db, options, &changes, &mut owned).await?;
@@ -199,8 +202,9 @@ pub async fn run(
         }
         last_event = Instant::now();
         tracing::debug!(events = batch.len(), "applying a batch");
+        follow_policy(db, &mut ctx).await?;
         let timer = Instant::now();
-        match apply(db, ctx, options, &consumer, &mut owned, &positions, batch).await? {
+        match apply(db, &ctx, options, &consumer, &mut owned, &positions, batch).await? {
             Some(outcome) => {
                 summary.batches += 1;
                 summary.totals.add(&outcome);
@@ -221,6 +225,19 @@ pub async fn run(
     }
     summary.published += relay(db, &producer).await?;
     Ok(summary)
+}
+
+/// Switches to the policy version in force when `doudi policy apply` recorded a new one.
+async fn follow_policy(db: &Database, ctx: &mut Context) -> Result<(), MatchError> {
+    let in_force = super::policy_change::version_in_force(db).await?;
+    if in_force.is_none_or(|v| v == ctx.params.policy.version) {
+        return Ok(());
+    }
+    if let Some((recorded, params)) = super::policy_change::in_force(db).await? {
+        tracing::info!(from = %ctx.params.policy.version, to = %recorded.version, "The matcher decides with the policy version now in force.");
+        ctx.params = Arc::new(params);
+    }
+    Ok(())
 }
 
 /// Takes in the partitions assigned and revoked since the last call: claims the new ones.
@@ -475,12 +492,30 @@ async fn pending_outbox(db: &Database) -> Result<i64, MatchError> {
     Ok(row.try_get("n")?)
 }
 
+/// Advisory lock key of the outbox relay (PostgreSQL): one relay publishes at a time, so that two
+/// matcher instances, `policy apply` and `review` never interleave their copies of the same rows
+/// and per-household order holds.
+const RELAY_LOCK: i64 = 0x646f_7564_6901;
+
 /// Publishes unsent outbox rows in id order; marks the acknowledged prefix sent. Returns how many.
+/// On PostgreSQL, if another process is relaying, returns 0 at once and leaves the rows to it.
 pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, MatchError> {
     let mut published = 0;
     loop {
+        let mut conn = db.pool().acquire().await.map_err(DbError::Query)?;
+        let mut tx = conn.begin().await.map_err(DbError::Query)?;
+        if db.backend() == Backend::Postgres {
+            let locked: bool = sqlx::query("SELECT pg_try_advisory_xact_lock($1) AS locked")
+                .bind(RELAY_LOCK)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("locked")?;
+            if !locked {
+                return Ok(published);
+            }
+        }
         let rows = sqlx::query("SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 500")
-            .fetch_all(db.pool())
+            .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {
             return Ok(published);
@@ -529,8 +564,9 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
             for id in chunk {
                 q = q.bind(id);
             }
-            q.execute(db.pool()).await?;
+            q.execute(&mut *tx).await?;
         }
+        tx.commit().await?;
         published += delivered.len() as u64;
         if let Some(e) = failure {
             tracing::warn!("Publishing the outbox failed; unsent rows are retried: {e}");
