@@ -4,6 +4,7 @@
 pub mod config;
 pub mod connect;
 pub mod db;
+pub mod deliver;
 pub mod division;
 pub mod doctor;
 pub mod envelope;

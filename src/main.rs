@@ -71,6 +71,30 @@ enum Command {
     /// The shared recipient database.
     #[command(subcommand)]
     Recipients(RecipientsCommand),
+    /// Deliver an agency's entitlement events to a sink (`connectors/<agency>-out.toml`): an HTTP
+    /// webhook or a table (a daemon), or the daily file of --date (a batch run).
+    Deliver(DeliverArgs),
+    /// Record agencies' acknowledgements from the ack topic and the HTTP callback (`POST /v1/acks`),
+    /// and serve the delivery gauges on the ops port.
+    Acks(AcksArgs),
+    /// Delivery state of entitlement events.
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
+    /// Control totals of a day's entitlement events per agency, kind and change (counts and sums of
+    /// amounts): in the database, published, delivered and acknowledged. Exit 1 on any mismatch.
+    Reconcile {
+        /// The day (China Standard Time), YYYY-MM-DD.
+        #[arg(long)]
+        date: chrono::NaiveDate,
+        /// Count what the outbox marked sent instead of reading the topics back.
+        #[arg(long)]
+        no_kafka: bool,
+        #[arg(long)]
+        json: bool,
+        /// Suffix of the entitlement topic names (staging environments, tests).
+        #[arg(long, default_value = "")]
+        topic_suffix: String,
+    },
     /// Dynamic management: re-evaluate exactly the households whose facts cross a date boundary on
     /// --date (birthdays at the ages the rules use, residence permits, windows of refusals and
     /// medical settlements) or whose periodic review is due (with a `periodic_review_due` task), and
@@ -180,6 +204,60 @@ struct MatchArgs {
     /// Suffix of every inbound and outbound topic name (staging environments, tests).
     #[arg(long, default_value = "")]
     topic_suffix: String,
+}
+
+#[derive(clap::Args)]
+struct DeliverArgs {
+    /// Delivery config, e.g. connectors/housing-out.toml.
+    #[arg(long)]
+    config: PathBuf,
+    /// Exit once every partition has been read to its end (HTTP and table sinks).
+    #[arg(long)]
+    until_idle: bool,
+    /// File sinks: the day to export (China Standard Time; default today).
+    #[arg(long)]
+    date: Option<chrono::NaiveDate>,
+    /// With --until-idle: how long without a new event before checking the partitions' ends.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    idle_after: std::time::Duration,
+    /// Suffix of the topic name (staging environments, tests).
+    #[arg(long, default_value = "")]
+    topic_suffix: String,
+}
+
+#[derive(clap::Args)]
+struct AcksArgs {
+    /// Serve the HTTP callback here (default: only the ack topic is read).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// An agency's callback token, as AGENCY=ENV_VAR (the variable holds the token). Repeatable.
+    #[arg(long = "token", value_name = "AGENCY=ENV_VAR")]
+    tokens: Vec<String>,
+    #[arg(long, default_value = "doudi-acks")]
+    group: String,
+    /// Exit when no acknowledgement arrived for this long (tests, batch runs).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    until_idle: Option<std::time::Duration>,
+    #[arg(long, default_value = "schemas")]
+    schemas: PathBuf,
+    /// Suffix of the ack topic name (staging environments, tests).
+    #[arg(long, default_value = "")]
+    topic_suffix: String,
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// Entitlement events not applied yet (pending, delivered or failed), oldest first, masked.
+    /// Exit 1 when any is listed.
+    Pending {
+        #[arg(long)]
+        agency: Option<String>,
+        /// Only events older than this (e.g. 24h).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -431,6 +509,12 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
         Command::Policy(PolicyCommand::Apply { policy, run }) => policy_apply(&policy, &run, &settings).await,
         Command::Policy(PolicyCommand::Versions) => policy_versions(&settings).await,
         Command::Review { date, run } => review(date, &run, &settings).await,
+        Command::Deliver(args) => deliver(&args, &settings).await,
+        Command::Acks(args) => acks(&args, &settings).await,
+        Command::Deliveries(DeliveriesCommand::Pending { agency, older_than, json }) => {
+            deliveries_pending(agency.as_deref(), older_than, json, &settings).await
+        }
+        Command::Reconcile { date, no_kafka, json, topic_suffix } => reconcile(date, no_kafka, json, &topic_suffix, &settings).await,
         Command::Schemas(command) => schemas(command),
         Command::Connect(args) => connect(args, &settings).await,
         Command::Tap { topic, follow, limit } => {
@@ -1066,6 +1150,322 @@ async fn review(date: Option<chrono::NaiveDate>, args: &ReevaluateArgs, settings
     });
     println!("{out}");
     ExitCode::SUCCESS
+}
+
+async fn deliver(args: &DeliverArgs, settings: &Settings) -> ExitCode {
+    use doudi::deliver::config::{DeliveryConfig, Sink as SinkConfig};
+    use doudi::deliver::sink::{HttpSink, Sink, TableSink};
+    let config = match DeliveryConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("doudi: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let db = match open_database(settings).await {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    let topic = format!("{}{}", config.topic(), args.topic_suffix);
+    let sink = match &config.sink {
+        SinkConfig::File { directory, format, encoding, file_prefix, columns } => {
+            let date = args.date.unwrap_or_else(|| doudi::db::china_date(chrono::Utc::now()));
+            let result = doudi::deliver::export::export_day(
+                &db,
+                &settings.kafka,
+                &config.delivery.name,
+                &topic,
+                date,
+                directory,
+                file_prefix,
+                *format,
+                *encoding,
+                columns,
+            )
+            .await;
+            return match result {
+                Ok(summary) => {
+                    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("doudi: {e}");
+                    ExitCode::from(exit::INFRASTRUCTURE)
+                }
+            };
+        }
+        SinkConfig::Http { url, token_env, ca_file, timeout_secs, .. } => {
+            let token = match token_env {
+                Some(var) => match std::env::var(var) {
+                    Ok(t) if !t.is_empty() => Some(t),
+                    _ => {
+                        eprintln!("doudi: {}: field `sink.token_env`: the environment variable {var} is not set", config.path.display());
+                        return ExitCode::from(exit::USAGE);
+                    }
+                },
+                None => None,
+            };
+            match HttpSink::new(url, token, ca_file.as_deref(), std::time::Duration::from_secs(*timeout_secs)) {
+                Ok(s) => Sink::Http(s),
+                Err(e) => {
+                    eprintln!("doudi: {}: {e}", config.path.display());
+                    return ExitCode::from(exit::USAGE);
+                }
+            }
+        }
+        SinkConfig::Table { database_url_env, table, columns } => {
+            let pool = match database_url_env {
+                Some(var) => {
+                    let Ok(url) = std::env::var(var) else {
+                        eprintln!(
+                            "doudi: {}: field `sink.database_url_env`: the environment variable {var} is not set",
+                            config.path.display()
+                        );
+                        return ExitCode::from(exit::USAGE);
+                    };
+                    sqlx::any::install_default_drivers();
+                    match sqlx::AnyPool::connect(&url).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            eprintln!("doudi: connecting to the agency's database failed: {e}");
+                            return ExitCode::from(exit::INFRASTRUCTURE);
+                        }
+                    }
+                }
+                None => db.pool().clone(),
+            };
+            match TableSink::new(pool, table, columns).await {
+                Ok(s) => Sink::Table(s),
+                Err(e) => {
+                    eprintln!("doudi: creating the agency's table {table} failed: {e}");
+                    return ExitCode::from(exit::INFRASTRUCTURE);
+                }
+            }
+        }
+    };
+    let (initial_backoff, max_backoff) = match &config.sink {
+        SinkConfig::Http { initial_backoff_ms, max_backoff_secs, .. } => {
+            (std::time::Duration::from_millis(*initial_backoff_ms), std::time::Duration::from_secs(*max_backoff_secs))
+        }
+        _ => (std::time::Duration::from_millis(500), std::time::Duration::from_secs(60)),
+    };
+    let options = doudi::deliver::DeliverOptions {
+        topic,
+        group: config.group(),
+        until_idle: args.until_idle,
+        idle_after: args.idle_after,
+        initial_backoff,
+        max_backoff,
+    };
+    if !args.until_idle
+        && let Err(code) = start_ops_endpoint(settings).await
+    {
+        return code;
+    }
+    match doudi::deliver::run(&db, &settings.kafka, &config, &sink, &options, shutdown_signal()).await {
+        Ok(summary) => {
+            if args.until_idle {
+                println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("The delivery stopped: {e}");
+            eprintln!("doudi: {e}");
+            ExitCode::from(exit::INFRASTRUCTURE)
+        }
+    }
+}
+
+async fn acks(args: &AcksArgs, settings: &Settings) -> ExitCode {
+    use doudi::deliver::acks;
+    let registry = match doudi::schema::Registry::load(&args.schemas) {
+        Ok(r) => std::sync::Arc::new(r),
+        Err(e) => {
+            eprintln!("doudi: --schemas: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let mut tokens = std::collections::BTreeMap::new();
+    for t in &args.tokens {
+        let Some((agency, var)) = t.split_once('=') else {
+            eprintln!("doudi: --token: `{t}` is not AGENCY=ENV_VAR");
+            return ExitCode::from(exit::USAGE);
+        };
+        if !doudi::matcher::store::AGENCIES.contains(&agency) {
+            eprintln!("doudi: --token: `{agency}` is not an agency ({})", doudi::matcher::store::AGENCIES.join(", "));
+            return ExitCode::from(exit::USAGE);
+        }
+        match std::env::var(var) {
+            Ok(token) if token.len() >= 16 => {
+                tokens.insert(agency.to_string(), token);
+            }
+            _ => {
+                eprintln!("doudi: --token: the environment variable {var} must hold a token of at least 16 characters");
+                return ExitCode::from(exit::USAGE);
+            }
+        }
+    }
+    let db = match open_database(settings).await {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    if args.until_idle.is_none()
+        && let Err(code) = start_ops_endpoint(settings).await
+    {
+        return code;
+    }
+    if let Some(addr) = args.listen {
+        let state = acks::CallbackState { db: db.clone(), registry: registry.clone(), tokens: std::sync::Arc::new(tokens) };
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("doudi: --listen {addr}: {e}");
+                return ExitCode::from(exit::INFRASTRUCTURE);
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, acks::router(state)).await {
+                tracing::error!("The acknowledgement callback stopped: {e}");
+            }
+        });
+    }
+    let gauges_db = db.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = acks::refresh_gauges(&gauges_db).await {
+                tracing::warn!("Refreshing the delivery gauges failed: {e}");
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+        }
+    });
+    let topic = format!("{}{}", acks::ACK_TOPIC, args.topic_suffix);
+    match acks::consume(&db, &settings.kafka, &registry, &topic, &args.group, args.until_idle, shutdown_signal()).await {
+        Ok(read) => {
+            if args.until_idle.is_some() {
+                println!("{}", serde_json::json!({"read": read}));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("Recording acknowledgements stopped: {e}");
+            eprintln!("doudi: {e}");
+            ExitCode::from(exit::INFRASTRUCTURE)
+        }
+    }
+}
+
+async fn deliveries_pending(agency: Option<&str>, older_than: std::time::Duration, json: bool, settings: &Settings) -> ExitCode {
+    if let Some(a) = agency
+        && !doudi::matcher::store::AGENCIES.contains(&a)
+    {
+        eprintln!("doudi: --agency: `{a}` is not an agency ({})", doudi::matcher::store::AGENCIES.join(", "));
+        return ExitCode::from(exit::USAGE);
+    }
+    let db = match open_database(settings).await {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    let rows = match doudi::deliver::report::pending(&db, agency, older_than).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("doudi: {e}");
+            return ExitCode::from(exit::INFRASTRUCTURE);
+        }
+    };
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        }
+    } else {
+        println!(
+            "{:<10} {:<26} {:<8} {:<20} {:<24} {:<10} {:<9} {:>6} {:>8}  last error",
+            "agency", "kind", "change", "person", "household", "effective", "state", "age h", "attempts"
+        );
+        for r in &rows {
+            println!(
+                "{:<10} {:<26} {:<8} {:<20} {:<24} {:<10} {:<9} {:>6} {:>8}  {}",
+                r.agency,
+                r.kind,
+                r.change,
+                r.person,
+                r.household_id,
+                r.effective_date,
+                r.state,
+                r.age_hours,
+                r.attempts,
+                r.last_error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    eprintln!(
+        "doudi: {} entitlement event(s) not applied{}",
+        rows.len(),
+        if older_than.is_zero() { String::new() } else { format!(" after {}", humantime::format_duration(older_than)) }
+    );
+    if rows.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(exit::FOUND_PROBLEM) }
+}
+
+async fn reconcile(date: chrono::NaiveDate, no_kafka: bool, json: bool, suffix: &str, settings: &Settings) -> ExitCode {
+    let db = match open_database(settings).await {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    let published = if no_kafka {
+        None
+    } else {
+        let topics: Vec<String> =
+            doudi::matcher::store::AGENCIES.iter().map(|a| format!("{}{suffix}", doudi::matcher::store::agency_topic(a))).collect();
+        let kafka = settings.kafka.clone();
+        match tokio::task::spawn_blocking(move || doudi::deliver::report::published_ids(&kafka, &topics, date)).await {
+            Ok(Ok(ids)) => Some(ids),
+            Ok(Err(e)) => {
+                eprintln!("doudi: {e}");
+                return ExitCode::from(exit::INFRASTRUCTURE);
+            }
+            Err(e) => {
+                eprintln!("doudi: {e}");
+                return ExitCode::from(exit::INFRASTRUCTURE);
+            }
+        }
+    };
+    let lines = match doudi::deliver::report::reconcile(&db, date, published.as_ref()).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("doudi: {e}");
+            return ExitCode::from(exit::INFRASTRUCTURE);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&lines).unwrap_or_default());
+    } else {
+        println!(
+            "{:<10} {:<26} {:<8} {:>16} {:>16} {:>16} {:>16}  ",
+            "agency", "kind", "change", "database", "published", "delivered", "acknowledged"
+        );
+        for l in &lines {
+            let cell = |t: &doudi::deliver::report::Total| format!("{} / {}", t.count, t.amount);
+            println!(
+                "{:<10} {:<26} {:<8} {:>16} {:>16} {:>16} {:>16}  {}",
+                l.agency,
+                l.kind,
+                l.change,
+                cell(&l.database),
+                cell(&l.published),
+                cell(&l.delivered),
+                cell(&l.acknowledged),
+                if l.agrees { "ok" } else { "MISMATCH" }
+            );
+        }
+    }
+    let mismatches = lines.iter().filter(|l| !l.agrees).count();
+    if mismatches > 0 {
+        eprintln!("doudi: {date}: {mismatches} of {} line(s) do not agree (count / sum of yearly amounts)", lines.len());
+        ExitCode::from(exit::FOUND_PROBLEM)
+    } else {
+        eprintln!("doudi: {date}: all {} line(s) agree", lines.len());
+        ExitCode::SUCCESS
+    }
 }
 
 async fn recipients_show(raw: &str, unmasked: bool, json: bool, policy: Option<&std::path::Path>, settings: &Settings) -> ExitCode {

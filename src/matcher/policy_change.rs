@@ -124,7 +124,7 @@ pub async fn establish(db: &Database, file: Params) -> Result<Params, PolicyChan
         }
         return Ok(params);
     }
-    record(db, &file, None, &[file.policy.province.clone()]).await?;
+    record(db, &file, None, std::slice::from_ref(&file.policy.province)).await?;
     finish(db, &file.policy.version, &BatchOutcome::default(), 0).await?;
     Ok(file)
 }

@@ -38,6 +38,18 @@ pub struct Reader {
     pub legal_basis: String,
 }
 
+/// Why a field of an outbound topic is shared with its readers (data minimisation).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldPurpose {
+    /// The top-level property of the topic's schema.
+    pub name: String,
+    /// What the reader needs it for.
+    pub purpose: String,
+    /// The legal basis for sharing it.
+    pub legal_basis: String,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topic {
@@ -60,6 +72,10 @@ pub struct Topic {
     /// Inbound topics: bad records go to `dlq.<name>`.
     #[serde(default)]
     pub dead_letters: bool,
+    /// Agency topics: every field with its purpose and legal basis. `doudi schemas check` requires
+    /// exactly the schema's properties here for every `exchange.entitlement.*` topic an agency reads.
+    #[serde(default)]
+    pub fields: Vec<FieldPurpose>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -105,6 +121,7 @@ impl Catalogue {
                 }],
                 restricted: true,
                 dead_letters: false,
+                fields: Vec::new(),
             })
             .collect();
         catalogue.topics.extend(dead_letter_topics);
@@ -164,6 +181,12 @@ impl Catalogue {
             out.push_str("| reader | purpose | legal basis |\n|---|---|---|\n");
             for r in &t.readers {
                 out.push_str(&format!("| {} | {} | {} |\n", r.who, r.purpose, r.legal_basis));
+            }
+            if !t.fields.is_empty() {
+                out.push_str("\n| field | purpose | legal basis |\n|---|---|---|\n");
+                for f in &t.fields {
+                    out.push_str(&format!("| `{}` | {} | {} |\n", f.name, f.purpose, f.legal_basis));
+                }
             }
         }
         out

@@ -60,7 +60,49 @@ pub fn check(dir: &Path) -> Vec<Problem> {
         }
         problems.extend(check_fixtures(dir, file, schema));
     }
+    problems.extend(check_field_purposes(&registry));
     problems.extend(check_compatibility(dir, &registry));
+    problems
+}
+
+/// Data minimisation: every field an agency receives is listed with its purpose and legal basis,
+/// and nothing is listed that the schema does not carry.
+fn check_field_purposes(registry: &Registry) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for t in &registry.catalogue.topics {
+        let agency_topic = t.name.starts_with("exchange.entitlement.") && t.name != "exchange.entitlement.ack.v1";
+        if !agency_topic && t.fields.is_empty() {
+            continue;
+        }
+        let Some(schema) = registry.schemas.get(&t.schema) else { continue };
+        let properties: std::collections::BTreeSet<&str> = schema
+            .document
+            .get("properties")
+            .and_then(serde_json::Value::as_object)
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let listed: std::collections::BTreeSet<&str> = t.fields.iter().map(|f| f.name.as_str()).collect();
+        for missing in properties.difference(&listed) {
+            problems.push(Problem {
+                file: "topics.toml".into(),
+                message: format!("topic `{}`: field `{missing}` has no purpose and legal basis in [[topic.fields]]", t.name),
+            });
+        }
+        for extra in listed.difference(&properties) {
+            problems.push(Problem {
+                file: "topics.toml".into(),
+                message: format!("topic `{}`: [[topic.fields]] lists `{extra}`, which its schema does not carry", t.name),
+            });
+        }
+        for f in &t.fields {
+            if f.purpose.trim().is_empty() || f.legal_basis.trim().is_empty() {
+                problems.push(Problem {
+                    file: "topics.toml".into(),
+                    message: format!("topic `{}`: field `{}` needs a purpose and a legal basis", t.name, f.name),
+                });
+            }
+        }
+    }
     problems
 }
 

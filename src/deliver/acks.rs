@@ -1,0 +1,278 @@
+//! Agencies' acknowledgements: "we applied this entitlement" (or "we could not"), by the ack topic
+//! or an HTTP callback, and the delivery gauges operators alert on.
+//!
+//! Guarantees: an acknowledgement is checked against `exchange.entitlement.ack.v1` before it is
+//! used; it moves only its own agency's event (an agency cannot acknowledge another agency's
+//! entitlement) to `applied` or `failed`, and an `applied` event stays applied, so a repeated
+//! acknowledgement changes nothing. The ack topic is read with `read_committed` and its offsets are
+//! committed after the state is written. The callback answers 401 without a valid bearer token of
+//! the agency it names, 400 naming the field of an invalid body, 404 for an unknown event.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use super::DeliverError;
+use crate::config::KafkaSettings;
+use crate::db::{Database, now_rfc3339};
+use crate::matcher::store::AGENCIES;
+use crate::schema::Registry;
+
+/// The catalogue name of the acknowledgement topic.
+pub const ACK_TOPIC: &str = "exchange.entitlement.ack.v1";
+
+/// What an acknowledgement did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckOutcome {
+    Applied,
+    Failed,
+    /// Already in that state: nothing changed.
+    Repeated,
+    /// No such event for that agency.
+    Unknown,
+}
+
+impl AckOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckOutcome::Applied => "applied",
+            AckOutcome::Failed => "failed",
+            AckOutcome::Repeated => "repeated",
+            AckOutcome::Unknown => "unknown",
+        }
+    }
+}
+
+/// An acknowledgement that failed its schema: the JSON pointer and message (never the value).
+#[derive(Debug)]
+pub struct InvalidAck(pub String);
+
+/// Checks an acknowledgement against its schema.
+pub fn check(registry: &Registry, ack: &Value) -> Result<(), InvalidAck> {
+    let schema = registry.for_topic(ACK_TOPIC).map_err(|e| InvalidAck(e.to_string()))?;
+    match schema.violations(ack).first() {
+        Some(v) => Err(InvalidAck(format!("{} at `{}`", v.message, v.pointer))),
+        None => Ok(()),
+    }
+}
+
+/// Applies one checked acknowledgement.
+pub async fn record(db: &Database, ack: &Value) -> Result<AckOutcome, DeliverError> {
+    let text = |k: &str| ack.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let (event_id, agency, status) = (text("event_id"), text("agency"), text("status"));
+    let at = ack.get("applied_at").and_then(Value::as_str).map(str::to_string).unwrap_or_else(now_rfc3339);
+    let now = now_rfc3339();
+    let changed = if status == "applied" {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'applied', applied_at = $1, last_error = NULL, updated_at = $2 \
+             WHERE ce_id = $3 AND agency = $4 AND state <> 'applied'",
+        )
+        .bind(&at)
+        .bind(&now)
+        .bind(&event_id)
+        .bind(&agency)
+        .execute(db.pool())
+        .await?
+        .rows_affected()
+    } else {
+        let reason = format!("the agency could not apply it: {}", text("reason"));
+        sqlx::query(
+            "UPDATE deliveries SET state = 'failed', last_error = $1, updated_at = $2 \
+             WHERE ce_id = $3 AND agency = $4 AND state IN ('pending', 'delivered')",
+        )
+        .bind(reason.chars().take(500).collect::<String>())
+        .bind(&now)
+        .bind(&event_id)
+        .bind(&agency)
+        .execute(db.pool())
+        .await?
+        .rows_affected()
+    };
+    let outcome = if changed > 0 {
+        if status == "applied" { AckOutcome::Applied } else { AckOutcome::Failed }
+    } else {
+        let known = sqlx::query("SELECT 1 AS one FROM deliveries WHERE ce_id = $1 AND agency = $2")
+            .bind(&event_id)
+            .bind(&agency)
+            .fetch_optional(db.pool())
+            .await?
+            .is_some();
+        if known { AckOutcome::Repeated } else { AckOutcome::Unknown }
+    };
+    metrics::counter!("doudi_delivery_acks_total", "agency" => agency, "outcome" => outcome.as_str()).increment(1);
+    Ok(outcome)
+}
+
+/// Consumes the ack topic until `stop` (or, with `until_idle`, until nothing arrives for `idle_after`
+/// after every partition was read). Returns how many acknowledgements were read.
+pub async fn consume(
+    db: &Database,
+    kafka: &KafkaSettings,
+    registry: &Registry,
+    topic: &str,
+    group: &str,
+    until_idle: Option<Duration>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<u64, DeliverError> {
+    let consumer: StreamConsumer = crate::kafka::client_config(kafka)
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut read = 0;
+    let mut last = std::time::Instant::now();
+    tokio::pin!(stop);
+    loop {
+        let m = tokio::select! {
+            _ = &mut stop => break,
+            m = tokio::time::timeout(Duration::from_millis(500), consumer.recv()) => m,
+        };
+        let m = match m {
+            Err(_) => {
+                if let Some(idle) = until_idle
+                    && last.elapsed() >= idle
+                    && consumer.assignment().map(|a| a.count() > 0).unwrap_or(false)
+                {
+                    break;
+                }
+                continue;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("Consuming acknowledgements failed, retrying: {e}");
+                continue;
+            }
+            Ok(Ok(m)) => m,
+        };
+        last = std::time::Instant::now();
+        read += 1;
+        let ack: Option<Value> = m.payload().and_then(|p| serde_json::from_slice(p).ok());
+        match ack.map(|a| check(registry, &a).map(|()| a)) {
+            Some(Ok(ack)) => {
+                let outcome = record(db, &ack).await?;
+                if outcome == AckOutcome::Unknown {
+                    tracing::warn!(
+                        topic,
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        "An acknowledgement names no event of its agency; it is ignored."
+                    );
+                }
+            }
+            Some(Err(InvalidAck(reason))) => {
+                tracing::warn!(
+                    topic,
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    "An acknowledgement is invalid and is ignored: {reason}"
+                );
+                metrics::counter!("doudi_delivery_acks_total", "agency" => "", "outcome" => "invalid").increment(1);
+            }
+            None => {
+                tracing::warn!(topic, partition = m.partition(), offset = m.offset(), "An acknowledgement is not JSON and is ignored.");
+                metrics::counter!("doudi_delivery_acks_total", "agency" => "", "outcome" => "invalid").increment(1);
+            }
+        }
+        consumer.commit_message(&m, CommitMode::Async)?;
+    }
+    Ok(read)
+}
+
+/// What the callback needs.
+#[derive(Clone)]
+pub struct CallbackState {
+    pub db: Database,
+    pub registry: Arc<Registry>,
+    /// Agency → its bearer token.
+    pub tokens: Arc<BTreeMap<String, String>>,
+}
+
+fn token_matches(headers: &HeaderMap, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+/// `POST /v1/acks`: one acknowledgement, or an array of them, of one agency.
+pub async fn callback(State(state): State<CallbackState>, headers: HeaderMap, body: axum::body::Bytes) -> impl IntoResponse {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "the body is not JSON"})));
+    };
+    let acks: Vec<Value> = match body {
+        Value::Array(items) => items,
+        other => vec![other],
+    };
+    for (i, ack) in acks.iter().enumerate() {
+        if let Err(InvalidAck(reason)) = check(&state.registry, ack) {
+            return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": format!("acknowledgement {i}: {reason}")})));
+        }
+        let agency = ack.get("agency").and_then(Value::as_str).unwrap_or_default();
+        if !state.tokens.get(agency).is_some_and(|t| token_matches(&headers, t)) {
+            return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "a valid bearer token of the agency is required"})));
+        }
+    }
+    let mut outcomes = Vec::with_capacity(acks.len());
+    for ack in &acks {
+        match record(&state.db, ack).await {
+            Ok(o) => outcomes.push(o),
+            Err(e) => {
+                tracing::warn!("Recording an acknowledgement failed: {e}");
+                return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": "the acknowledgement could not be recorded; retry"})));
+            }
+        }
+    }
+    if acks.len() == 1 && outcomes.first() == Some(&AckOutcome::Unknown) {
+        return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "no such event for this agency"})));
+    }
+    (StatusCode::OK, axum::Json(json!({"outcomes": outcomes})))
+}
+
+pub fn router(state: CallbackState) -> axum::Router {
+    axum::Router::new().route("/v1/acks", axum::routing::post(callback)).with_state(state)
+}
+
+/// Sets the delivery gauges: per agency, the age of the oldest event not yet accepted
+/// (`pending`), of the oldest not yet applied (`pending` or `delivered`), and the count per state.
+pub async fn refresh_gauges(db: &Database) -> Result<(), DeliverError> {
+    let now = chrono::Utc::now();
+    let age = |at: Option<String>| -> f64 {
+        at.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| {
+                Duration::from_millis(u64::try_from((now - t.with_timezone(&chrono::Utc)).num_milliseconds()).unwrap_or(0)).as_secs_f64()
+            })
+            .unwrap_or(0.0)
+    };
+    for agency in AGENCIES {
+        let r = sqlx::query(
+            "SELECT MIN(CASE WHEN state = 'pending' THEN created_at END) AS pending, MIN(created_at) AS unapplied \
+             FROM deliveries WHERE agency = $1 AND state IN ('pending', 'delivered')",
+        )
+        .bind(agency)
+        .fetch_one(db.pool())
+        .await?;
+        metrics::gauge!("doudi_delivery_oldest_pending_seconds", "agency" => agency).set(age(r.try_get("pending")?));
+        metrics::gauge!("doudi_delivery_oldest_unapplied_seconds", "agency" => agency).set(age(r.try_get("unapplied")?));
+        let mut counts: BTreeMap<String, i64> = ["pending", "delivered", "applied", "failed"].iter().map(|s| (s.to_string(), 0)).collect();
+        for r in sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries WHERE agency = $1 GROUP BY state")
+            .bind(agency)
+            .fetch_all(db.pool())
+            .await?
+        {
+            counts.insert(r.try_get("state")?, r.try_get("n")?);
+        }
+        for (state, n) in counts {
+            metrics::gauge!("doudi_deliveries", "agency" => agency, "state" => state).set(n as f64);
+        }
+    }
+    Ok(())
+}

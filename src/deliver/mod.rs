@@ -1,0 +1,287 @@
+//! Benefits follow status: delivering each agency's entitlement events to agencies that do not
+//! consume Kafka, tracking every entitlement's delivery state, and the reports on it.
+//!
+//! `config` is `connectors/<agency>-out.toml`; `sink` holds the HTTP and table sinks (one event at a
+//! time); `export` the daily file; `acks` the agencies' acknowledgements; `report` the pending list
+//! and reconciliation.
+//!
+//! Guarantees of [`run`] (HTTP and table sinks): events are taken in partition order with
+//! `read_committed`; an event's offset is committed only after the sink accepted it or, when the
+//! agency rejected it, after its dead letter (`dlq.<topic>`, with the status and the response) is
+//! acknowledged by the broker. A retryable failure is retried with exponential backoff and full
+//! jitter for as long as it takes, never skipped; stopping mid-retry leaves the event uncommitted,
+//! so it is sent again after a restart with the same `Idempotency-Key`. Each event's delivery state
+//! moves `pending` → `delivered` (or `failed`), never back, and never over `applied`.
+
+pub mod acks;
+pub mod config;
+pub mod export;
+pub mod report;
+pub mod sink;
+
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+use crate::config::KafkaSettings;
+use crate::db::{Database, DbError, now_rfc3339};
+use crate::envelope::Envelope;
+use config::DeliveryConfig;
+use sink::{Event, SendError, Sink};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Producer(#[from] crate::kafka::KafkaError),
+    #[error("{0}")]
+    Sink(String),
+    #[error("writing the export failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<sqlx::Error> for DeliverError {
+    fn from(e: sqlx::Error) -> Self {
+        DeliverError::Db(DbError::Query(e))
+    }
+}
+
+/// How a delivery run behaves.
+#[derive(Clone, Debug)]
+pub struct DeliverOptions {
+    /// The actual topic read (the catalogue name, with a test's prefix or suffix).
+    pub topic: String,
+    pub group: String,
+    /// Stop once every partition has been read to its end.
+    pub until_idle: bool,
+    pub idle_after: Duration,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// What a run did; no personal data.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DeliverSummary {
+    pub read: u64,
+    pub delivered: u64,
+    pub dead_lettered: u64,
+    pub retries: u64,
+}
+
+/// The dead-letter topic of a delivered topic.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("dlq.{topic}")
+}
+
+/// Marks an event delivered by `sink` (from `pending` or after failed attempts; never over `applied`).
+pub async fn mark_delivered(db: &Database, ce_ids: &[String], sink: &str) -> Result<u64, DeliverError> {
+    let now = now_rfc3339();
+    let mut n = 0;
+    for chunk in ce_ids.chunks(500) {
+        let sql = format!(
+            "UPDATE deliveries SET state = 'delivered', sink = $1, delivered_at = $2, updated_at = $2 \
+             WHERE state = 'pending' AND ce_id IN ({})",
+            (3..chunk.len() + 3).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(sink).bind(&now);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        n += q.execute(db.pool()).await?.rows_affected();
+    }
+    Ok(n)
+}
+
+/// Marks an event failed (rejected), with a reason that carries no personal data.
+pub async fn mark_failed(db: &Database, ce_id: &str, sink: &str, reason: &str) -> Result<(), DeliverError> {
+    let now = now_rfc3339();
+    sqlx::query(
+        "UPDATE deliveries SET state = 'failed', sink = $1, last_error = $2, attempts = attempts + 1, updated_at = $3 \
+         WHERE ce_id = $4 AND state IN ('pending', 'delivered')",
+    )
+    .bind(sink)
+    .bind(reason)
+    .bind(&now)
+    .bind(ce_id)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+async fn record_attempt(db: &Database, ce_id: &str, reason: &str) -> Result<(), DeliverError> {
+    sqlx::query("UPDATE deliveries SET attempts = attempts + 1, last_error = $1, updated_at = $2 WHERE ce_id = $3 AND state = 'pending'")
+        .bind(reason)
+        .bind(now_rfc3339())
+        .bind(ce_id)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+/// Writes a dead letter and waits for the broker's acknowledgement.
+pub async fn dead_letter(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: &[(&str, &str)],
+) -> Result<(), DeliverError> {
+    let dlq = dead_letter_topic(topic);
+    let mut record = FutureRecord::to(&dlq).payload(value).headers(crate::envelope::headers(headers.iter().copied()));
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| DeliverError::Kafka(e))?;
+    Ok(())
+}
+
+fn event_of(m: &BorrowedMessage<'_>) -> Result<Event, &'static str> {
+    let headers = m.headers().ok_or("the message has no CloudEvents headers")?;
+    let envelope = Envelope::from_headers(headers).map_err(|_| "the message has no valid CloudEvents envelope")?;
+    let raw = m.payload().ok_or("the message has no payload")?.to_vec();
+    let payload: Value = serde_json::from_slice(&raw).map_err(|_| "the payload is not JSON")?;
+    Ok(Event { ce_id: envelope.id, ce_type: envelope.kind, payload, raw })
+}
+
+/// Delivers the topic's events to `sink` until `stop` resolves (or, with `until_idle`, until every
+/// partition is read to its end).
+pub async fn run(
+    db: &Database,
+    kafka: &KafkaSettings,
+    config: &DeliveryConfig,
+    sink: &Sink,
+    options: &DeliverOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<DeliverSummary, DeliverError> {
+    let consumer: StreamConsumer = crate::kafka::client_config(kafka)
+        .set("group.id", &options.group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[options.topic.as_str()])?;
+    let producer = crate::kafka::idempotent_producer(kafka)?;
+    let name = config.delivery.name.clone();
+    let label = format!("{}:{}", sink.label(), name);
+    let mut summary = DeliverSummary::default();
+    let mut last_message = Instant::now();
+    tokio::pin!(stop);
+    loop {
+        let message = tokio::select! {
+            _ = &mut stop => break,
+            m = tokio::time::timeout(Duration::from_millis(500), consumer.recv()) => m,
+        };
+        let m = match message {
+            Err(_) => {
+                if options.until_idle && last_message.elapsed() >= options.idle_after && caught_up(&consumer)? {
+                    break;
+                }
+                continue;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("Consuming failed, retrying: {e}");
+                continue;
+            }
+            Ok(Ok(m)) => m,
+        };
+        last_message = Instant::now();
+        summary.read += 1;
+        let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
+        match event_of(&m) {
+            Err(reason) => {
+                tracing::warn!(topic = %topic, partition, offset, "A message could not be delivered and was dead-lettered: {reason}");
+                let headers = [("error_code", "unreadable"), ("stage", "deliver"), ("reason", reason), ("delivery", name.as_str())];
+                dead_letter(&producer, &options.topic, m.key(), m.payload().unwrap_or_default(), &headers).await?;
+                summary.dead_lettered += 1;
+            }
+            Ok(event) => {
+                let mut backoff = backon::ExponentialBuilder::default()
+                    .with_min_delay(options.initial_backoff)
+                    .with_max_delay(options.max_backoff)
+                    .with_jitter()
+                    .without_max_times()
+                    .build();
+                let outcome = loop {
+                    match sink.send(&event).await {
+                        Ok(()) => break Ok(()),
+                        Err(SendError::Rejected { status, reason, response }) => break Err((status, reason, response)),
+                        Err(SendError::Retry(reason)) => {
+                            summary.retries += 1;
+                            metrics::counter!("doudi_delivery_retries_total", "delivery" => name.clone()).increment(1);
+                            record_attempt(db, &event.ce_id, &reason).await?;
+                            let delay = backoff.next().unwrap_or(options.max_backoff);
+                            tracing::warn!(topic = %topic, partition, offset, event_id = %event.ce_id, retry_in_ms = delay.as_millis() as u64,
+                                "Delivering an event failed and is retried: {reason}");
+                            tokio::select! {
+                                _ = &mut stop => return Ok(summary),
+                                _ = tokio::time::sleep(delay) => {}
+                            }
+                        }
+                    }
+                };
+                match outcome {
+                    Ok(()) => {
+                        mark_delivered(db, std::slice::from_ref(&event.ce_id), &label).await?;
+                        summary.delivered += 1;
+                        metrics::counter!("doudi_delivery_events_total", "delivery" => name.clone(), "outcome" => "delivered").increment(1);
+                    }
+                    Err((status, reason, response)) => {
+                        tracing::warn!(topic = %topic, partition, offset, event_id = %event.ce_id,
+                            "The agency rejected an event; it is dead-lettered and marked failed: {reason}");
+                        let status = status.map(|s| s.to_string()).unwrap_or_default();
+                        let headers = [
+                            ("error_code", "rejected"),
+                            ("stage", "deliver"),
+                            ("reason", reason.as_str()),
+                            ("http_status", status.as_str()),
+                            ("response", response.as_str()),
+                            ("event_id", event.ce_id.as_str()),
+                            ("delivery", name.as_str()),
+                        ];
+                        dead_letter(&producer, &options.topic, m.key(), &event.raw, &headers).await?;
+                        mark_failed(db, &event.ce_id, &label, &reason).await?;
+                        summary.dead_lettered += 1;
+                        metrics::counter!("doudi_delivery_events_total", "delivery" => name.clone(), "outcome" => "rejected").increment(1);
+                    }
+                }
+            }
+        }
+        let mut commit = TopicPartitionList::new();
+        commit.add_partition_offset(&topic, partition, Offset::Offset(offset + 1))?;
+        consumer.commit(&commit, CommitMode::Sync)?;
+    }
+    Ok(summary)
+}
+
+/// Every assigned partition has been read to its end.
+fn caught_up(consumer: &StreamConsumer) -> Result<bool, DeliverError> {
+    let assignment = consumer.assignment()?;
+    if assignment.count() == 0 {
+        return Ok(false);
+    }
+    let positions = consumer.position()?;
+    for e in assignment.elements() {
+        let (_, high) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))?;
+        if high == 0 {
+            continue;
+        }
+        let at = positions.find_partition(e.topic(), e.partition()).and_then(|p| match p.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        });
+        if at.is_none_or(|at| at < high) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

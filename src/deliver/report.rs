@@ -1,0 +1,225 @@
+//! What is overdue, and whether the numbers agree.
+//!
+//! Guarantees: [`pending`] lists every entitlement event not yet applied (pending, delivered or
+//! failed) older than the given age, with the person masked. [`reconcile`] gives, per agency, kind
+//! and change of the day's events (China Standard Time), the count and the sum of amounts four
+//! times — recorded in the database, published to Kafka (read back from the topics by `ce_id`
+//! unless told to trust the outbox), delivered (accepted by the agency or its sink) and
+//! acknowledged — and says which rows disagree.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use sqlx::Row;
+
+use super::DeliverError;
+use crate::db::Database;
+use crate::idnum::IdNumber;
+
+/// One overdue event, masked.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Overdue {
+    pub event_id: String,
+    pub agency: String,
+    pub kind: String,
+    pub change: String,
+    pub household_id: String,
+    pub person: String,
+    pub effective_date: String,
+    pub state: String,
+    pub created_at: String,
+    pub age_hours: i64,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+/// Events not applied yet, created before now − `older_than`, oldest first.
+pub async fn pending(db: &Database, agency: Option<&str>, older_than: Duration) -> Result<Vec<Overdue>, DeliverError> {
+    let now = chrono::Utc::now();
+    let cutoff = now - chrono::Duration::from_std(older_than).unwrap_or_default();
+    let rows = sqlx::query(
+        "SELECT ce_id, agency, kind, change, household_id, id_number, effective_date, state, created_at, attempts, last_error \
+         FROM deliveries WHERE state IN ('pending', 'delivered', 'failed') AND created_at <= $1 AND ($2 = '' OR agency = $2) \
+         ORDER BY created_at, ce_id LIMIT 10000",
+    )
+    .bind(crate::db::rfc3339(cutoff))
+    .bind(agency.unwrap_or(""))
+    .fetch_all(db.pool())
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: String = r.try_get("id_number")?;
+        let created_at: String = r.try_get("created_at")?;
+        let age_hours =
+            chrono::DateTime::parse_from_rfc3339(&created_at).map(|t| (now - t.with_timezone(&chrono::Utc)).num_hours()).unwrap_or(0);
+        out.push(Overdue {
+            event_id: r.try_get("ce_id")?,
+            agency: r.try_get("agency")?,
+            kind: r.try_get("kind")?,
+            change: r.try_get("change")?,
+            household_id: r.try_get("household_id")?,
+            person: IdNumber::parse(&id).map(|i| i.masked()).unwrap_or_else(|_| "(invalid)".into()),
+            effective_date: r.try_get("effective_date")?,
+            state: r.try_get("state")?,
+            created_at,
+            age_hours,
+            attempts: r.try_get("attempts")?,
+            last_error: r.try_get("last_error")?,
+        });
+    }
+    Ok(out)
+}
+
+/// Counts and the sum of amounts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Total {
+    pub count: u64,
+    pub amount: Decimal,
+}
+
+impl Total {
+    fn add(&mut self, amount: Decimal) {
+        self.count += 1;
+        self.amount += amount;
+    }
+}
+
+/// One line of the reconciliation.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ControlTotals {
+    pub agency: String,
+    pub kind: String,
+    pub change: String,
+    pub database: Total,
+    pub published: Total,
+    pub delivered: Total,
+    pub acknowledged: Total,
+    pub agrees: bool,
+}
+
+/// The day's control totals. `published` holds the `ce_id`s read back from Kafka, or `None` to
+/// count the rows the outbox marked sent.
+pub async fn reconcile(db: &Database, date: NaiveDate, published: Option<&BTreeSet<String>>) -> Result<Vec<ControlTotals>, DeliverError> {
+    let rows = sqlx::query(
+        "SELECT d.ce_id, d.agency, d.kind, d.change, d.amount, d.state, o.sent_at FROM deliveries d \
+         LEFT JOIN outbox o ON o.ce_id = d.ce_id WHERE d.created_on = $1 ORDER BY d.agency, d.kind, d.change",
+    )
+    .bind(date.to_string())
+    .fetch_all(db.pool())
+    .await?;
+    let mut lines: BTreeMap<(String, String, String), ControlTotals> = BTreeMap::new();
+    for r in rows {
+        let (agency, kind, change): (String, String, String) = (r.try_get("agency")?, r.try_get("kind")?, r.try_get("change")?);
+        let ce_id: String = r.try_get("ce_id")?;
+        let amount: Decimal = r.try_get::<Option<String>, _>("amount")?.and_then(|a| a.parse().ok()).unwrap_or_default();
+        let state: String = r.try_get("state")?;
+        let sent = r.try_get::<Option<String>, _>("sent_at")?.is_some();
+        let line = lines.entry((agency.clone(), kind.clone(), change.clone())).or_insert_with(|| ControlTotals {
+            agency,
+            kind,
+            change,
+            database: Total::default(),
+            published: Total::default(),
+            delivered: Total::default(),
+            acknowledged: Total::default(),
+            agrees: false,
+        });
+        line.database.add(amount);
+        if published.map_or(sent, |p| p.contains(&ce_id)) {
+            line.published.add(amount);
+        }
+        if state == "delivered" || state == "applied" {
+            line.delivered.add(amount);
+        }
+        if state == "applied" {
+            line.acknowledged.add(amount);
+        }
+    }
+    Ok(lines
+        .into_values()
+        .map(|mut l| {
+            l.agrees = l.published == l.database && l.delivered == l.database && l.acknowledged == l.database;
+            l
+        })
+        .collect())
+}
+
+/// The `ce_id`s on `topics` published from the start of `date` (China Standard Time) on.
+pub fn published_ids(kafka: &crate::config::KafkaSettings, topics: &[String], date: NaiveDate) -> Result<BTreeSet<String>, DeliverError> {
+    use chrono::TimeZone;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let from_ms = crate::db::CHINA_STANDARD_TIME
+        .from_local_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default())
+        .single()
+        .map_or(0, |t| t.timestamp_millis());
+    let consumer: BaseConsumer = crate::kafka::client_config(kafka)
+        .set("group.id", format!("doudi-reconcile-{}", uuid::Uuid::new_v4().simple()))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut wanted = TopicPartitionList::new();
+    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for p in metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())) {
+            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+            if high > 0 {
+                wanted.add_partition_offset(topic, p, Offset::Offset(from_ms))?;
+                ends.insert((topic.clone(), p), high);
+            }
+        }
+    }
+    let mut ids = BTreeSet::new();
+    if ends.is_empty() {
+        return Ok(ids);
+    }
+    let starts = consumer.offsets_for_times(wanted, Duration::from_secs(10))?;
+    let mut assign = TopicPartitionList::new();
+    for e in starts.elements() {
+        match e.offset() {
+            Offset::Offset(o) => assign.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o))?,
+            _ => {
+                ends.remove(&(e.topic().to_string(), e.partition()));
+            }
+        }
+    }
+    if ends.is_empty() {
+        return Ok(ids);
+    }
+    consumer.assign(&assign)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while !ends.is_empty() && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let key = (m.topic().to_string(), m.partition());
+                if let Some(id) = m.headers().and_then(|h| crate::envelope::Envelope::from_headers(h).ok()).map(|e| e.id) {
+                    ids.insert(id);
+                }
+                if ends.get(&key).is_some_and(|end| m.offset() + 1 >= *end) {
+                    ends.remove(&key);
+                }
+            }
+            Some(Err(e)) => tracing::warn!("Reading the published events failed, retrying: {e}"),
+            None => {
+                let positions = consumer.position()?;
+                ends.retain(|(t, p), end| {
+                    positions
+                        .find_partition(t, *p)
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        })
+                        .is_none_or(|at| at < *end)
+                });
+            }
+        }
+    }
+    if !ends.is_empty() {
+        return Err(DeliverError::Sink("reading the published events did not finish within 300 s".into()));
+    }
+    Ok(ids)
+}
