@@ -14,9 +14,13 @@ use serde_json::{Value, json};
 use sqlx::{Acquire, Row};
 
 fn context() -> Context {
+    context_with(doudi::policy::Params::shipped().unwrap())
+}
+
+fn context_with(params: doudi::policy::Params) -> Context {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     Context {
-        params: Arc::new(doudi::policy::Params::shipped().unwrap()),
+        params: Arc::new(params),
         keys: doudi::envelope::KeyDeriver::from_secret(b"test-secret-0123456789"),
         registry: Arc::new(doudi::schema::Registry::load(&root.join("schemas")).unwrap()),
         outbound: Outbound::with_affixes("", ""),
@@ -306,4 +310,185 @@ async fn an_unusable_event_is_recorded_and_the_batch_goes_on() {
     let outcome: String =
         sqlx::query("SELECT outcome FROM processed_events WHERE kafka_offset = 1").fetch_one(db.pool()).await.unwrap().get("outcome");
     assert_eq!(outcome, "invalid");
+}
+
+/// The shipped parameters without 长春's 2020-07-01 standard (650), as the version before it.
+fn params_before_changchun_2020() -> doudi::policy::Params {
+    let mut p = doudi::policy::Params::shipped().unwrap();
+    let july = chrono::NaiveDate::from_ymd_opt(2020, 7, 1).unwrap();
+    p.dibao_standard.retain(|e| !(e.region == "220100" && e.from >= july));
+    p.policy.version = "2019-07-01.1".into();
+    p
+}
+
+async fn decisions_count(db: &Database, household_id: &str) -> i64 {
+    sqlx::query("SELECT COUNT(*) AS n FROM decisions WHERE household_id = $1")
+        .bind(household_id)
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .get("n")
+}
+
+#[tokio::test]
+async fn a_policy_change_publishes_exactly_the_deltas_it_causes() {
+    use doudi::matcher::policy_change;
+    both_backends(|db| async move {
+        let old = context_with(params_before_changchun_2020());
+        policy_change::establish(&db, old.params.as_ref().clone()).await.unwrap();
+        let mut f = Feeder { offset: 0 };
+        // 000201 (长春, 220104) with 630 a head: low income under 610, 低保 under 650.
+        let mut near = household("JL-220104-2019-000201");
+        for m in near["members"].as_array_mut().unwrap() {
+            m["income"]["transfer"] = json!("630");
+        }
+        let events = vec![
+            f.event(Feed::Household, household("JL-220102-2019-000123")),
+            f.event(Feed::Household, household("JL-220102-2019-000124")),
+            f.event(Feed::Household, near),
+            f.event(Feed::Household, household("JL-220202-2019-000310")),
+        ];
+        apply(&db, &old, &events).await;
+        assert_eq!(category(&db, "JL-220104-2019-000201").await, ("low_income".to_string(), "0.00".to_string()));
+        assert_eq!(category(&db, "JL-220102-2019-000124").await.1, "904.50", "POLICY.md worked case 1");
+        let before_吉林 = decisions_count(&db, "JL-220202-2019-000310").await;
+
+        let mark = last_outbox_id(&db).await;
+        let new = context();
+        let summary = policy_change::apply(&db, &new, 2).await.unwrap();
+        assert_eq!(summary.previous_version.as_deref(), Some("2019-07-01.1"));
+        assert_eq!(summary.regions, vec!["220100".to_string()]);
+        assert_eq!(summary.effective_date, chrono::NaiveDate::from_ymd_opt(2020, 7, 1));
+        assert_eq!(summary.households, 3, "the three 长春 households, not 吉林's");
+        let published = outbox_since(&db, mark).await;
+        assert_eq!(
+            labels(&published),
+            sorted(vec![
+                // 000123 and 000124 stay 低保 with a higher payment: a status change only.
+                "exchange.recipient.status.v1 status ",
+                "exchange.recipient.status.v1 status ",
+                // 000201 moves from low income to 低保 (employment help it had already).
+                "exchange.recipient.status.v1 status ",
+                "exchange.entitlement.medical.v1 ended medical_assistance_class3 2201**********0215",
+                "exchange.entitlement.medical.v1 ended medical_assistance_class3 2201**********0226",
+                "exchange.entitlement.medical.v1 granted medical_assistance_class2 2201**********0215",
+                "exchange.entitlement.medical.v1 granted medical_assistance_class2 2201**********0226",
+                "exchange.entitlement.medical.v1 granted premium_subsidy_fixed 2201**********0215",
+                "exchange.entitlement.medical.v1 granted premium_subsidy_fixed 2201**********0226",
+            ])
+        );
+        for (topic, _, _, payload) in &published {
+            assert_eq!(payload["effective_date"], "2020-07-01", "{topic}: decided as of the effective date");
+        }
+        let statuses: Vec<&Value> = published.iter().filter(|r| r.0.contains("status")).map(|r| &r.3).collect();
+        assert!(statuses.iter().all(|s| s["policy_version"] == "2020-07-01.1"));
+        let moved = statuses.iter().find(|s| s["household_id"] == "JL-220104-2019-000201").unwrap();
+        assert_eq!((moved["previous_category"].as_str(), moved["category"].as_str()), (Some("low_income"), Some("dibao")));
+        // Worked case 1 under 650: (650 − 335) × 3 = 945.00 and its add-ons move with the standard.
+        assert_ne!(category(&db, "JL-220102-2019-000124").await.1, "904.50");
+        assert_eq!(decisions_count(&db, "JL-220202-2019-000310").await, before_吉林, "other regions are not touched");
+        // Deliveries follow every entitlement event.
+        let deliveries: i64 = sqlx::query("SELECT COUNT(*) AS n FROM deliveries d JOIN outbox o ON o.ce_id = d.ce_id WHERE o.id > $1 AND d.state = 'pending'")
+            .bind(mark)
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .get("n");
+        assert_eq!(deliveries, 6);
+
+        // The same version again: nothing.
+        let mark = last_outbox_id(&db).await;
+        let again = policy_change::apply(&db, &new, 2).await.unwrap();
+        assert!(again.already_applied);
+        assert_eq!(last_outbox_id(&db).await, mark);
+        // The same version string with other parameters is refused.
+        let mut edited = doudi::policy::Params::shipped().unwrap();
+        edited.dibao_standard.retain(|e| e.region != "220800");
+        assert!(matches!(
+            policy_change::apply(&db, &context_with(edited), 2).await,
+            Err(policy_change::PolicyChangeError::VersionReused(_))
+        ));
+        // A later event dated before the change is still decided under the new standard.
+        let employed = json!({"id_number": "220102198506150029", "event": "unemployed", "date": "2020-03-01"});
+        apply(&db, &new, &[f.event(Feed::Employment, employed)]).await;
+        let latest = sqlx::query("SELECT d.effective_date FROM decisions d JOIN households h ON h.household_id = d.household_id AND h.decision_version = d.version WHERE d.household_id = 'JL-220102-2019-000124'")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(latest.get::<String, _>("effective_date"), "2020-07-01");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn review_re_evaluates_the_households_that_cross_a_date_and_raises_periodic_reviews() {
+    use doudi::matcher::calendar::{Boundary, due_on};
+    use doudi::matcher::policy_change::reevaluate_all;
+    both_backends(|db| async move {
+        let ctx = context();
+        let mut f = Feeder { offset: 0 };
+        // 000123's head (born 1950-03-07) with a supporter and no disability: 低保 without add-on.
+        let mut supported = household("JL-220102-2019-000123");
+        supported["members"][0]["supporters"] = json!("able");
+        supported["members"][0]["disability"] = Value::Null;
+        apply(&db, &ctx, &[f.event(Feed::Household, supported), f.event(Feed::Household, household("JL-220102-2019-000124"))]).await;
+        assert_eq!(category(&db, "JL-220102-2019-000123").await, ("dibao".to_string(), "310.00".to_string()), "610 − 300");
+        let review = |date: &str| {
+            let db = db.clone();
+            let ctx = ctx.clone();
+            let date: chrono::NaiveDate = date.parse().unwrap();
+            async move {
+                let due = due_on(&db, &ctx.params, date).await.unwrap();
+                let households: Vec<String> = due.households.keys().cloned().collect();
+                reevaluate_all(&db, &ctx, &households, Some(date), &format!("review:{date}"), &due.reviews, 100).await.unwrap();
+                due
+            }
+        };
+        // 2020-03-07: the head of 000123 (born 1950-03-07) turns 70: the aged-70 add-on applies.
+        let mark = last_outbox_id(&db).await;
+        let due = review("2020-03-07").await;
+        assert_eq!(due.households.keys().collect::<Vec<_>>(), vec!["JL-220102-2019-000123"]);
+        assert_eq!(due.households["JL-220102-2019-000123"], [Boundary::Birthday].into_iter().collect());
+        let published = outbox_since(&db, mark).await;
+        assert_eq!(labels(&published), sorted(vec!["exchange.recipient.status.v1 status "]));
+        assert_eq!(published[0].3["effective_date"], "2020-03-07");
+        assert_eq!(category(&db, "JL-220102-2019-000123").await.1, "401.50", "310.00 + the aged-70 add-on 0.15 × 610");
+        // The same day again: nothing new.
+        let mark = last_outbox_id(&db).await;
+        review("2020-03-07").await;
+        assert_eq!(last_outbox_id(&db).await, mark);
+        // A day with no boundary: nobody.
+        assert!(review("2020-03-08").await.households.is_empty());
+        // 2020-06-01: six months after 000124's decision (able-bodied members): its periodic review.
+        let mark = last_outbox_id(&db).await;
+        let due = review("2020-06-01").await;
+        assert_eq!(due.households.keys().collect::<Vec<_>>(), vec!["JL-220102-2019-000124"]);
+        let published = outbox_since(&db, mark).await;
+        assert_eq!(labels(&published), sorted(vec!["exchange.review-task.v1 periodic_review_due 2201**********0029"]));
+        let next: String = sqlx::query("SELECT next_review_on FROM households WHERE household_id = 'JL-220102-2019-000124'")
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .get("next_review_on");
+        assert_eq!(next, "2020-12-01");
+        // Reviewed: not due again the next day, and the task stays open for the caseworker.
+        assert!(review("2020-06-02").await.households.is_empty());
+        let open: i64 = sqlx::query("SELECT COUNT(*) AS n FROM review_tasks WHERE kind = 'periodic_review_due' AND state = 'open'")
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .get("n");
+        assert_eq!(open, 1);
+        // 2020-07-01: 长春's new standard (650) takes effect for both households.
+        let mark = last_outbox_id(&db).await;
+        let due = review("2020-07-01").await;
+        assert_eq!(due.households.len(), 2);
+        assert!(due.households.values().all(|why| why.contains(&Boundary::ParameterInForce)));
+        assert_eq!(category(&db, "JL-220102-2019-000123").await.1, "447.50", "650 − 300 + 0.15 × 650");
+        assert!(outbox_since(&db, mark).await.iter().filter(|r| r.0.contains("status")).count() == 2);
+        // 000123 (no able-bodied member) is reviewed yearly: 2020-12-01.
+        let due = review("2020-12-01").await;
+        assert!(due.households["JL-220102-2019-000123"].contains(&Boundary::PeriodicReview));
+    })
+    .await;
 }

@@ -1,7 +1,8 @@
 //! Dynamic management: the households whose decision can change on a date with no event at all.
 //!
 //! Guarantees: [`due_on`] finds exactly the households with a current member who reaches an age
-//! the rules use (the working-age bounds, the 特困 minor age, 18 and 70) on the date, a residence
+//! the rules use (the working-age bounds, the 特困 minor age, 18 and 70) on the date, a dated
+//! parameter of their region taking effect (every household on 1 January), a residence
 //! permit reaching the months the residence rule asks, a counted refusal or a medical settlement
 //! leaving its window, or whose periodic review falls due (national rules: every 12 months, every 6
 //! for a household with an able-bodied member of working age). A review date is kept per household
@@ -24,6 +25,9 @@ use crate::policy::Params;
 #[serde(rename_all = "snake_case")]
 pub enum Boundary {
     Birthday,
+    /// A dated parameter of the household's region takes effect, or a new year begins (the 特困
+    /// basic standard and the care share read the previous year's end).
+    ParameterInForce,
     ResidencePermit,
     RefusalWindow,
     SettlementWindow,
@@ -117,6 +121,21 @@ pub async fn due_on(db: &Database, params: &Params, date: NaiveDate) -> Result<D
         for r in q.fetch_all(db.pool()).await? {
             due.add(r.try_get("household_id")?, Boundary::Birthday);
         }
+    }
+    // Parameters taking effect today, and the new year.
+    let mut regions: BTreeSet<String> = super::policy_change::entries(params)
+        .into_values()
+        .filter(|(_, from)| *from == Some(date))
+        .map(|(region, _)| region.unwrap_or_else(|| params.policy.province.clone()))
+        .collect();
+    if date.month() == 1 && date.day() == 1 {
+        regions.insert(params.policy.province.clone());
+    }
+    if regions.contains(&params.policy.province) {
+        regions = BTreeSet::from([params.policy.province.clone()]);
+    }
+    for household_id in super::policy_change::households_in(db, &regions).await? {
+        due.add(household_id, Boundary::ParameterInForce);
     }
     let (refusal_windows, residence_months) = windows(params);
     // Refusals leave (date − window, date] the day after they are window months old.

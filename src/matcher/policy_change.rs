@@ -161,7 +161,7 @@ async fn finish(db: &Database, version: &str, totals: &BatchOutcome, households:
 
 /// The entries of each dated section, keyed by (section, entry as JSON), with the entry's region
 /// and first date.
-fn entries(params: &Params) -> BTreeMap<(String, String), (Option<String>, Option<NaiveDate>)> {
+pub(crate) fn entries(params: &Params) -> BTreeMap<(String, String), (Option<String>, Option<NaiveDate>)> {
     let mut out = BTreeMap::new();
     let Ok(Value::Object(sections)) = serde_json::to_value(params) else { return out };
     for (section, value) in sections {
