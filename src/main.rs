@@ -91,6 +91,9 @@ enum Command {
         no_kafka: bool,
         #[arg(long)]
         json: bool,
+        /// Prefix of the entitlement topic names (staging environments, tests).
+        #[arg(long, default_value = "")]
+        topic_prefix: String,
         /// Suffix of the entitlement topic names (staging environments, tests).
         #[arg(long, default_value = "")]
         topic_suffix: String,
@@ -220,6 +223,9 @@ struct DeliverArgs {
     /// With --until-idle: how long without a new event before checking the partitions' ends.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     idle_after: std::time::Duration,
+    /// Prefix of the topic name (staging environments, tests).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
     /// Suffix of the topic name (staging environments, tests).
     #[arg(long, default_value = "")]
     topic_suffix: String,
@@ -240,6 +246,9 @@ struct AcksArgs {
     until_idle: Option<std::time::Duration>,
     #[arg(long, default_value = "schemas")]
     schemas: PathBuf,
+    /// Prefix of the ack topic name (staging environments, tests).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
     /// Suffix of the ack topic name (staging environments, tests).
     #[arg(long, default_value = "")]
     topic_suffix: String,
@@ -514,7 +523,9 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
         Command::Deliveries(DeliveriesCommand::Pending { agency, older_than, json }) => {
             deliveries_pending(agency.as_deref(), older_than, json, &settings).await
         }
-        Command::Reconcile { date, no_kafka, json, topic_suffix } => reconcile(date, no_kafka, json, &topic_suffix, &settings).await,
+        Command::Reconcile { date, no_kafka, json, topic_prefix, topic_suffix } => {
+            reconcile(date, no_kafka, json, (&topic_prefix, &topic_suffix), &settings).await
+        }
         Command::Schemas(command) => schemas(command),
         Command::Connect(args) => connect(args, &settings).await,
         Command::Tap { topic, follow, limit } => {
@@ -1166,7 +1177,7 @@ async fn deliver(args: &DeliverArgs, settings: &Settings) -> ExitCode {
         Ok(db) => db,
         Err(code) => return code,
     };
-    let topic = format!("{}{}", config.topic(), args.topic_suffix);
+    let topic = format!("{}{}{}", args.topic_prefix, config.topic(), args.topic_suffix);
     let sink = match &config.sink {
         SinkConfig::File { directory, format, encoding, file_prefix, columns } => {
             let date = args.date.unwrap_or_else(|| doudi::db::china_date(chrono::Utc::now()));
@@ -1339,7 +1350,7 @@ async fn acks(args: &AcksArgs, settings: &Settings) -> ExitCode {
             tokio::time::sleep(std::time::Duration::from_secs(15)).await;
         }
     });
-    let topic = format!("{}{}", acks::ACK_TOPIC, args.topic_suffix);
+    let topic = format!("{}{}{}", args.topic_prefix, acks::ACK_TOPIC, args.topic_suffix);
     match acks::consume(&db, &settings.kafka, &registry, &topic, &args.group, args.until_idle, shutdown_signal()).await {
         Ok(read) => {
             if args.until_idle.is_some() {
@@ -1406,7 +1417,7 @@ async fn deliveries_pending(agency: Option<&str>, older_than: std::time::Duratio
     if rows.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(exit::FOUND_PROBLEM) }
 }
 
-async fn reconcile(date: chrono::NaiveDate, no_kafka: bool, json: bool, suffix: &str, settings: &Settings) -> ExitCode {
+async fn reconcile(date: chrono::NaiveDate, no_kafka: bool, json: bool, (prefix, suffix): (&str, &str), settings: &Settings) -> ExitCode {
     let db = match open_database(settings).await {
         Ok(db) => db,
         Err(code) => return code,
@@ -1415,7 +1426,7 @@ async fn reconcile(date: chrono::NaiveDate, no_kafka: bool, json: bool, suffix: 
         None
     } else {
         let topics: Vec<String> =
-            doudi::matcher::store::AGENCIES.iter().map(|a| format!("{}{suffix}", doudi::matcher::store::agency_topic(a))).collect();
+            doudi::matcher::store::AGENCIES.iter().map(|a| format!("{prefix}{}{suffix}", doudi::matcher::store::agency_topic(a))).collect();
         let kafka = settings.kafka.clone();
         match tokio::task::spawn_blocking(move || doudi::deliver::report::published_ids(&kafka, &topics, date)).await {
             Ok(Ok(ids)) => Some(ids),

@@ -61,7 +61,7 @@ pub enum Sink {
         /// Time allowed for one request, in seconds.
         #[serde(default = "default_timeout_secs")]
         timeout_secs: u64,
-        /// First retry delay, in milliseconds; doubled after each failure (with full jitter).
+        /// First retry delay, in milliseconds; doubled after each failure (with jitter: up to as much again, at random).
         #[serde(default = "default_initial_backoff_ms")]
         initial_backoff_ms: u64,
         /// Longest delay between retries, in seconds. Retries of a 5xx or a timeout never stop.

@@ -8,7 +8,7 @@
 //! Guarantees of [`run`] (HTTP and table sinks): events are taken in partition order with
 //! `read_committed`; an event's offset is committed only after the sink accepted it or, when the
 //! agency rejected it, after its dead letter (`dlq.<topic>`, with the status and the response) is
-//! acknowledged by the broker. A retryable failure is retried with exponential backoff and full
+//! acknowledged by the broker. A retryable failure is retried with exponential backoff and
 //! jitter for as long as it takes, never skipped; stopping mid-retry leaves the event uncommitted,
 //! so it is sent again after a restart with the same `Idempotency-Key`. Each event's delivery state
 //! moves `pending` → `delivered` (or `failed`), never back, and never over `applied`.
@@ -263,22 +263,27 @@ pub async fn run(
     Ok(summary)
 }
 
-/// Every assigned partition has been read to its end.
+/// Every assigned partition has been read to its end. A partition with nothing left to read has
+/// no position yet: its committed offset says where the group is.
 fn caught_up(consumer: &StreamConsumer) -> Result<bool, DeliverError> {
     let assignment = consumer.assignment()?;
     if assignment.count() == 0 {
         return Ok(false);
     }
     let positions = consumer.position()?;
+    let committed = consumer.committed(Duration::from_secs(10))?;
+    let offset_in = |tpl: &TopicPartitionList, topic: &str, partition: i32| {
+        tpl.find_partition(topic, partition).and_then(|p| match p.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+    };
     for e in assignment.elements() {
         let (_, high) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))?;
         if high == 0 {
             continue;
         }
-        let at = positions.find_partition(e.topic(), e.partition()).and_then(|p| match p.offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
-        });
+        let at = offset_in(&positions, e.topic(), e.partition()).or_else(|| offset_in(&committed, e.topic(), e.partition()));
         if at.is_none_or(|at| at < high) {
             return Ok(false);
         }
