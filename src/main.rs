@@ -218,8 +218,11 @@ struct DeliverArgs {
     #[arg(long)]
     until_idle: bool,
     /// File sinks: the day to export (China Standard Time; default today).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "yesterday")]
     date: Option<chrono::NaiveDate>,
+    /// File sinks: export yesterday (China Standard Time), as the nightly CronJob does.
+    #[arg(long)]
+    yesterday: bool,
     /// With --until-idle: how long without a new event before checking the partitions' ends.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     idle_after: std::time::Duration,
@@ -264,6 +267,9 @@ enum DeliveriesCommand {
         /// Only events older than this (e.g. 24h).
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         older_than: std::time::Duration,
+        /// Show at most this many (the count of all is printed at the end).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
         #[arg(long)]
         json: bool,
     },
@@ -520,8 +526,8 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
         Command::Review { date, run } => review(date, &run, &settings).await,
         Command::Deliver(args) => deliver(&args, &settings).await,
         Command::Acks(args) => acks(&args, &settings).await,
-        Command::Deliveries(DeliveriesCommand::Pending { agency, older_than, json }) => {
-            deliveries_pending(agency.as_deref(), older_than, json, &settings).await
+        Command::Deliveries(DeliveriesCommand::Pending { agency, older_than, limit, json }) => {
+            deliveries_pending(agency.as_deref(), older_than, limit, json, &settings).await
         }
         Command::Reconcile { date, no_kafka, json, topic_prefix, topic_suffix } => {
             reconcile(date, no_kafka, json, (&topic_prefix, &topic_suffix), &settings).await
@@ -1180,7 +1186,12 @@ async fn deliver(args: &DeliverArgs, settings: &Settings) -> ExitCode {
     let topic = format!("{}{}{}", args.topic_prefix, config.topic(), args.topic_suffix);
     let sink = match &config.sink {
         SinkConfig::File { directory, format, encoding, file_prefix, columns } => {
-            let date = args.date.unwrap_or_else(|| doudi::db::china_date(chrono::Utc::now()));
+            let today = doudi::db::china_date(chrono::Utc::now());
+            let date = match (args.date, args.yesterday) {
+                (Some(d), _) => d,
+                (None, true) => today.pred_opt().unwrap_or(today),
+                (None, false) => today,
+            };
             let result = doudi::deliver::export::export_day(
                 &db,
                 &settings.kafka,
@@ -1366,7 +1377,13 @@ async fn acks(args: &AcksArgs, settings: &Settings) -> ExitCode {
     }
 }
 
-async fn deliveries_pending(agency: Option<&str>, older_than: std::time::Duration, json: bool, settings: &Settings) -> ExitCode {
+async fn deliveries_pending(
+    agency: Option<&str>,
+    older_than: std::time::Duration,
+    limit: usize,
+    json: bool,
+    settings: &Settings,
+) -> ExitCode {
     if let Some(a) = agency
         && !doudi::matcher::store::AGENCIES.contains(&a)
     {
@@ -1385,7 +1402,7 @@ async fn deliveries_pending(agency: Option<&str>, older_than: std::time::Duratio
         }
     };
     if json {
-        for r in &rows {
+        for r in rows.iter().take(limit) {
             println!("{}", serde_json::to_string(r).unwrap_or_default());
         }
     } else {
@@ -1393,7 +1410,7 @@ async fn deliveries_pending(agency: Option<&str>, older_than: std::time::Duratio
             "{:<10} {:<26} {:<8} {:<20} {:<24} {:<10} {:<9} {:>6} {:>8}  last error",
             "agency", "kind", "change", "person", "household", "effective", "state", "age h", "attempts"
         );
-        for r in &rows {
+        for r in rows.iter().take(limit) {
             println!(
                 "{:<10} {:<26} {:<8} {:<20} {:<24} {:<10} {:<9} {:>6} {:>8}  {}",
                 r.agency,
