@@ -161,6 +161,14 @@ async fn sample_feeds_reach_each_agency_and_later_events_change_them() {
     let (lines, records) = x.deltas().await;
     assert_eq!(lines, STAGE_1.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     check_envelopes(&records);
+    // Every entitlement event has its delivery row, pending until an agency or a sink takes it.
+    let entitlement_events = records.iter().filter(|r| r.topic.contains("exchange.entitlement.")).count();
+    let db = doudi::db::Database::connect(&x.pg.settings).await.unwrap();
+    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries d JOIN outbox o ON o.ce_id = d.ce_id WHERE d.state = 'pending' AND o.sent_at IS NOT NULL")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(usize::try_from(pending).unwrap(), entitlement_events);
 
     // Employment: the head is employed at 1800 a month, the spouse became unemployed.
     x.feed("hrss-employment", &samples.join("hrss-employment.jsonl")).await;
