@@ -164,10 +164,12 @@ async fn sample_feeds_reach_each_agency_and_later_events_change_them() {
     // Every entitlement event has its delivery row, pending until an agency or a sink takes it.
     let entitlement_events = records.iter().filter(|r| r.topic.contains("exchange.entitlement.")).count();
     let db = doudi::db::Database::connect(&x.pg.settings).await.unwrap();
-    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries d JOIN outbox o ON o.ce_id = d.ce_id WHERE d.state = 'pending' AND o.sent_at IS NOT NULL")
-        .fetch_one(db.pool())
-        .await
-        .unwrap();
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deliveries d JOIN outbox o ON o.ce_id = d.ce_id WHERE d.state = 'pending' AND o.sent_at IS NOT NULL",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
     assert_eq!(usize::try_from(pending).unwrap(), entitlement_events);
 
     // Employment: the head is employed at 1800 a month, the spouse became unemployed.
