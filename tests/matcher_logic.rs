@@ -492,3 +492,59 @@ async fn review_re_evaluates_the_households_that_cross_a_date_and_raises_periodi
     })
     .await;
 }
+
+#[tokio::test]
+async fn review_catches_a_refusal_leaving_its_window_and_a_residence_permit_coming_of_age() {
+    use doudi::matcher::calendar::{Boundary, due_on};
+    use doudi::matcher::policy_change::reevaluate_all;
+    both_backends(|db| async move {
+        let ctx = context();
+        let mut f = Feeder { offset: 0 };
+        // 000507: its head refused referrals on 2019-10-01 and 2019-11-15 (registered with the
+        // household): two within six months, a caseworker is asked to review (J1).
+        // A migrant household: agricultural hukou elsewhere, a 长春 residence permit of 2019-05-15.
+        let mut migrant = household("JL-220102-2019-000123");
+        migrant["household_id"] = json!("JL-220102-2020-000900");
+        migrant["as_of"] = json!("2020-01-10");
+        let head = &mut migrant["members"][0];
+        head["hukou_region"] = json!("220721");
+        head["hukou_type"] = json!("agricultural");
+        head["residence_permit"] = json!({"region": "220102", "issued": "2019-05-15"});
+        head["pension_months"] = json!(24);
+        head["medical_insurance_months"] = json!(24);
+        apply(&db, &ctx, &[f.event(Feed::Household, household("JL-220802-2019-000507")), f.event(Feed::Household, migrant)]).await;
+        let open = |db: Database| async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM review_tasks WHERE kind = 'cancel_dibao_refused_referrals' AND state = 'open'",
+            )
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+        };
+        assert_eq!(open(db.clone()).await, 1);
+        assert_eq!(category(&db, "JL-220102-2020-000900").await.0, "none", "the permit is not 12 months old yet");
+        let review = |date: &str| {
+            let db = db.clone();
+            let ctx = ctx.clone();
+            let date: chrono::NaiveDate = date.parse().unwrap();
+            async move {
+                let due = due_on(&db, &ctx.params, date).await.unwrap();
+                let households: Vec<String> = due.households.keys().cloned().collect();
+                reevaluate_all(&db, &ctx, &households, Some(date), &format!("review:{date}"), &due.reviews, 100).await.unwrap();
+                due
+            }
+        };
+        // 2020-04-01: the 2019-10-01 refusal leaves the six months; one refusal is left.
+        let due = review("2020-04-01").await;
+        assert_eq!(due.households.get("JL-220802-2019-000507"), Some(&[Boundary::RefusalWindow].into_iter().collect()));
+        assert_eq!(open(db.clone()).await, 0, "the data no longer raises the task: cleared");
+        // 2020-05-15: the permit is 12 months old; the household is assessed as local (R1).
+        let mark = last_outbox_id(&db).await;
+        let due = review("2020-05-15").await;
+        assert!(due.households["JL-220102-2020-000900"].contains(&Boundary::ResidencePermit));
+        assert_ne!(category(&db, "JL-220102-2020-000900").await.0, "none");
+        let status = outbox_since(&db, mark).await.into_iter().find(|r| r.0.contains("status")).unwrap();
+        assert_eq!((status.3["previous_category"].as_str(), status.3["effective_date"].as_str()), (Some("none"), Some("2020-05-15")));
+    })
+    .await;
+}

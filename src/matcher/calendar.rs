@@ -144,6 +144,18 @@ pub async fn due_on(db: &Database, params: &Params, date: NaiveDate) -> Result<D
         for r in facts_dated(db, "referral_refusal:%", day).await? {
             due.add(r, Boundary::RefusalWindow);
         }
+        // Refusals registered by civil affairs with the household (a superset: another field with
+        // the same date only costs a re-evaluation that changes nothing).
+        for r in sqlx::query(
+            "SELECT DISTINCT household_id FROM household_members WHERE valid_to IS NULL AND member LIKE '%\"referral_refusals\":[{%' AND member LIKE $1 \
+             UNION SELECT DISTINCT household_id FROM household_members WHERE valid_to IS NULL AND member LIKE '%\"referral_refusals\":[\"%' AND member LIKE $1",
+        )
+        .bind(format!("%\"{day}\"%"))
+        .fetch_all(db.pool())
+        .await?
+        {
+            due.add(r.try_get("household_id")?, Boundary::RefusalWindow);
+        }
     }
     // Medical settlements count over (date − 12 months, date].
     if let Some(day) = months_before(date, 12) {
