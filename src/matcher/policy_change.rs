@@ -65,6 +65,8 @@ pub enum PolicyChangeError {
     VersionReused(String),
     #[error("the recorded policy version {version} cannot be read: {reason}")]
     Unreadable { version: String, reason: String },
+    #[error("a re-evaluation task stopped: {0}")]
+    Task(String),
 }
 
 impl From<sqlx::Error> for PolicyChangeError {
@@ -226,6 +228,10 @@ pub async fn households_in(db: &Database, regions: &BTreeSet<String>) -> Result<
     Ok(out.into_iter().collect())
 }
 
+/// Chunks re-evaluated at once on PostgreSQL, each in its own transaction on its own connection (a
+/// household is in exactly one chunk, so they never touch the same rows). SQLite has one writer.
+const PARALLEL_CHUNKS: usize = 2;
+
 /// Re-evaluates `households` in chunks, one transaction each; returns the totals.
 pub async fn reevaluate_all(
     db: &Database,
@@ -237,31 +243,52 @@ pub async fn reevaluate_all(
     chunk_size: usize,
 ) -> Result<BatchOutcome, PolicyChangeError> {
     let mut totals = BatchOutcome::default();
+    let parallel = if db.backend() == crate::db::Backend::Postgres { PARALLEL_CHUNKS } else { 1 };
+    let mut running = tokio::task::JoinSet::new();
     for chunk in households.chunks(chunk_size.max(1)) {
+        if running.len() >= parallel
+            && let Some(done) = running.join_next().await
+        {
+            totals.add(&done.map_err(|e| PolicyChangeError::Task(e.to_string()))??);
+        }
         let chunk_reviews: BTreeMap<String, super::store::ReviewDue> =
             chunk.iter().filter_map(|h| reviews.get(h).map(|r| (h.clone(), r.clone()))).collect();
-        // A matcher instance may have decided one of these households meanwhile (the decision
-        // version is taken): the chunk is read again and retried.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut conn = db.pool().acquire().await.map_err(DbError::Query)?;
-            let mut tx = conn.begin().await.map_err(DbError::Query)?;
-            match reevaluate(&mut tx, ctx, chunk, on, trigger, &chunk_reviews).await {
-                Ok(outcome) => {
-                    tx.commit().await.map_err(DbError::Query)?;
-                    totals.add(&outcome);
-                    break;
-                }
-                Err(e) if attempt < 3 => {
-                    tracing::warn!("Re-evaluating a chunk of households failed and is retried: {e}");
-                    drop(tx);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let (db, ctx, chunk, trigger) = (db.clone(), ctx.clone(), chunk.to_vec(), trigger.to_string());
+        running.spawn(async move { reevaluate_chunk(&db, &ctx, &chunk, on, &trigger, &chunk_reviews).await });
+    }
+    while let Some(done) = running.join_next().await {
+        totals.add(&done.map_err(|e| PolicyChangeError::Task(e.to_string()))??);
     }
     Ok(totals)
+}
+
+/// One chunk in one transaction. A matcher instance may have decided one of these households
+/// meanwhile (the decision version is taken): the chunk is read again and retried.
+async fn reevaluate_chunk(
+    db: &Database,
+    ctx: &Context,
+    chunk: &[String],
+    on: Option<NaiveDate>,
+    trigger: &str,
+    reviews: &BTreeMap<String, super::store::ReviewDue>,
+) -> Result<BatchOutcome, PolicyChangeError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut conn = db.pool().acquire().await.map_err(DbError::Query)?;
+        let mut tx = conn.begin().await.map_err(DbError::Query)?;
+        match reevaluate(&mut tx, ctx, chunk, on, trigger, reviews).await {
+            Ok(outcome) => {
+                tx.commit().await.map_err(DbError::Query)?;
+                return Ok(outcome);
+            }
+            Err(e) if attempt < 3 => {
+                tracing::warn!("Re-evaluating a chunk of households failed and is retried: {e}");
+                drop(tx);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Applies `new`: records it as the version in force (so every matcher instance decides with it from
