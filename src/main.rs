@@ -91,12 +91,8 @@ enum Command {
         no_kafka: bool,
         #[arg(long)]
         json: bool,
-        /// Prefix of the entitlement topic names (staging environments, tests).
-        #[arg(long, default_value = "")]
-        topic_prefix: String,
-        /// Suffix of the entitlement topic names (staging environments, tests).
-        #[arg(long, default_value = "")]
-        topic_suffix: String,
+        #[command(flatten)]
+        topics: TopicAffixes,
     },
     /// Dynamic management: re-evaluate exactly the households whose facts cross a date boundary on
     /// --date (birthdays at the ages the rules use, residence permits, windows of refusals and
@@ -201,12 +197,8 @@ struct MatchArgs {
     /// With --until-idle: how long without a new event before checking that every partition is read.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     idle_after: std::time::Duration,
-    /// Prefix of every inbound and outbound topic name (staging environments, tests).
-    #[arg(long, default_value = "")]
-    topic_prefix: String,
-    /// Suffix of every inbound and outbound topic name (staging environments, tests).
-    #[arg(long, default_value = "")]
-    topic_suffix: String,
+    #[command(flatten)]
+    topics: TopicAffixes,
 }
 
 #[derive(clap::Args)]
@@ -226,12 +218,8 @@ struct DeliverArgs {
     /// With --until-idle: how long without a new event before checking the partitions' ends.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     idle_after: std::time::Duration,
-    /// Prefix of the topic name (staging environments, tests).
-    #[arg(long, default_value = "")]
-    topic_prefix: String,
-    /// Suffix of the topic name (staging environments, tests).
-    #[arg(long, default_value = "")]
-    topic_suffix: String,
+    #[command(flatten)]
+    topics: TopicAffixes,
 }
 
 #[derive(clap::Args)]
@@ -249,12 +237,8 @@ struct AcksArgs {
     until_idle: Option<std::time::Duration>,
     #[arg(long, default_value = "schemas")]
     schemas: PathBuf,
-    /// Prefix of the ack topic name (staging environments, tests).
-    #[arg(long, default_value = "")]
-    topic_prefix: String,
-    /// Suffix of the ack topic name (staging environments, tests).
-    #[arg(long, default_value = "")]
-    topic_suffix: String,
+    #[command(flatten)]
+    topics: TopicAffixes,
 }
 
 #[derive(Subcommand)]
@@ -417,6 +401,23 @@ enum SchemasCommand {
     },
 }
 
+/// Topic names of a staging environment or a test: `prefix + catalogue name + suffix`.
+#[derive(clap::Args, Clone, Default)]
+struct TopicAffixes {
+    /// Prefix of every topic name (staging environments, tests).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
+    /// Suffix of every topic name (staging environments, tests).
+    #[arg(long, default_value = "")]
+    topic_suffix: String,
+}
+
+impl TopicAffixes {
+    fn name(&self, catalogue: &str) -> String {
+        format!("{}{catalogue}{}", self.topic_prefix, self.topic_suffix)
+    }
+}
+
 /// What re-evaluating households without an inbound event needs (policy apply, review).
 #[derive(clap::Args)]
 struct ReevaluateArgs {
@@ -428,12 +429,8 @@ struct ReevaluateArgs {
     /// Leave the deltas in the outbox for the running matcher's relay instead of publishing them.
     #[arg(long)]
     no_publish: bool,
-    /// Prefix of every outbound topic name (staging environments, tests).
-    #[arg(long, default_value = "")]
-    topic_prefix: String,
-    /// Suffix of every outbound topic name (staging environments, tests).
-    #[arg(long, default_value = "")]
-    topic_suffix: String,
+    #[command(flatten)]
+    topics: TopicAffixes,
 }
 
 #[derive(Subcommand)]
@@ -529,9 +526,7 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
         Command::Deliveries(DeliveriesCommand::Pending { agency, older_than, limit, json }) => {
             deliveries_pending(agency.as_deref(), older_than, limit, json, &settings).await
         }
-        Command::Reconcile { date, no_kafka, json, topic_prefix, topic_suffix } => {
-            reconcile(date, no_kafka, json, (&topic_prefix, &topic_suffix), &settings).await
-        }
+        Command::Reconcile { date, no_kafka, json, topics } => reconcile(date, no_kafka, json, &topics, &settings).await,
         Command::Schemas(command) => schemas(command),
         Command::Connect(args) => connect(args, &settings).await,
         Command::Tap { topic, follow, limit } => {
@@ -947,13 +942,13 @@ async fn run_matcher(args: MatchArgs, settings: &Settings) -> ExitCode {
         params: std::sync::Arc::new(params),
         keys: doudi::envelope::KeyDeriver::new(&settings.keys),
         registry: std::sync::Arc::new(registry),
-        outbound: Outbound::with_affixes(&args.topic_prefix, &args.topic_suffix),
+        outbound: Outbound::with_affixes(&args.topics.topic_prefix, &args.topics.topic_suffix),
         today: chrono::Local::now().date_naive(),
     };
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let options = MatchOptions {
         group: args.group.clone(),
-        inbound: MatchOptions::inbound_with_affixes(&args.topic_prefix, &args.topic_suffix),
+        inbound: MatchOptions::inbound_with_affixes(&args.topics.topic_prefix, &args.topics.topic_suffix),
         batch_size: args.batch_size,
         batch_wait: args.batch_wait,
         until_idle: args.until_idle,
@@ -1008,7 +1003,7 @@ fn reevaluation_context(
         params: std::sync::Arc::new(params),
         keys: doudi::envelope::KeyDeriver::new(&settings.keys),
         registry: std::sync::Arc::new(registry),
-        outbound: doudi::matcher::Outbound::with_affixes(&args.topic_prefix, &args.topic_suffix),
+        outbound: doudi::matcher::Outbound::with_affixes(&args.topics.topic_prefix, &args.topics.topic_suffix),
         today: chrono::Local::now().date_naive(),
     })
 }
@@ -1183,7 +1178,7 @@ async fn deliver(args: &DeliverArgs, settings: &Settings) -> ExitCode {
         Ok(db) => db,
         Err(code) => return code,
     };
-    let topic = format!("{}{}{}", args.topic_prefix, config.topic(), args.topic_suffix);
+    let topic = args.topics.name(&config.topic());
     let sink = match &config.sink {
         SinkConfig::File { directory, format, encoding, file_prefix, columns } => {
             let today = doudi::db::china_date(chrono::Utc::now());
@@ -1361,7 +1356,7 @@ async fn acks(args: &AcksArgs, settings: &Settings) -> ExitCode {
             tokio::time::sleep(std::time::Duration::from_secs(15)).await;
         }
     });
-    let topic = format!("{}{}{}", args.topic_prefix, acks::ACK_TOPIC, args.topic_suffix);
+    let topic = args.topics.name(acks::ACK_TOPIC);
     match acks::consume(&db, &settings.kafka, &registry, &topic, &args.group, args.until_idle, shutdown_signal()).await {
         Ok(read) => {
             if args.until_idle.is_some() {
@@ -1434,7 +1429,7 @@ async fn deliveries_pending(
     if rows.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(exit::FOUND_PROBLEM) }
 }
 
-async fn reconcile(date: chrono::NaiveDate, no_kafka: bool, json: bool, (prefix, suffix): (&str, &str), settings: &Settings) -> ExitCode {
+async fn reconcile(date: chrono::NaiveDate, no_kafka: bool, json: bool, affixes: &TopicAffixes, settings: &Settings) -> ExitCode {
     let db = match open_database(settings).await {
         Ok(db) => db,
         Err(code) => return code,
@@ -1443,7 +1438,7 @@ async fn reconcile(date: chrono::NaiveDate, no_kafka: bool, json: bool, (prefix,
         None
     } else {
         let topics: Vec<String> =
-            doudi::matcher::store::AGENCIES.iter().map(|a| format!("{prefix}{}{suffix}", doudi::matcher::store::agency_topic(a))).collect();
+            doudi::matcher::store::AGENCIES.iter().map(|a| affixes.name(&doudi::matcher::store::agency_topic(a))).collect();
         let kafka = settings.kafka.clone();
         match tokio::task::spawn_blocking(move || doudi::deliver::report::published_ids(&kafka, &topics, date)).await {
             Ok(Ok(ids)) => Some(ids),

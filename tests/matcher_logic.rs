@@ -420,10 +420,20 @@ async fn a_policy_change_publishes_exactly_the_deltas_it_causes() {
     .await;
 }
 
+/// What `doudi review --date D` does: the households due on D, re-evaluated as of D.
+async fn review_on(db: Database, ctx: Context, date: &str) -> doudi::matcher::calendar::Due {
+    let date: chrono::NaiveDate = date.parse().unwrap();
+    let due = doudi::matcher::calendar::due_on(&db, &ctx.params, date).await.unwrap();
+    let households: Vec<String> = due.households.keys().cloned().collect();
+    doudi::matcher::policy_change::reevaluate_all(&db, &ctx, &households, Some(date), &format!("review:{date}"), &due.reviews, 100)
+        .await
+        .unwrap();
+    due
+}
+
 #[tokio::test]
 async fn review_re_evaluates_the_households_that_cross_a_date_and_raises_periodic_reviews() {
-    use doudi::matcher::calendar::{Boundary, due_on};
-    use doudi::matcher::policy_change::reevaluate_all;
+    use doudi::matcher::calendar::Boundary;
     both_backends(|db| async move {
         let ctx = context();
         let mut f = Feeder { offset: 0 };
@@ -433,17 +443,7 @@ async fn review_re_evaluates_the_households_that_cross_a_date_and_raises_periodi
         supported["members"][0]["disability"] = Value::Null;
         apply(&db, &ctx, &[f.event(Feed::Household, supported), f.event(Feed::Household, household("JL-220102-2019-000124"))]).await;
         assert_eq!(category(&db, "JL-220102-2019-000123").await, ("dibao".to_string(), "310.00".to_string()), "610 − 300");
-        let review = |date: &str| {
-            let db = db.clone();
-            let ctx = ctx.clone();
-            let date: chrono::NaiveDate = date.parse().unwrap();
-            async move {
-                let due = due_on(&db, &ctx.params, date).await.unwrap();
-                let households: Vec<String> = due.households.keys().cloned().collect();
-                reevaluate_all(&db, &ctx, &households, Some(date), &format!("review:{date}"), &due.reviews, 100).await.unwrap();
-                due
-            }
-        };
+        let review = |date: &'static str| review_on(db.clone(), ctx.clone(), date);
         // 2020-03-07: the head of 000123 (born 1950-03-07) turns 70: the aged-70 add-on applies.
         let mark = last_outbox_id(&db).await;
         let due = review("2020-03-07").await;
@@ -495,8 +495,7 @@ async fn review_re_evaluates_the_households_that_cross_a_date_and_raises_periodi
 
 #[tokio::test]
 async fn review_catches_a_refusal_leaving_its_window_and_a_residence_permit_coming_of_age() {
-    use doudi::matcher::calendar::{Boundary, due_on};
-    use doudi::matcher::policy_change::reevaluate_all;
+    use doudi::matcher::calendar::Boundary;
     both_backends(|db| async move {
         let ctx = context();
         let mut f = Feeder { offset: 0 };
@@ -523,17 +522,7 @@ async fn review_catches_a_refusal_leaving_its_window_and_a_residence_permit_comi
         };
         assert_eq!(open(db.clone()).await, 1);
         assert_eq!(category(&db, "JL-220102-2020-000900").await.0, "none", "the permit is not 12 months old yet");
-        let review = |date: &str| {
-            let db = db.clone();
-            let ctx = ctx.clone();
-            let date: chrono::NaiveDate = date.parse().unwrap();
-            async move {
-                let due = due_on(&db, &ctx.params, date).await.unwrap();
-                let households: Vec<String> = due.households.keys().cloned().collect();
-                reevaluate_all(&db, &ctx, &households, Some(date), &format!("review:{date}"), &due.reviews, 100).await.unwrap();
-                due
-            }
-        };
+        let review = |date: &'static str| review_on(db.clone(), ctx.clone(), date);
         // 2020-04-01: the 2019-10-01 refusal leaves the six months; one refusal is left.
         let due = review("2020-04-01").await;
         assert_eq!(due.households.get("JL-220802-2019-000507"), Some(&[Boundary::RefusalWindow].into_iter().collect()));

@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -123,12 +123,7 @@ pub async fn consume(
     until_idle: Option<Duration>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<u64, DeliverError> {
-    let consumer: StreamConsumer = crate::kafka::client_config(kafka)
-        .set("group.id", group)
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+    let consumer = crate::kafka::committed_consumer(kafka, group)?;
     consumer.subscribe(&[topic])?;
     let mut read = 0;
     let mut last = std::time::Instant::now();

@@ -15,8 +15,6 @@ use std::time::Duration;
 
 use chrono::{NaiveDate, TimeZone};
 use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -57,95 +55,26 @@ fn day_bounds(date: NaiveDate) -> (i64, i64) {
     (start(date), start(date.succ_opt().unwrap_or(date)))
 }
 
-/// Reads every event of `topic` published on `date`.
+/// Reads every event of `topic` published on `date`, once each, in publishing order.
 fn read_day(kafka: &KafkaSettings, topic: &str, date: NaiveDate) -> Result<Vec<DayEvent>, DeliverError> {
-    let consumer: BaseConsumer = crate::kafka::client_config(kafka)
-        .set("group.id", format!("doudi-export-{}", uuid::Uuid::new_v4().simple()))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
     let (start_ms, end_ms) = day_bounds(date);
-    let lookup = |ms: i64| -> Result<TopicPartitionList, DeliverError> {
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition_offset(topic, *p, Offset::Offset(ms))?;
-        }
-        Ok(consumer.offsets_for_times(tpl, Duration::from_secs(10))?)
-    };
-    let starts = lookup(start_ms)?;
-    let ends = lookup(end_ms)?;
-    let mut assign = TopicPartitionList::new();
-    let mut until: BTreeMap<i32, i64> = BTreeMap::new();
-    for p in &partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
-        let offset_of = |tpl: &TopicPartitionList| {
-            tpl.find_partition(topic, *p).and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            })
-        };
-        let Some(start) = offset_of(&starts) else { continue }; // nothing on or after the day
-        let end = offset_of(&ends).unwrap_or(high);
-        if start < end {
-            assign.add_partition_offset(topic, *p, Offset::Offset(start))?;
-            until.insert(*p, end);
-        }
-    }
     let mut out = Vec::new();
-    if until.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&assign)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !until.is_empty() {
-        if std::time::Instant::now() > deadline {
-            return Err(DeliverError::Sink(format!("reading {topic} for {date} did not finish within 120 s")));
+    super::range::read_between(kafka, &[topic.to_string()], start_ms, Some(end_ms), Duration::from_secs(120), |m| {
+        let ts = m.timestamp().to_millis().unwrap_or(0);
+        if !(start_ms..end_ms).contains(&ts) {
+            return;
         }
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                let p = m.partition();
-                if let Some(end) = until.get(&p).copied() {
-                    if m.offset() < end {
-                        let ts = m.timestamp().to_millis().unwrap_or(0);
-                        let raw = m.payload().unwrap_or_default().to_vec();
-                        let ce_id = m.headers().and_then(|h| Envelope::from_headers(h).ok()).map(|e| e.id).unwrap_or_default();
-                        if (start_ms..end_ms).contains(&ts) {
-                            let payload = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-                            out.push(DayEvent {
-                                timestamp: ts,
-                                partition: p,
-                                offset: m.offset(),
-                                ce_id,
-                                key: m.key().map(<[u8]>::to_vec),
-                                raw,
-                                payload,
-                            });
-                        }
-                    }
-                    if m.offset() + 1 >= end {
-                        until.remove(&p);
-                    }
-                }
-            }
-            Some(Err(e)) => tracing::warn!("Reading the day's events failed, retrying: {e}"),
-            None => {
-                // Transaction markers at the end are never delivered: the position says where we are.
-                let positions = consumer.position()?;
-                until.retain(|p, end| {
-                    positions
-                        .find_partition(topic, *p)
-                        .and_then(|e| match e.offset() {
-                            Offset::Offset(o) => Some(o),
-                            _ => None,
-                        })
-                        .is_none_or(|at| at < *end)
-                });
-            }
-        }
-    }
+        let raw = m.payload().unwrap_or_default().to_vec();
+        out.push(DayEvent {
+            timestamp: ts,
+            partition: m.partition(),
+            offset: m.offset(),
+            ce_id: m.headers().and_then(|h| Envelope::from_headers(h).ok()).map(|e| e.id).unwrap_or_default(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: serde_json::from_slice(&raw).unwrap_or(Value::Null),
+            raw,
+        });
+    })?;
     out.sort_by_key(|e| (e.timestamp, e.partition, e.offset));
     let mut seen = BTreeSet::new();
     out.retain(|e| seen.insert(e.ce_id.clone()));

@@ -16,6 +16,7 @@
 pub mod acks;
 pub mod config;
 pub mod export;
+pub mod range;
 pub mod report;
 pub mod sink;
 
@@ -162,13 +163,7 @@ pub async fn run(
     options: &DeliverOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<DeliverSummary, DeliverError> {
-    let consumer: StreamConsumer = crate::kafka::client_config(kafka)
-        .set("group.id", &options.group)
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+    let consumer = crate::kafka::committed_consumer(kafka, &options.group)?;
     consumer.subscribe(&[options.topic.as_str()])?;
     let producer = crate::kafka::idempotent_producer(kafka)?;
     let name = config.delivery.name.clone();
@@ -272,12 +267,7 @@ fn caught_up(consumer: &StreamConsumer) -> Result<bool, DeliverError> {
     }
     let positions = consumer.position()?;
     let committed = consumer.committed(Duration::from_secs(10))?;
-    let offset_in = |tpl: &TopicPartitionList, topic: &str, partition: i32| {
-        tpl.find_partition(topic, partition).and_then(|p| match p.offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
-        })
-    };
+    let offset_in = range::offset_in;
     for e in assignment.elements() {
         let (_, high) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))?;
         if high == 0 {

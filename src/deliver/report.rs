@@ -149,77 +149,16 @@ pub async fn reconcile(db: &Database, date: NaiveDate, published: Option<&BTreeS
 /// The `ce_id`s on `topics` published from the start of `date` (China Standard Time) on.
 pub fn published_ids(kafka: &crate::config::KafkaSettings, topics: &[String], date: NaiveDate) -> Result<BTreeSet<String>, DeliverError> {
     use chrono::TimeZone;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
-    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
     let from_ms = crate::db::CHINA_STANDARD_TIME
         .from_local_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default())
         .single()
         .map_or(0, |t| t.timestamp_millis());
-    let consumer: BaseConsumer = crate::kafka::client_config(kafka)
-        .set("group.id", format!("doudi-reconcile-{}", uuid::Uuid::new_v4().simple()))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let mut wanted = TopicPartitionList::new();
-    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        for p in metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())) {
-            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-            if high > 0 {
-                wanted.add_partition_offset(topic, p, Offset::Offset(from_ms))?;
-                ends.insert((topic.clone(), p), high);
-            }
-        }
-    }
     let mut ids = BTreeSet::new();
-    if ends.is_empty() {
-        return Ok(ids);
-    }
-    let starts = consumer.offsets_for_times(wanted, Duration::from_secs(10))?;
-    let mut assign = TopicPartitionList::new();
-    for e in starts.elements() {
-        match e.offset() {
-            Offset::Offset(o) => assign.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o))?,
-            _ => {
-                ends.remove(&(e.topic().to_string(), e.partition()));
-            }
+    super::range::read_between(kafka, topics, from_ms, None, Duration::from_secs(300), |m| {
+        use rdkafka::message::Message;
+        if let Some(id) = m.headers().and_then(|h| crate::envelope::Envelope::from_headers(h).ok()).map(|e| e.id) {
+            ids.insert(id);
         }
-    }
-    if ends.is_empty() {
-        return Ok(ids);
-    }
-    consumer.assign(&assign)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    while !ends.is_empty() && std::time::Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                let key = (m.topic().to_string(), m.partition());
-                if let Some(id) = m.headers().and_then(|h| crate::envelope::Envelope::from_headers(h).ok()).map(|e| e.id) {
-                    ids.insert(id);
-                }
-                if ends.get(&key).is_some_and(|end| m.offset() + 1 >= *end) {
-                    ends.remove(&key);
-                }
-            }
-            Some(Err(e)) => tracing::warn!("Reading the published events failed, retrying: {e}"),
-            None => {
-                let positions = consumer.position()?;
-                ends.retain(|(t, p), end| {
-                    positions
-                        .find_partition(t, *p)
-                        .and_then(|e| match e.offset() {
-                            Offset::Offset(o) => Some(o),
-                            _ => None,
-                        })
-                        .is_none_or(|at| at < *end)
-                });
-            }
-        }
-    }
-    if !ends.is_empty() {
-        return Err(DeliverError::Sink("reading the published events did not finish within 300 s".into()));
-    }
+    })?;
     Ok(ids)
 }
