@@ -9,6 +9,33 @@ use clap::{Parser, Subcommand};
 
 use doudi::config::Settings;
 
+/// Writes to standard output. When the reader has gone away (`doudi … | head`), the process ends
+/// quietly with status 141, as one killed by SIGPIPE would, instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if write!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(141)
+        }
+    }};
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    () => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout().lock()).is_err() {
+            std::process::exit(141)
+        }
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(141)
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(name = "doudi", version, about = "兜底 doudi — the social-assistance data exchange of 吉民发〔2019〕38号")]
 struct Cli {
@@ -494,7 +521,7 @@ fn main() -> ExitCode {
 async fn run(command: Command, settings: Settings) -> ExitCode {
     match command {
         Command::Config(ConfigCommand::Check) => {
-            println!("{settings:#?}");
+            outln!("{settings:#?}");
             ExitCode::SUCCESS
         }
         Command::Assess { date, policy, explain, household } => assess(date, policy, explain, &household),
@@ -505,9 +532,9 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
             };
             let rows = doudi::policy::check::check(&params);
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
             } else {
-                print!("{}", doudi::policy::check::render(&rows));
+                out!("{}", doudi::policy::check::render(&rows));
             }
             let violations = rows.iter().filter(|r| !r.ok).count();
             if violations > 0 {
@@ -531,7 +558,7 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
         Command::Connect(args) => connect(args, &settings).await,
         Command::Tap { topic, follow, limit } => {
             let result = doudi::tap::read(&settings.kafka, &topic, None, limit, follow, &mut |t| {
-                println!("{}", serde_json::to_string(&t).unwrap_or_default());
+                outln!("{}", serde_json::to_string(&t).unwrap_or_default());
             })
             .await;
             match result {
@@ -560,7 +587,7 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
                 }
             };
             if !json {
-                println!("{:<8} {:<6} {:<12} {:<10} {:<14} {:<24} reason", "offset", "row", "error_code", "stage", "column", "file");
+                outln!("{:<8} {:<6} {:<12} {:<10} {:<14} {:<24} reason", "offset", "row", "error_code", "stage", "column", "file");
             }
             let result = doudi::tap::read(&settings.kafka, &topic, since_ms, limit, false, &mut |t| {
                 let h = |k: &str| t.headers.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
@@ -571,11 +598,11 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
                                    "row": h("source_row").parse::<u64>().ok(), "column": h("source_column")},
                         "original": t.value,
                     });
-                    println!("{record}");
+                    outln!("{record}");
                 } else {
                     let row =
                         if h("source_sheet").is_empty() { h("source_row") } else { format!("{}!{}", h("source_sheet"), h("source_row")) };
-                    println!(
+                    outln!(
                         "{:<8} {:<6} {:<12} {:<10} {:<14} {:<24} {}",
                         t.offset,
                         row,
@@ -611,9 +638,9 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
                 Ok(applied) => {
                     let created = applied.iter().filter(|a| a.created).count();
                     for a in &applied {
-                        println!("{:<40} {}", a.topic, if a.created { "created" } else { "exists" });
+                        outln!("{:<40} {}", a.topic, if a.created { "created" } else { "exists" });
                     }
-                    println!("{created} created, {} already existed", applied.len() - created);
+                    outln!("{created} created, {} already existed", applied.len() - created);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -628,17 +655,17 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
             for raw in &ids {
                 let report = doudi::idnum::report(raw, today, unmasked);
                 all_valid &= report.valid;
-                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                outln!("{}", serde_json::to_string(&report).unwrap_or_default());
             }
             if all_valid { ExitCode::SUCCESS } else { ExitCode::from(exit::FOUND_PROBLEM) }
         }
         Command::Doctor { no_kafka, json } => {
             let checks = doudi::doctor::run(&settings, !no_kafka).await;
             if json {
-                println!("{}", serde_json::to_string_pretty(&checks).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&checks).unwrap_or_default());
             } else {
                 for check in &checks {
-                    println!("{:<20} {:<4} {:>6} ms  {}", check.name, if check.ok { "ok" } else { "FAIL" }, check.millis, check.detail);
+                    outln!("{:<20} {:<4} {:>6} ms  {}", check.name, if check.ok { "ok" } else { "FAIL" }, check.millis, check.detail);
                 }
             }
             if checks.iter().all(|c| c.ok) { ExitCode::SUCCESS } else { ExitCode::from(exit::INFRASTRUCTURE) }
@@ -680,7 +707,7 @@ fn assess(date: chrono::NaiveDate, policy: Option<PathBuf>, explain: bool, house
             if !explain {
                 decision.explanation.clear();
             }
-            println!("{}", serde_json::to_string_pretty(&decision).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&decision).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -696,11 +723,11 @@ fn schemas(command: SchemasCommand) -> ExitCode {
         SchemasCommand::Check { dir } => {
             let problems = schema::check(&dir);
             for p in &problems {
-                println!("{}: {}", p.file, p.message);
+                outln!("{}: {}", p.file, p.message);
             }
             if problems.is_empty() {
                 let count = schema::Registry::load(&dir).map(|r| (r.catalogue.topics.len(), r.schemas.len())).unwrap_or_default();
-                println!("ok: {} topics, {} schemas, examples, fixtures and published versions all pass", count.0, count.1);
+                outln!("ok: {} topics, {} schemas, examples, fixtures and published versions all pass", count.0, count.1);
                 ExitCode::SUCCESS
             } else {
                 eprintln!("doudi: {} problem(s) in {}", problems.len(), dir.display());
@@ -709,7 +736,7 @@ fn schemas(command: SchemasCommand) -> ExitCode {
         }
         SchemasCommand::Publish { dir } => match schema::publish(&dir) {
             Ok(n) => {
-                println!("published {n} schemas to {}", dir.join(schema::LOCK_FILE).display());
+                outln!("published {n} schemas to {}", dir.join(schema::LOCK_FILE).display());
                 ExitCode::SUCCESS
             }
             Err(problems) => {
@@ -722,7 +749,7 @@ fn schemas(command: SchemasCommand) -> ExitCode {
         },
         SchemasCommand::Docs { dir } => match schema::Catalogue::load(&dir) {
             Ok(catalogue) => {
-                print!("{}", catalogue.render_markdown());
+                out!("{}", catalogue.render_markdown());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -754,10 +781,10 @@ fn schemas(command: SchemasCommand) -> ExitCode {
                 Ok((count, invalid)) => {
                     for line in &invalid {
                         for v in &line.violations {
-                            println!("{}:{}: {}", file.display(), line.line, v);
+                            outln!("{}:{}: {}", file.display(), line.line, v);
                         }
                     }
-                    println!("{count} lines, {} valid, {} invalid ({topic})", count - invalid.len(), invalid.len());
+                    outln!("{count} lines, {} valid, {} invalid ({topic})", count - invalid.len(), invalid.len());
                     if invalid.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(exit::FOUND_PROBLEM) }
                 }
                 Err(e) => {
@@ -831,7 +858,7 @@ async fn connect(args: ConnectArgs, settings: &Settings) -> ExitCode {
     match args.action {
         Some(ConnectAction::Validate { config, schemas }) => match load_connector(&config, &schemas) {
             Ok((c, _)) => {
-                println!("{}: ok ({} → {}, {} fields)", config.display(), c.connector.name, c.connector.topic, c.fields.len());
+                outln!("{}: ok ({} → {}, {} fields)", config.display(), c.connector.name, c.connector.topic, c.fields.len());
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -843,7 +870,7 @@ async fn connect(args: ConnectArgs, settings: &Settings) -> ExitCode {
             };
             match offline::test_fixtures(&c, &registry, &doudi::envelope::KeyDeriver::new(&settings.keys), update) {
                 Ok(report) => {
-                    println!("{report}");
+                    outln!("{report}");
                     if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(exit::FOUND_PROBLEM) }
                 }
                 Err(e) => {
@@ -970,7 +997,7 @@ async fn run_matcher(args: MatchArgs, settings: &Settings) -> ExitCode {
                 let _ = db.finish_job(id, "ok", &summary).await;
             }
             if args.until_idle {
-                println!("{summary}");
+                outln!("{summary}");
             }
             ExitCode::SUCCESS
         }
@@ -1062,7 +1089,7 @@ async fn policy_apply(policy: &std::path::Path, args: &ReevaluateArgs, settings:
         obj.insert("published".into(), published.into());
         obj.insert("seconds".into(), started.elapsed().as_secs().into());
     }
-    println!("{out}");
+    outln!("{out}");
     ExitCode::SUCCESS
 }
 
@@ -1079,12 +1106,17 @@ async fn policy_versions(settings: &Settings) -> ExitCode {
     match rows {
         Ok(rows) => {
             use sqlx::Row;
-            println!(
+            outln!(
                 "{:<16} {:<9} {:<10} {:>10} {:>10} {:<28} regions",
-                "version", "state", "effective", "households", "decisions", "applied at"
+                "version",
+                "state",
+                "effective",
+                "households",
+                "decisions",
+                "applied at"
             );
             for r in rows {
-                println!(
+                outln!(
                     "{:<16} {:<9} {:<10} {:>10} {:>10} {:<28} {}",
                     r.try_get::<String, _>("version").unwrap_or_default(),
                     r.try_get::<String, _>("state").unwrap_or_default(),
@@ -1160,7 +1192,7 @@ async fn review(date: Option<chrono::NaiveDate>, args: &ReevaluateArgs, settings
         "published": published,
         "seconds": started.elapsed().as_secs(),
     });
-    println!("{out}");
+    outln!("{out}");
     ExitCode::SUCCESS
 }
 
@@ -1202,7 +1234,7 @@ async fn deliver(args: &DeliverArgs, settings: &Settings) -> ExitCode {
             .await;
             return match result {
                 Ok(summary) => {
-                    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                    outln!("{}", serde_json::to_string(&summary).unwrap_or_default());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -1282,7 +1314,7 @@ async fn deliver(args: &DeliverArgs, settings: &Settings) -> ExitCode {
     match doudi::deliver::run(&db, &settings.kafka, &config, &sink, &options, shutdown_signal()).await {
         Ok(summary) => {
             if args.until_idle {
-                println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                outln!("{}", serde_json::to_string(&summary).unwrap_or_default());
             }
             ExitCode::SUCCESS
         }
@@ -1360,7 +1392,7 @@ async fn acks(args: &AcksArgs, settings: &Settings) -> ExitCode {
     match acks::consume(&db, &settings.kafka, &registry, &topic, &args.group, args.until_idle, shutdown_signal()).await {
         Ok(read) => {
             if args.until_idle.is_some() {
-                println!("{}", serde_json::json!({"read": read}));
+                outln!("{}", serde_json::json!({"read": read}));
             }
             ExitCode::SUCCESS
         }
@@ -1398,15 +1430,23 @@ async fn deliveries_pending(
     };
     if json {
         for r in rows.iter().take(limit) {
-            println!("{}", serde_json::to_string(r).unwrap_or_default());
+            outln!("{}", serde_json::to_string(r).unwrap_or_default());
         }
     } else {
-        println!(
+        outln!(
             "{:<10} {:<26} {:<8} {:<20} {:<24} {:<10} {:<9} {:>6} {:>8}  last error",
-            "agency", "kind", "change", "person", "household", "effective", "state", "age h", "attempts"
+            "agency",
+            "kind",
+            "change",
+            "person",
+            "household",
+            "effective",
+            "state",
+            "age h",
+            "attempts"
         );
         for r in rows.iter().take(limit) {
-            println!(
+            outln!(
                 "{:<10} {:<26} {:<8} {:<20} {:<24} {:<10} {:<9} {:>6} {:>8}  {}",
                 r.agency,
                 r.kind,
@@ -1460,15 +1500,21 @@ async fn reconcile(date: chrono::NaiveDate, no_kafka: bool, json: bool, affixes:
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&lines).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&lines).unwrap_or_default());
     } else {
-        println!(
+        outln!(
             "{:<10} {:<26} {:<8} {:>16} {:>16} {:>16} {:>16}  ",
-            "agency", "kind", "change", "database", "published", "delivered", "acknowledged"
+            "agency",
+            "kind",
+            "change",
+            "database",
+            "published",
+            "delivered",
+            "acknowledged"
         );
         for l in &lines {
             let cell = |t: &doudi::deliver::report::Total| format!("{} / {}", t.count, t.amount);
-            println!(
+            outln!(
                 "{:<10} {:<26} {:<8} {:>16} {:>16} {:>16} {:>16}  {}",
                 l.agency,
                 l.kind,
@@ -1511,9 +1557,9 @@ async fn recipients_show(raw: &str, unmasked: bool, json: bool, policy: Option<&
     match doudi::matcher::show::report(&db, &params, &id, unmasked, &actor).await {
         Ok(Some(report)) => {
             if json {
-                println!("{report}");
+                outln!("{report}");
             } else {
-                print!("{}", doudi::matcher::show::render_text(&report));
+                out!("{}", doudi::matcher::show::render_text(&report));
             }
             ExitCode::SUCCESS
         }
@@ -1557,7 +1603,7 @@ async fn dlq_replay(
     let label = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     match doudi::connect::replay::replay(&mut connector, &body, &label).await {
         Ok(summary) => {
-            println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+            outln!("{}", serde_json::to_string(&summary).unwrap_or_default());
             tracing::info!(connector = %summary.connector, file = %label, produced = summary.produced, dead_lettered = summary.dead_lettered, "dead letters replayed");
             if summary.dead_lettered > 0 { ExitCode::from(exit::FOUND_PROBLEM) } else { ExitCode::SUCCESS }
         }
@@ -1627,12 +1673,12 @@ async fn lag(args: LagArgs, settings: &Settings) -> ExitCode {
             }
         };
         if args.json {
-            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            outln!("{}", serde_json::to_string(&report).unwrap_or_default());
         } else {
             if args.watch {
-                print!("\x1b[2J\x1b[H");
+                out!("\x1b[2J\x1b[H");
             }
-            print!("{}", doudi::lag::render_text(&report));
+            out!("{}", doudi::lag::render_text(&report));
         }
         if !args.group.is_empty() && report.groups.is_empty() {
             eprintln!("doudi: no committed offsets for {}", args.group.join(", "));
@@ -1653,7 +1699,7 @@ async fn lag(args: LagArgs, settings: &Settings) -> ExitCode {
 fn print_summary(result: Result<doudi::connect::run::Summary, doudi::connect::run::ConnectError>) -> ExitCode {
     match result {
         Ok(summary) => {
-            println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+            outln!("{}", serde_json::to_string(&summary).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Err(e) => {
