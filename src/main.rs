@@ -1421,7 +1421,7 @@ async fn deliveries_pending(
         Ok(db) => db,
         Err(code) => return code,
     };
-    let rows = match doudi::deliver::report::pending(&db, agency, older_than).await {
+    let (total, rows) = match doudi::deliver::report::pending(&db, agency, older_than, limit).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("doudi: {e}");
@@ -1429,7 +1429,7 @@ async fn deliveries_pending(
         }
     };
     if json {
-        for r in rows.iter().take(limit) {
+        for r in &rows {
             outln!("{}", serde_json::to_string(r).unwrap_or_default());
         }
     } else {
@@ -1445,7 +1445,7 @@ async fn deliveries_pending(
             "age h",
             "attempts"
         );
-        for r in rows.iter().take(limit) {
+        for r in &rows {
             outln!(
                 "{:<10} {:<26} {:<8} {:<20} {:<24} {:<10} {:<9} {:>6} {:>8}  {}",
                 r.agency,
@@ -1462,11 +1462,11 @@ async fn deliveries_pending(
         }
     }
     eprintln!(
-        "doudi: {} entitlement event(s) not applied{}",
-        rows.len(),
+        "doudi: {total} entitlement event(s) not applied{}{}",
+        if (rows.len() as u64) < total { format!(" (the oldest {} shown)", rows.len()) } else { String::new() },
         if older_than.is_zero() { String::new() } else { format!(" after {}", humantime::format_duration(older_than)) }
     );
-    if rows.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(exit::FOUND_PROBLEM) }
+    if total == 0 { ExitCode::SUCCESS } else { ExitCode::from(exit::FOUND_PROBLEM) }
 }
 
 async fn reconcile(date: chrono::NaiveDate, no_kafka: bool, json: bool, affixes: &TopicAffixes, settings: &Settings) -> ExitCode {

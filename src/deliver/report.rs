@@ -35,17 +35,24 @@ pub struct Overdue {
     pub last_error: Option<String>,
 }
 
-/// Events not applied yet, created before now − `older_than`, oldest first.
-pub async fn pending(db: &Database, agency: Option<&str>, older_than: Duration) -> Result<Vec<Overdue>, DeliverError> {
+/// Events not applied yet, created before now − `older_than`: how many there are, and the oldest
+/// `limit` of them.
+pub async fn pending(db: &Database, agency: Option<&str>, older_than: Duration, limit: usize) -> Result<(u64, Vec<Overdue>), DeliverError> {
     let now = chrono::Utc::now();
-    let cutoff = now - chrono::Duration::from_std(older_than).unwrap_or_default();
-    let rows = sqlx::query(
+    let cutoff = crate::db::rfc3339(now - chrono::Duration::from_std(older_than).unwrap_or_default());
+    let filter = "FROM deliveries WHERE state IN ('pending', 'delivered', 'failed') AND created_at <= $1 AND ($2 = '' OR agency = $2)";
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {filter}")))
+        .bind(&cutoff)
+        .bind(agency.unwrap_or(""))
+        .fetch_one(db.pool())
+        .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT ce_id, agency, kind, change, household_id, id_number, effective_date, state, created_at, attempts, last_error \
-         FROM deliveries WHERE state IN ('pending', 'delivered', 'failed') AND created_at <= $1 AND ($2 = '' OR agency = $2) \
-         ORDER BY created_at, ce_id LIMIT 10000",
-    )
-    .bind(crate::db::rfc3339(cutoff))
+         {filter} ORDER BY created_at, ce_id LIMIT $3"
+    )))
+    .bind(&cutoff)
     .bind(agency.unwrap_or(""))
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .fetch_all(db.pool())
     .await?;
     let mut out = Vec::with_capacity(rows.len());
@@ -69,7 +76,7 @@ pub async fn pending(db: &Database, agency: Option<&str>, older_than: Duration) 
             last_error: r.try_get("last_error")?,
         });
     }
-    Ok(out)
+    Ok((u64::try_from(total).unwrap_or(0), out))
 }
 
 /// Counts and the sum of amounts.
