@@ -537,3 +537,35 @@ async fn review_catches_a_refusal_leaving_its_window_and_a_residence_permit_comi
     })
     .await;
 }
+
+#[tokio::test]
+async fn review_catches_a_medical_settlement_leaving_its_twelve_months() {
+    use doudi::matcher::calendar::Boundary;
+    both_backends(|db| async move {
+        let ctx = context();
+        let mut f = Feeder { offset: 0 };
+        // 000310 (吉林): 1,500 a head, but 26,519.50 self-paid on 2019-08-15 and 3,480.50 on
+        // 2019-12-03 make it expense-poor (E1).
+        let settlements: Vec<Inbound> = ["220202196811020315", "220202196901200424"]
+            .iter()
+            .map(|id| f.event(Feed::Settlement, fixture("medical-settlement", |v| v["id_number"] == *id)))
+            .collect();
+        apply(&db, &ctx, &[f.event(Feed::Household, household("JL-220202-2019-000310"))]).await;
+        apply(&db, &ctx, &settlements).await;
+        let before = category(&db, "JL-220202-2019-000310").await;
+        assert_eq!(before.0, "dibao");
+        // 2020-08-15: the large settlement is twelve months old and leaves the window.
+        let mark = last_outbox_id(&db).await;
+        let due = review_on(db.clone(), ctx.clone(), "2020-08-15").await;
+        assert!(due.households["JL-220202-2019-000310"].contains(&Boundary::SettlementWindow));
+        let after = category(&db, "JL-220202-2019-000310").await;
+        assert_ne!(after, before, "without the settlement the household is no longer expense-poor");
+        let status = outbox_since(&db, mark).await.into_iter().find(|r| r.0.contains("status")).unwrap();
+        assert_eq!((status.3["previous_category"].as_str(), status.3["effective_date"].as_str()), (Some("dibao"), Some("2020-08-15")));
+        // The day before, nothing: the settlement still counts.
+        let mark = last_outbox_id(&db).await;
+        assert!(!review_on(db.clone(), ctx.clone(), "2020-08-14").await.households.contains_key("JL-220202-2019-000310"));
+        assert_eq!(last_outbox_id(&db).await, mark);
+    })
+    .await;
+}
