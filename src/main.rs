@@ -9,6 +9,12 @@ use clap::{Parser, Subcommand};
 
 use doudi::config::Settings;
 
+/// mimalloc: the matcher's and the policy re-evaluation's work allocates and frees many small
+/// strings and JSON values; glibc's allocator spent a third of the process's time there
+/// (BENCHMARKS.md, runs 6–7).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Writes to standard output. When the reader has gone away (`doudi … | head`), the process ends
 /// quietly with status 141, as one killed by SIGPIPE would, instead of panicking.
 macro_rules! out {

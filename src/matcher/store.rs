@@ -166,6 +166,18 @@ fn ot(s: Option<impl Into<String>>) -> Bind {
     Bind::Text(s.map(Into::into))
 }
 
+/// Binds one value, moving it into the statement.
+fn bind_owned<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    b: Bind,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    match b {
+        Bind::Text(v) => q.bind(v),
+        Bind::Int(v) => q.bind(v),
+        Bind::OptInt(v) => q.bind(v),
+    }
+}
+
 /// Binds one value.
 fn bind<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
@@ -182,12 +194,15 @@ fn bind<'q>(
 const MAX_BINDS: usize = 30_000;
 
 /// `INSERT INTO table (cols) VALUES (…), (…) suffix`, as few statements as the bind limit allows.
-async fn insert_rows(conn: &mut AnyConnection, table: &str, cols: &[&str], rows: &[Vec<Bind>], suffix: &str) -> Result<(), ApplyError> {
+/// The rows are moved into the statements (their text is not copied).
+async fn insert_rows(conn: &mut AnyConnection, table: &str, cols: &[&str], rows: Vec<Vec<Bind>>, suffix: &str) -> Result<(), ApplyError> {
     let per = (MAX_BINDS / cols.len().max(1)).max(1);
-    for chunk in rows.chunks(per) {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Bind>> = rows.by_ref().take(per).collect();
         let mut values = Vec::with_capacity(chunk.len());
         let mut n = 0;
-        for _ in chunk {
+        for _ in &chunk {
             values.push(format!("({})", placeholders(n + 1, cols.len())));
             n += cols.len();
         }
@@ -195,7 +210,7 @@ async fn insert_rows(conn: &mut AnyConnection, table: &str, cols: &[&str], rows:
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for row in chunk {
             for b in row {
-                q = bind(q, b);
+                q = bind_owned(q, b);
             }
         }
         q.execute(&mut *conn).await?;
@@ -860,7 +875,7 @@ async fn flush_events(conn: &mut AnyConnection, ctx: &Context, b: &mut Batch, ev
         conn,
         "persons",
         &["id_number", "person_key", "name", "name_source", "birth_date", "sex", "first_seen_at"],
-        &new_persons,
+        new_persons,
         "",
     )
     .await?;
@@ -913,7 +928,7 @@ async fn flush_events(conn: &mut AnyConnection, ctx: &Context, b: &mut Batch, ev
             "source_row",
             "applied_at",
         ],
-        &facts,
+        facts,
         "",
     )
     .await?;
@@ -942,7 +957,7 @@ async fn flush_events(conn: &mut AnyConnection, ctx: &Context, b: &mut Batch, ev
         conn,
         "household_members",
         &["household_id", "id_number", "relation", "member", "valid_from", "valid_to", "ce_id"],
-        &inserts,
+        inserts,
         "",
     )
     .await?;
@@ -976,7 +991,7 @@ async fn flush_households(conn: &mut AnyConnection, b: &mut Batch) -> Result<(),
         conn,
         "households",
         &["household_id", "region", "as_of", "base", "decision_version", "reevaluated_on", "next_review_on", "updated_at"],
-        &rows,
+        rows,
         "ON CONFLICT (household_id) DO UPDATE SET region = excluded.region, as_of = excluded.as_of, base = excluded.base, \
          decision_version = excluded.decision_version, reevaluated_on = excluded.reevaluated_on, \
          next_review_on = excluded.next_review_on, updated_at = excluded.updated_at",
@@ -1013,7 +1028,7 @@ async fn flush_derived(conn: &mut AnyConnection, b: &mut Batch) -> Result<(), Ap
         conn,
         "review_tasks",
         &["task_id", "kind", "id_number", "household_id", "region", "created_on", "rule", "detail", "state", "created_at"],
-        &tasks,
+        tasks,
         "ON CONFLICT (task_id) DO NOTHING",
     )
     .await?;
@@ -1021,7 +1036,7 @@ async fn flush_derived(conn: &mut AnyConnection, b: &mut Batch) -> Result<(), Ap
         conn,
         "outbox",
         &["topic", "message_key", "ce_id", "ce_type", "dataschema", "payload", "household_id", "source_time", "created_at"],
-        &b.outbox,
+        std::mem::take(&mut b.outbox),
         "ON CONFLICT (ce_id) DO NOTHING",
     )
     .await?;
@@ -1042,7 +1057,7 @@ async fn flush_derived(conn: &mut AnyConnection, b: &mut Batch) -> Result<(), Ap
             "state",
             "updated_at",
         ],
-        &b.deliveries,
+        std::mem::take(&mut b.deliveries),
         "ON CONFLICT (ce_id) DO NOTHING",
     )
     .await?;
@@ -1050,7 +1065,7 @@ async fn flush_derived(conn: &mut AnyConnection, b: &mut Batch) -> Result<(), Ap
         conn,
         "processed_events",
         &["ce_id", "topic", "kafka_partition", "kafka_offset", "outcome", "processed_at"],
-        &b.processed,
+        std::mem::take(&mut b.processed),
         "",
     )
     .await?;
@@ -1367,7 +1382,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
             "trigger_ce_id",
             "decided_at",
         ],
-        &decisions,
+        decisions,
         "",
     )
     .await?;
@@ -1375,7 +1390,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
         conn,
         "entitlements",
         &["household_id", "agency", "kind", "id_number", "attributes", "rules", "granted_on", "granted_version"],
-        &grants,
+        grants,
         "",
     )
     .await?;

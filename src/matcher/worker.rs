@@ -514,7 +514,7 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
                 return Ok(published);
             }
         }
-        let rows = sqlx::query("SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 500")
+        let rows = sqlx::query("SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 2000")
             .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {
@@ -555,7 +555,7 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
             }
         }
         let now = now_rfc3339();
-        for chunk in delivered.chunks(200) {
+        for chunk in delivered.chunks(1000) {
             let sql = format!(
                 "UPDATE outbox SET sent_at = $1 WHERE id IN ({})",
                 (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
