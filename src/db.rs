@@ -185,6 +185,12 @@ pub const CHINA_STANDARD_TIME: chrono::FixedOffset = match chrono::FixedOffset::
     None => panic!("UTC+8 is a valid offset"),
 };
 
+/// The first millisecond (Unix epoch) of `date` in China Standard Time.
+pub fn china_day_start_ms(date: chrono::NaiveDate) -> i64 {
+    use chrono::TimeZone;
+    CHINA_STANDARD_TIME.from_local_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default()).single().map_or(0, |t| t.timestamp_millis())
+}
+
 /// The calendar day of `at` in China Standard Time.
 pub fn china_date(at: chrono::DateTime<chrono::Utc>) -> chrono::NaiveDate {
     at.with_timezone(&CHINA_STANDARD_TIME).date_naive()

@@ -13,6 +13,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 
 use crate::config::KafkaSettings;
@@ -59,6 +60,14 @@ pub fn committed_consumer(settings: &KafkaSettings, group: &str) -> Result<Strea
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .create()?)
+}
+
+/// The offset a list holds for a partition, if it is a real one.
+pub fn offset_in(tpl: &TopicPartitionList, topic: &str, partition: i32) -> Option<i64> {
+    tpl.find_partition(topic, partition).and_then(|e| match e.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    })
 }
 
 /// An admin client for topic management.

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{NaiveDate, TimeZone};
+use chrono::NaiveDate;
 use rdkafka::Message;
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use super::config::{Column, FileEncoding, FileFormat, column_value};
 use super::{DeliverError, dead_letter, mark_delivered, mark_failed};
 use crate::config::KafkaSettings;
-use crate::db::{CHINA_STANDARD_TIME, Database};
+use crate::db::{Database, china_day_start_ms};
 use crate::envelope::Envelope;
 
 /// What an export wrote.
@@ -49,10 +49,7 @@ struct DayEvent {
 
 /// The first millisecond of `date` and of the next day, China Standard Time.
 fn day_bounds(date: NaiveDate) -> (i64, i64) {
-    let start = |d: NaiveDate| {
-        CHINA_STANDARD_TIME.from_local_datetime(&d.and_hms_opt(0, 0, 0).unwrap_or_default()).single().map_or(0, |t| t.timestamp_millis())
-    };
-    (start(date), start(date.succ_opt().unwrap_or(date)))
+    (china_day_start_ms(date), china_day_start_ms(date.succ_opt().unwrap_or(date)))
 }
 
 /// Reads every event of `topic` published on `date`, once each, in publishing order.

@@ -267,7 +267,7 @@ fn caught_up(consumer: &StreamConsumer) -> Result<bool, DeliverError> {
     }
     let positions = consumer.position()?;
     let committed = consumer.committed(Duration::from_secs(10))?;
-    let offset_in = range::offset_in;
+    let offset_in = crate::kafka::offset_in;
     for e in assignment.elements() {
         let (_, high) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))?;
         if high == 0 {

@@ -15,14 +15,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::DeliverError;
 use crate::config::KafkaSettings;
-
-/// The offset a list holds for a partition, if it is a real one.
-pub(crate) fn offset_in(tpl: &TopicPartitionList, topic: &str, partition: i32) -> Option<i64> {
-    tpl.find_partition(topic, partition).and_then(|e| match e.offset() {
-        Offset::Offset(o) => Some(o),
-        _ => None,
-    })
-}
+use crate::kafka::offset_in;
 
 pub fn read_between(
     kafka: &KafkaSettings,

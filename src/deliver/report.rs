@@ -155,11 +155,7 @@ pub async fn reconcile(db: &Database, date: NaiveDate, published: Option<&BTreeS
 
 /// The `ce_id`s on `topics` published from the start of `date` (China Standard Time) on.
 pub fn published_ids(kafka: &crate::config::KafkaSettings, topics: &[String], date: NaiveDate) -> Result<BTreeSet<String>, DeliverError> {
-    use chrono::TimeZone;
-    let from_ms = crate::db::CHINA_STANDARD_TIME
-        .from_local_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default())
-        .single()
-        .map_or(0, |t| t.timestamp_millis());
+    let from_ms = crate::db::china_day_start_ms(date);
     let mut ids = BTreeSet::new();
     super::range::read_between(kafka, topics, from_ms, None, Duration::from_secs(300), |m| {
         use rdkafka::message::Message;

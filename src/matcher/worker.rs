@@ -466,18 +466,11 @@ fn caught_up(consumer: &StreamConsumer<MatcherContext>, owned: &BTreeMap<(String
     let ends = consumer.offsets_for_times(wanted, Duration::from_secs(10))?;
     let positions = consumer.position()?;
     for ((topic, partition), own) in owned {
-        let end = ends.find_partition(topic, *partition).and_then(|e| match e.offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
-        });
-        let Some(end) = end else { return Ok(false) };
+        let Some(end) = crate::kafka::offset_in(&ends, topic, *partition) else { return Ok(false) };
         if end == 0 {
             continue;
         }
-        let position = positions.find_partition(topic, *partition).and_then(|e| match e.offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
-        });
+        let position = crate::kafka::offset_in(&positions, topic, *partition);
         let at = position.into_iter().chain(own.next).max().unwrap_or(-1);
         if at < end {
             tracing::debug!(topic, partition, at, end, "not caught up yet");
