@@ -21,6 +21,7 @@ build: setup
 
 services: setup
 	@scripts/kafka start
+	@scripts/kafka prune
 	@scripts/postgres start >/dev/null
 
 demo: build
