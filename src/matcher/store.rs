@@ -134,6 +134,10 @@ pub enum ApplyError {
     Db(#[from] DbError),
     #[error("an outbound event for {topic} does not match its schema ({reason}); nothing was written")]
     InvalidOutbound { topic: String, reason: String },
+    /// Rows bound as JSON text were not UTF-8 (they are built from Rust strings, so this would be a
+    /// bug, reported rather than papered over).
+    #[error("the rows for {0} could not be encoded as JSON text")]
+    Encoding(String),
 }
 
 impl From<sqlx::Error> for ApplyError {
@@ -193,9 +197,72 @@ fn bind<'q>(
 /// Most values bound in one statement (SQLite allows 32,766, PostgreSQL 65,535).
 const MAX_BINDS: usize = 30_000;
 
-/// `INSERT INTO table (cols) VALUES (…), (…) suffix`, as few statements as the bind limit allows.
-/// The rows are moved into the statements (their text is not copied).
+fn is_postgres(conn: &AnyConnection) -> bool {
+    conn.backend_name().eq_ignore_ascii_case("postgres") || conn.backend_name().eq_ignore_ascii_case("postgresql")
+}
+
+/// The set of a JSON array of strings bound as the parameter `$n`, for `… IN (set)`: one statement
+/// of fixed text whatever the number of keys, so it is prepared once per connection (an `IN` list
+/// of thousands of parameters is planned again at every execution).
+fn json_set(conn: &AnyConnection, n: usize, integers: bool) -> String {
+    match (is_postgres(conn), integers) {
+        (true, false) => format!("SELECT json_array_elements_text(CAST(${n} AS json))"),
+        (true, true) => format!("SELECT CAST(json_array_elements_text(CAST(${n} AS json)) AS BIGINT)"),
+        (false, _) => format!("SELECT value FROM json_each(${n})"),
+    }
+}
+
+/// Text of a JSON array of strings.
+fn json_array(keys: &[String]) -> String {
+    serde_json::to_string(keys).unwrap_or_else(|_| "[]".into())
+}
+
+/// Appends a bound value to a JSON text under construction.
+fn push_json(out: &mut Vec<u8>, b: Bind) {
+    use std::io::Write as _;
+    match b {
+        // Writing a string into a Vec cannot fail.
+        Bind::Text(Some(v)) => drop(serde_json::to_writer(&mut *out, &v)),
+        Bind::Int(v) | Bind::OptInt(Some(v)) => drop(write!(out, "{v}")),
+        Bind::Text(None) | Bind::OptInt(None) => out.extend_from_slice(b"null"),
+    }
+}
+
+/// `INSERT INTO table (cols) … suffix` of many rows. On PostgreSQL the rows travel as one JSON
+/// array (`json_populate_recordset`, typed by the table itself): one statement of fixed text. On
+/// SQLite, multi-row `VALUES` in as few statements as the bind limit allows. The rows are moved
+/// into the statements.
 async fn insert_rows(conn: &mut AnyConnection, table: &str, cols: &[&str], rows: Vec<Vec<Bind>>, suffix: &str) -> Result<(), ApplyError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if is_postgres(conn) {
+        let mut json: Vec<u8> = Vec::with_capacity(rows.len() * 64 * cols.len());
+        json.push(b'[');
+        for (i, row) in rows.into_iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            json.push(b'{');
+            for (j, (col, b)) in cols.iter().zip(row).enumerate() {
+                if j > 0 {
+                    json.push(b',');
+                }
+                json.push(b'"');
+                json.extend_from_slice(col.as_bytes());
+                json.extend_from_slice(b"\":");
+                push_json(&mut json, b);
+            }
+            json.push(b'}');
+        }
+        json.push(b']');
+        let json = String::from_utf8(json).map_err(|_| ApplyError::Encoding(table.to_string()))?;
+        let list = cols.join(", ");
+        let sql =
+            format!("INSERT INTO {table} ({list}) SELECT {list} FROM json_populate_recordset(NULL::{table}, CAST($1 AS json)) {suffix}");
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(json).execute(&mut *conn).await?;
+        return Ok(());
+    }
     let per = (MAX_BINDS / cols.len().max(1)).max(1);
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
@@ -218,41 +285,43 @@ async fn insert_rows(conn: &mut AnyConnection, table: &str, cols: &[&str], rows:
     Ok(())
 }
 
-/// Rows of `sql_prefix … IN (keys)`, chunked.
+/// Rows of `sql_prefix (keys) sql_suffix`, where the prefix ends in `… IN`.
 async fn select_in(
     conn: &mut AnyConnection,
     sql_prefix: &str,
     sql_suffix: &str,
     keys: &[String],
 ) -> Result<Vec<sqlx::any::AnyRow>, ApplyError> {
-    let mut out = Vec::new();
-    for chunk in keys.chunks(MAX_BINDS) {
-        if chunk.is_empty() {
-            continue;
-        }
-        let sql = format!("{sql_prefix} ({}) {sql_suffix}", placeholders(1, chunk.len()));
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for k in chunk {
-            q = q.bind(k.clone());
-        }
-        out.extend(q.fetch_all(&mut *conn).await?);
+    if keys.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(out)
+    let sql = format!("{sql_prefix} ({}) {sql_suffix}", json_set(conn, 1, false));
+    Ok(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(json_array(keys)).fetch_all(&mut *conn).await?)
 }
 
-/// `UPDATE …` or `DELETE … WHERE key IN (keys)` with fixed leading binds, chunked.
+/// `UPDATE …` or `DELETE … WHERE key IN (keys)` with fixed leading binds.
 async fn execute_in(conn: &mut AnyConnection, sql_prefix: &str, leading: &[Bind], keys: &[Bind]) -> Result<(), ApplyError> {
-    for chunk in keys.chunks(MAX_BINDS) {
-        if chunk.is_empty() {
-            continue;
-        }
-        let sql = format!("{sql_prefix} ({})", placeholders(leading.len() + 1, chunk.len()));
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for b in leading.iter().chain(chunk) {
-            q = bind(q, b);
-        }
-        q.execute(&mut *conn).await?;
+    if keys.is_empty() {
+        return Ok(());
     }
+    // Integer keys (row ids) travel as JSON numbers, text keys as JSON strings.
+    let integers = keys.iter().all(|k| matches!(k, Bind::Int(_) | Bind::OptInt(Some(_))));
+    let mut set: Vec<u8> = Vec::with_capacity(keys.len() * 24);
+    set.push(b'[');
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            set.push(b',');
+        }
+        push_json(&mut set, k.clone());
+    }
+    set.push(b']');
+    let set = String::from_utf8(set).map_err(|_| ApplyError::Encoding("a key set".into()))?;
+    let sql = format!("{sql_prefix} ({})", json_set(conn, leading.len() + 1, integers));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for b in leading {
+        q = bind(q, b);
+    }
+    q.bind(set).execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -807,7 +876,10 @@ fn write_outbox(
         .registry
         .for_topic(catalogue_topic)
         .map_err(|e| ApplyError::InvalidOutbound { topic: catalogue_topic.into(), reason: e.to_string() })?;
-    if let Some(v) = schema.violations(&payload).first() {
+    // The fast check first; the violations are collected only to report one.
+    if !schema.is_valid(&payload)
+        && let Some(v) = schema.violations(&payload).first()
+    {
         return Err(ApplyError::InvalidOutbound { topic: catalogue_topic.into(), reason: format!("{} at {}", v.message, v.pointer) });
     }
     if catalogue_topic.starts_with(ENTITLEMENT_TOPIC_PREFIX) {
