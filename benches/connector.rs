@@ -20,6 +20,10 @@ use doudi::connect::config::{ConnectorConfig, Encoding, SourceSection};
 use doudi::connect::run::Connector;
 use doudi::schema::Registry;
 
+/// The allocator of the `doudi` binary, so the benchmark measures what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let rows: usize = std::env::var("DOUDI_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -156,7 +156,7 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
 
 /// A value bound into a multi-row statement.
 #[derive(Clone, Debug)]
-enum Bind {
+pub(super) enum Bind {
     Text(Option<String>),
     Int(i64),
     OptInt(Option<i64>),
@@ -300,7 +300,7 @@ async fn select_in(
 }
 
 /// `UPDATE …` or `DELETE … WHERE key IN (keys)` with fixed leading binds.
-async fn execute_in(conn: &mut AnyConnection, sql_prefix: &str, leading: &[Bind], keys: &[Bind]) -> Result<(), ApplyError> {
+pub(super) async fn execute_in(conn: &mut AnyConnection, sql_prefix: &str, leading: &[Bind], keys: &[Bind]) -> Result<(), ApplyError> {
     if keys.is_empty() {
         return Ok(());
     }

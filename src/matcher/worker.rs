@@ -507,7 +507,7 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
                 return Ok(published);
             }
         }
-        let rows = sqlx::query("SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 2000")
+        let rows = sqlx::query("SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 5000")
             .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {
@@ -548,17 +548,9 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
             }
         }
         let now = now_rfc3339();
-        for chunk in delivered.chunks(1000) {
-            let sql = format!(
-                "UPDATE outbox SET sent_at = $1 WHERE id IN ({})",
-                (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&now);
-            for id in chunk {
-                q = q.bind(id);
-            }
-            q.execute(&mut *tx).await?;
-        }
+        let ids: Vec<super::store::Bind> = delivered.iter().map(|id| super::store::Bind::Int(*id)).collect();
+        super::store::execute_in(&mut tx, "UPDATE outbox SET sent_at = $1 WHERE id IN", &[super::store::Bind::Text(Some(now))], &ids)
+            .await?;
         tx.commit().await?;
         published += delivered.len() as u64;
         if let Some(e) = failure {
