@@ -218,20 +218,20 @@ fn json_array(keys: &[String]) -> String {
 }
 
 /// Appends a bound value to a JSON text under construction.
-fn push_json(out: &mut Vec<u8>, b: Bind) {
+fn push_json(out: &mut Vec<u8>, b: &Bind) {
     use std::io::Write as _;
-    match b {
-        // Writing a string into a Vec cannot fail.
-        Bind::Text(Some(v)) => drop(serde_json::to_writer(&mut *out, &v)),
-        Bind::Int(v) | Bind::OptInt(Some(v)) => drop(write!(out, "{v}")),
-        Bind::Text(None) | Bind::OptInt(None) => out.extend_from_slice(b"null"),
-    }
+    // Writing into a Vec cannot fail.
+    let _ = match b {
+        Bind::Text(Some(v)) => serde_json::to_writer(&mut *out, v).map_err(std::io::Error::from),
+        Bind::Int(v) | Bind::OptInt(Some(v)) => write!(out, "{v}"),
+        Bind::Text(None) | Bind::OptInt(None) => out.write_all(b"null"),
+    };
 }
 
 /// `INSERT INTO table (cols) … suffix` of many rows. On PostgreSQL the rows travel as one JSON
 /// array (`json_populate_recordset`, typed by the table itself): one statement of fixed text. On
-/// SQLite, multi-row `VALUES` in as few statements as the bind limit allows. The rows are moved
-/// into the statements.
+/// SQLite, multi-row `VALUES` in as few statements as the bind limit allows, the rows moved into
+/// the statements.
 async fn insert_rows(conn: &mut AnyConnection, table: &str, cols: &[&str], rows: Vec<Vec<Bind>>, suffix: &str) -> Result<(), ApplyError> {
     if rows.is_empty() {
         return Ok(());
@@ -251,7 +251,7 @@ async fn insert_rows(conn: &mut AnyConnection, table: &str, cols: &[&str], rows:
                 json.push(b'"');
                 json.extend_from_slice(col.as_bytes());
                 json.extend_from_slice(b"\":");
-                push_json(&mut json, b);
+                push_json(&mut json, &b);
             }
             json.push(b'}');
         }
@@ -312,7 +312,7 @@ pub(super) async fn execute_in(conn: &mut AnyConnection, sql_prefix: &str, leadi
         if i > 0 {
             set.push(b',');
         }
-        push_json(&mut set, k.clone());
+        push_json(&mut set, k);
     }
     set.push(b']');
     let set = String::from_utf8(set).map_err(|_| ApplyError::Encoding("a key set".into()))?;
