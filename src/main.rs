@@ -28,18 +28,12 @@ macro_rules! out {
 
 /// [`out!`] with a newline.
 macro_rules! outln {
-    () => {{
-        use std::io::Write as _;
-        if writeln!(std::io::stdout().lock()).is_err() {
-            std::process::exit(141)
-        }
-    }};
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
-            std::process::exit(141)
-        }
-    }};
+    () => {
+        out!("\n")
+    };
+    ($($arg:tt)*) => {
+        out!("{}\n", format_args!($($arg)*))
+    };
 }
 
 #[derive(Parser)]

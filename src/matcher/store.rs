@@ -194,11 +194,12 @@ fn bind<'q>(
     }
 }
 
-/// Most values bound in one statement (SQLite allows 32,766, PostgreSQL 65,535).
+/// Most values bound in one SQLite statement (it allows 32,766).
 const MAX_BINDS: usize = 30_000;
 
+/// sqlx's name for the PostgreSQL driver behind an `Any` connection is "PostgreSQL".
 fn is_postgres(conn: &AnyConnection) -> bool {
-    conn.backend_name().eq_ignore_ascii_case("postgres") || conn.backend_name().eq_ignore_ascii_case("postgresql")
+    conn.backend_name().eq_ignore_ascii_case("postgresql")
 }
 
 /// The set of a JSON array of strings bound as the parameter `$n`, for `… IN (set)`: one statement
@@ -215,6 +216,20 @@ fn json_set(conn: &AnyConnection, n: usize, integers: bool) -> String {
 /// Text of a JSON array of strings.
 fn json_array(keys: &[String]) -> String {
     serde_json::to_string(keys).unwrap_or_else(|_| "[]".into())
+}
+
+/// A JSON array of `items`, each written by `write`; `what` names the rows in the (impossible)
+/// error of a text that is not UTF-8.
+fn json_list<T>(items: impl IntoIterator<Item = T>, what: &str, mut write: impl FnMut(&mut Vec<u8>, T)) -> Result<String, ApplyError> {
+    let mut out = vec![b'['];
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(&mut out, item);
+    }
+    out.push(b']');
+    String::from_utf8(out).map_err(|_| ApplyError::Encoding(what.to_string()))
 }
 
 /// Appends a bound value to a JSON text under construction.
@@ -237,26 +252,19 @@ async fn insert_rows(conn: &mut AnyConnection, table: &str, cols: &[&str], rows:
         return Ok(());
     }
     if is_postgres(conn) {
-        let mut json: Vec<u8> = Vec::with_capacity(rows.len() * 64 * cols.len());
-        json.push(b'[');
-        for (i, row) in rows.into_iter().enumerate() {
-            if i > 0 {
-                json.push(b',');
-            }
-            json.push(b'{');
+        let json = json_list(rows, table, |out, row| {
+            out.push(b'{');
             for (j, (col, b)) in cols.iter().zip(row).enumerate() {
                 if j > 0 {
-                    json.push(b',');
+                    out.push(b',');
                 }
-                json.push(b'"');
-                json.extend_from_slice(col.as_bytes());
-                json.extend_from_slice(b"\":");
-                push_json(&mut json, &b);
+                out.push(b'"');
+                out.extend_from_slice(col.as_bytes());
+                out.extend_from_slice(b"\":");
+                push_json(out, &b);
             }
-            json.push(b'}');
-        }
-        json.push(b']');
-        let json = String::from_utf8(json).map_err(|_| ApplyError::Encoding(table.to_string()))?;
+            out.push(b'}');
+        })?;
         let list = cols.join(", ");
         let sql =
             format!("INSERT INTO {table} ({list}) SELECT {list} FROM json_populate_recordset(NULL::{table}, CAST($1 AS json)) {suffix}");
@@ -306,16 +314,7 @@ pub(super) async fn execute_in(conn: &mut AnyConnection, sql_prefix: &str, leadi
     }
     // Integer keys (row ids) travel as JSON numbers, text keys as JSON strings.
     let integers = keys.iter().all(|k| matches!(k, Bind::Int(_) | Bind::OptInt(Some(_))));
-    let mut set: Vec<u8> = Vec::with_capacity(keys.len() * 24);
-    set.push(b'[');
-    for (i, k) in keys.iter().enumerate() {
-        if i > 0 {
-            set.push(b',');
-        }
-        push_json(&mut set, k);
-    }
-    set.push(b']');
-    let set = String::from_utf8(set).map_err(|_| ApplyError::Encoding("a key set".into()))?;
+    let set = json_list(keys, "a key set", push_json)?;
     let sql = format!("{sql_prefix} ({})", json_set(conn, leading.len() + 1, integers));
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for b in leading {
