@@ -52,9 +52,32 @@ pub fn event_id(source: &str, record_identity: &str, data: &Value) -> String {
 /// As [`event_id`], from the serialised data. serde_json writes object keys in sorted order (its
 /// map is ordered), so the serialisation is canonical and equal data gives equal bytes.
 pub fn event_id_for_payload(source: &str, record_identity: &str, payload: &[u8]) -> String {
-    let digest = hex::encode(<Sha256 as sha2::Digest>::digest(payload));
-    let name = format!("{source}\n{record_identity}\n{digest}");
-    uuid::Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes()).to_string()
+    // The v5 name is `<source>\n<identity>\n<lower-hex SHA-256 of the payload>`, built in one buffer.
+    let digest = <Sha256 as sha2::Digest>::digest(payload);
+    let mut name = Vec::with_capacity(source.len() + record_identity.len() + 2 + 2 * digest.len());
+    name.extend_from_slice(source.as_bytes());
+    name.push(b'\n');
+    name.extend_from_slice(record_identity.as_bytes());
+    name.push(b'\n');
+    push_lower_hex(&mut name, &digest);
+    let id = uuid::Uuid::new_v5(&EVENT_NAMESPACE, &name);
+    id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
+}
+
+/// Appends `bytes` in lower-case hex (what `hex::encode` gives, without its per-character iterator).
+fn push_lower_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    let start = out.len();
+    out.resize(start + 2 * bytes.len(), 0);
+    // The slice is exactly twice the input's length, so this cannot fail.
+    let _ = hex::encode_to_slice(bytes, &mut out[start..]);
+}
+
+/// `bytes` in lower-case hex.
+pub fn lower_hex(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(2 * bytes.len());
+    push_lower_hex(&mut out, bytes);
+    // Hex digits are ASCII.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The CloudEvents `type` of a topic's events.
@@ -157,7 +180,7 @@ impl KeyDeriver {
     pub fn key(&self, id: &IdNumber) -> String {
         let mut mac = self.mac.clone();
         mac.update(id.as_str().as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        lower_hex(&mac.finalize().into_bytes())
     }
 }
 
@@ -183,6 +206,18 @@ mod tests {
         assert_ne!(a, event_id("doudi://connector/vital", "abc:row-3", &json!({"event": "death_revoked"})));
         assert_eq!(uuid::Uuid::parse_str(&a).map(|u| u.get_version_num()), Ok(5));
         assert_eq!(a, event_id_for_payload("doudi://connector/vital", "abc:row-3", serde_json::to_string(&data).expect("json").as_bytes()));
+    }
+
+    #[test]
+    fn event_ids_keep_their_construction() {
+        // Ids already published must not change with the code: the v5 name is the source, the
+        // record's identity and the payload's lower-hex SHA-256, one per line.
+        let payload = br#"{"event":"death","id_number":"220102195003070015"}"#;
+        let digest = hex::encode(<Sha256 as sha2::Digest>::digest(payload));
+        let name = format!("doudi://connector/vital\nabc:row-3\n{digest}");
+        let expected = uuid::Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes()).to_string();
+        assert_eq!(event_id_for_payload("doudi://connector/vital", "abc:row-3", payload), expected);
+        assert_eq!(lower_hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! data). Transforms run in the order configured; nothing here panics on any input.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use chrono::{Datelike, NaiveDate};
@@ -67,7 +68,7 @@ impl Cell {
     fn to_value(&self) -> Value {
         match self {
             Cell::Text(s) | Cell::Number(s) => Value::String(s.clone()),
-            Cell::Date(d) => Value::String(d.format("%Y-%m-%d").to_string()),
+            Cell::Date(d) => Value::String(iso_date(*d)),
             Cell::Bool(b) => Value::Bool(*b),
             Cell::Empty => Value::Null,
         }
@@ -186,12 +187,12 @@ fn apply(config: &ConnectorConfig, column: &str, transforms: &[Transform], mut v
                     .ok_or_else(|| {
                         fail(format!("不是有效日期（应写作 {}）", formats.iter().map(|f| date_example(f)).collect::<Vec<_>>().join(" 或 ")))
                     })?;
-                Value::String(date.format("%Y-%m-%d").to_string())
+                Value::String(iso_date(date))
             }
             Transform::ExcelDate => {
                 let text = as_text(&value).ok_or_else(|| fail("应为 Excel 日期序号".into()))?;
                 let date = excel_serial_date(&text).ok_or_else(|| fail("不是有效的 Excel 日期序号".into()))?;
-                Value::String(date.format("%Y-%m-%d").to_string())
+                Value::String(iso_date(date))
             }
             Transform::CodeList(list) => {
                 let text = as_text(&value).ok_or_else(|| fail("代码值应为文本".into()))?;
@@ -260,10 +261,18 @@ fn source_value(fields: &Fields, from: &str) -> Option<Value> {
 fn derive(output: &Map<String, Value>, from: &str, part: DerivedPart) -> Option<Value> {
     let id = IdNumber::parse(output.get(from)?.as_str()?).ok()?;
     Some(match part {
-        DerivedPart::BirthDate => Value::String(id.birth_date().format("%Y-%m-%d").to_string()),
+        DerivedPart::BirthDate => Value::String(iso_date(id.birth_date())),
         DerivedPart::Sex => serde_json::to_value(id.sex()).ok()?,
         DerivedPart::Division => Value::String(id.division().to_string()),
     })
+}
+
+/// A date as `YYYY-MM-DD` (what `format("%Y-%m-%d")` gives for the years 0–9999, without parsing
+/// the format string for every value).
+fn iso_date(date: NaiveDate) -> String {
+    let mut text = String::with_capacity(10);
+    let _ = write!(text, "{:04}-{:02}-{:02}", date.year(), date.month(), date.day());
+    text
 }
 
 /// Maps one record to its canonical JSON object.

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientContext;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -109,18 +110,50 @@ pub struct Connector {
     /// the same `transactional.id` until they are (≈ 100 ms on a busy broker). Alternating ids
     /// lets the next batch start at once; one commit still finishes before the next begins, so
     /// the positions stay in order.
-    producers: [FutureProducer; 2],
+    producers: [ThreadedProducer<TxnContext>; 2],
     /// Index of the producer the next transaction uses.
     turn: usize,
     settings: Settings,
     positions: HashMap<String, Position>,
 }
 
+/// What a transactional producer reports back: only failed deliveries. `commit_transaction`
+/// flushes and waits for every record of the transaction and fails if any of them failed, so
+/// successful deliveries need no report, no per-record future and no wake-up; a failure's reason is
+/// kept for the log line of the aborted attempt.
+#[derive(Default)]
+struct TxnContext {
+    failure: std::sync::Mutex<Option<String>>,
+}
+
+impl TxnContext {
+    /// The first delivery failure since the last call.
+    fn take_failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|mut f| f.take())
+    }
+}
+
+impl ClientContext for TxnContext {}
+
+impl ProducerContext for TxnContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result
+            && let Ok(mut failure) = self.failure.lock()
+        {
+            failure.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
 /// A transactional producer for one of a connector's two `transactional.id`s; `init_transactions`
 /// fences an older instance with the same id and aborts its open transaction.
-fn transactional_producer(settings: &Settings, transactional_id: String) -> Result<FutureProducer, ConnectError> {
-    let producer: FutureProducer = client_config(&settings.kafka)
+fn transactional_producer(settings: &Settings, transactional_id: String) -> Result<ThreadedProducer<TxnContext>, ConnectError> {
+    let producer: ThreadedProducer<TxnContext> = client_config(&settings.kafka)
         .set("transactional.id", transactional_id)
+        // The commit is the check (see TxnContext).
+        .set("delivery.report.only.error", "true")
         .set("enable.idempotence", "true")
         .set("acks", "all")
         // Each transaction ends by waiting for its records, so a long linger only adds latency.
@@ -129,7 +162,7 @@ fn transactional_producer(settings: &Settings, transactional_id: String) -> Resu
         .set("batch.size", "1000000")
         .set("compression.type", "lz4")
         .set("transaction.timeout.ms", "120000")
-        .create()?;
+        .create_with_context(TxnContext::default())?;
     producer.init_transactions(TXN_TIMEOUT).map_err(|e| ConnectError::Transaction(format!("init: {e}")))?;
     Ok(producer)
 }
@@ -199,7 +232,7 @@ impl Connector {
         prepared: &'a Prepared,
         provenance: &[(&str, String)],
         shared: &BatchAttributes,
-    ) -> FutureRecord<'a, str, [u8]> {
+    ) -> BaseRecord<'a, str, [u8]> {
         let headers = crate::envelope::binary_mode_headers(
             &prepared.ce_id,
             &shared.source,
@@ -208,7 +241,7 @@ impl Connector {
             &shared.dataschema,
             provenance.iter().map(|(k, v)| (*k, v.as_str())),
         );
-        FutureRecord::to(&self.config.connector.topic).key(prepared.key.as_str()).payload(prepared.payload.as_slice()).headers(headers)
+        BaseRecord::to(&self.config.connector.topic).key(prepared.key.as_str()).payload(prepared.payload.as_slice()).headers(headers)
     }
 
     fn dead_letter_headers(&self, d: &DeadLetter, file: &str, sha: &str) -> OwnedHeaders {
@@ -231,42 +264,37 @@ impl Connector {
     /// Enqueues every record of a batch in the open transaction.
     fn send_batch(
         &self,
-        producer: &FutureProducer,
+        producer: &ThreadedProducer<TxnContext>,
         batch: &Batch<'_>,
         positions: &[Position],
         dlq_topic: &str,
-    ) -> Result<Vec<rdkafka::producer::DeliveryFuture>, ConnectError> {
-        let mut deliveries = Vec::with_capacity(batch.events.len() + batch.dead_letters.len() + batch.state.len() + positions.len());
+    ) -> Result<(), ConnectError> {
+        let send = |record: BaseRecord<'_, str, [u8]>| producer.send(record).map_err(|(e, _)| ConnectError::from(e));
         let shared = self.batch_attributes();
         for (prepared, provenance) in &batch.events {
-            let record = self.event_record(prepared, provenance, &shared);
-            deliveries.push(producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
+            send(self.event_record(prepared, provenance, &shared))?;
         }
         for d in &batch.dead_letters {
-            let record =
-                FutureRecord::<str, [u8]>::to(dlq_topic).payload(&d.original).headers(self.dead_letter_headers(d, batch.file, batch.sha));
-            deliveries.push(producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
+            send(BaseRecord::to(dlq_topic).payload(d.original.as_slice()).headers(self.dead_letter_headers(d, batch.file, batch.sha)))?;
         }
         for (key, value) in &batch.state {
-            let mut record = FutureRecord::<str, [u8]>::to(STATE_TOPIC).key(key);
+            let mut record = BaseRecord::to(STATE_TOPIC).key(key.as_str());
             if let Some(v) = value {
-                record = record.payload(v);
+                record = record.payload(v.as_slice());
             }
-            deliveries.push(producer.send_result(record).map_err(|(e, _)| ConnectError::from(e))?);
+            send(record)?;
         }
         for p in positions {
             let key = self.position_key(&p.source);
             let payload = serde_json::to_vec(p).unwrap_or_default();
-            deliveries.push(
-                producer
-                    .send_result(FutureRecord::<str, [u8]>::to(PROGRESS_TOPIC).key(&key).payload(&payload))
-                    .map_err(|(e, _)| ConnectError::from(e))?,
-            );
+            send(BaseRecord::to(PROGRESS_TOPIC).key(key.as_str()).payload(payload.as_slice()))?;
         }
-        Ok(deliveries)
+        Ok(())
     }
 
-    /// Produces one transaction: events, dead letters, state updates and the new positions.
+    /// Produces one transaction: events, dead letters, state updates and the new positions. The
+    /// commit waits for every record and fails if any was not delivered; a failed attempt is
+    /// aborted and the whole batch sent again.
     async fn commit_batch(&mut self, batch: &Batch<'_>, positions: Vec<Position>) -> Result<(), ConnectError> {
         let dlq_topic = format!("dlq.{}", self.config.connector.topic);
         let started = std::time::Instant::now();
@@ -274,26 +302,17 @@ impl Connector {
         loop {
             attempt += 1;
             let producer = &self.producers[self.turn];
+            // A report left over from an aborted attempt is not this attempt's.
+            producer.context().take_failure();
             producer.begin_transaction().map_err(|e| ConnectError::Transaction(format!("begin: {e}")))?;
-            let failed = match self.send_batch(producer, batch, &positions, &dlq_topic) {
-                // Every record is enqueued; wait for each delivery, then commit.
-                Ok(deliveries) => {
-                    let mut failed = None;
-                    for d in deliveries {
-                        match d.await {
-                            Ok(Ok(_)) => {}
-                            Ok(Err((e, _))) => failed = Some(e.to_string()),
-                            Err(_) => failed = Some("delivery cancelled".into()),
-                        }
-                    }
-                    failed
-                }
+            let outcome = match self.send_batch(producer, batch, &positions, &dlq_topic) {
+                // Every record is enqueued; the commit flushes them and waits for the broker.
+                Ok(()) => producer.commit_transaction(TXN_TIMEOUT).map_err(|e| match producer.context().take_failure() {
+                    Some(delivery) => format!("{e} (a record was not delivered: {delivery})"),
+                    None => e.to_string(),
+                }),
                 // Enqueueing failed (e.g. the local queue is full): abort and retry the batch.
-                Err(e) => Some(e.to_string()),
-            };
-            let outcome = match failed {
-                None => producer.commit_transaction(TXN_TIMEOUT).map_err(|e| e.to_string()),
-                Some(e) => Err(e),
+                Err(e) => Err(e.to_string()),
             };
             match outcome {
                 Ok(()) => {
