@@ -123,7 +123,9 @@ impl Envelope {
 
 /// Kafka headers from name/value pairs, in order.
 pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> OwnedHeaders {
-    pairs.into_iter().fold(OwnedHeaders::new(), |headers, (key, value)| headers.insert(Header { key, value: Some(value) }))
+    let pairs = pairs.into_iter();
+    let capacity = pairs.size_hint().0.max(1);
+    pairs.fold(OwnedHeaders::new_with_capacity(capacity), |headers, (key, value)| headers.insert(Header { key, value: Some(value) }))
 }
 
 /// The CloudEvents binary-mode headers (`time` already in RFC 3339), then `extra` ones.
