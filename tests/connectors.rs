@@ -249,3 +249,49 @@ async fn postgres_table_polling_resumes_from_the_cursor() {
     assert_eq!(committed(&topic).await.len(), 3);
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}"))).execute(&pool).await.unwrap();
 }
+
+/// Sets one config entry of a topic.
+async fn set_topic_config(topic: &str, name: &str, value: &str) {
+    use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin = doudi::kafka::admin(&common::kafka()).unwrap();
+    let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(name, value);
+    for result in admin.alter_configs([&change], &AdminOptions::new()).await.unwrap() {
+        result.unwrap();
+    }
+}
+
+/// Successful deliveries are not reported one by one (the commit is the check): records the broker
+/// keeps refusing must fail the transaction with their reason, never commit the rest of the batch
+/// or advance the position, and once the broker accepts again the file goes through exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_records_fail_the_transaction_and_nothing_is_committed() {
+    let (config, registry) = common::isolated("vital-event").await;
+    let test = config.test.clone().unwrap();
+    let input = config.relative(&test.input);
+    let topic = config.connector.topic.clone();
+    let expected = expected_lines(&config.relative(&test.expected));
+    // The broker refuses every record batch of the topic (too large; the transaction markers, far
+    // smaller, still fit): each attempt fails and is aborted.
+    set_topic_config(&topic, "max.message.bytes", "200").await;
+    // A record still being retried gives up after 2 s here instead of the connector's 45 s.
+    let mut quick = settings();
+    quick.kafka.options.insert("message.timeout.ms".into(), "2000".into());
+
+    let mut connector = Connector::start(config.clone(), registry.clone(), &quick).await.unwrap();
+    let failed = connector.process_file(&input).await;
+    match &failed {
+        Err(doudi::connect::run::ConnectError::Transaction(reason)) => {
+            assert!(reason.contains("not delivered") || reason.contains("too large"), "the reason says why: {reason}")
+        }
+        other => panic!("the refusal is reported: {other:?}"),
+    }
+    drop(connector);
+    assert!(committed(&topic).await.is_empty(), "nothing of the failed batch is visible to read_committed consumers");
+
+    // The broker accepts again: a restart produces the whole file, each record once.
+    set_topic_config(&topic, "max.message.bytes", "1048588").await;
+    let mut connector = Connector::start(config, registry, &settings()).await.unwrap();
+    let summary = connector.process_file(&input).await.unwrap();
+    assert_eq!(summary.produced as usize, expected.len(), "{summary:?}");
+    assert_eq!(committed(&topic).await.len(), expected.len(), "each record exactly once");
+}

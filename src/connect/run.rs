@@ -40,6 +40,8 @@ use crate::schema::compat::fingerprint;
 pub const PROGRESS_TOPIC: &str = "doudi.connect.progress.v1";
 pub const STATE_TOPIC: &str = "doudi.connect.snapshot.v1";
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long librdkafka keeps retrying a record of a transaction (below [`TXN_TIMEOUT`]).
+const MESSAGE_TIMEOUT_MS: &str = "45000";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -172,7 +174,14 @@ async fn acknowledged(producer: &ThreadedProducer<TxnContext>) -> Result<(), Con
 /// A transactional producer for one of a connector's two `transactional.id`s; `init_transactions`
 /// fences an older instance with the same id and aborts its open transaction.
 fn transactional_producer(settings: &Settings, transactional_id: String) -> Result<ThreadedProducer<TxnContext>, ConnectError> {
-    let producer: ThreadedProducer<TxnContext> = client_config(&settings.kafka)
+    let mut config = client_config(&settings.kafka);
+    if !settings.kafka.options.contains_key("message.timeout.ms") {
+        // A record the broker keeps refusing with a retriable error fails its delivery, and with it
+        // the transaction, before `acknowledged` gives up waiting: the abort then finds nothing in
+        // flight and the run ends with the record's reason instead of a stuck abort.
+        config.set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
+    }
+    let producer: ThreadedProducer<TxnContext> = config
         .set("transactional.id", transactional_id)
         // The commit is the check (see TxnContext).
         .set("delivery.report.only.error", "true")
@@ -352,6 +361,9 @@ impl Connector {
                 }
                 Err(reason) => {
                     let _ = self.producers[self.turn].abort_transaction(TXN_TIMEOUT);
+                    // The retry goes to the other producer: this one's abort markers are still
+                    // being written, and the coordinator refuses its next transaction until they are.
+                    self.turn = 1 - self.turn;
                     tracing::warn!(connector = self.feed(), attempt, reason = %reason, "a Kafka transaction failed and was aborted; retrying the batch");
                     if attempt >= 5 {
                         return Err(ConnectError::Transaction(reason));
