@@ -55,12 +55,18 @@ fn main() {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let perf_topic = format!("bench.perftest.{suffix}");
     let settings = Settings { kafka: kafka.clone(), ..Settings::default() };
+    // The shipped edu-student connector, reading the generated file as GBK.
+    let gbk_config = || {
+        let mut config = ConnectorConfig::load(&root.join("connectors/edu-student.toml"), &root.join("schemas")).expect("config");
+        config.source = SourceSection::Csv { encoding: Encoding::Gbk, delimiter: ",".into() };
+        config
+    };
     // One connector run on its own topic and connector name: (seconds, transactions, average
     // record size on the wire, read back: value + key + header names and values).
     let run_connector = |round: usize| -> (f64, u64, usize) {
         let topic = format!("bench.connector.{suffix}.{round}");
         let mut registry = Registry::load(&root.join("schemas")).expect("schemas");
-        let mut config = ConnectorConfig::load(&root.join("connectors/edu-student.toml"), &root.join("schemas")).expect("config");
+        let mut config = gbk_config();
         for (name, from) in
             [(topic.clone(), "dept.edu.student.v1".to_string()), (format!("dlq.{topic}"), "dlq.dept.edu.student.v1".to_string())]
         {
@@ -73,7 +79,6 @@ fn main() {
         if let Some(rows) = std::env::var("DOUDI_BENCH_BATCH").ok().and_then(|v| v.parse().ok()) {
             config.connector.batch_rows = rows;
         }
-        config.source = SourceSection::Csv { encoding: Encoding::Gbk, delimiter: ",".into() };
         runtime.block_on(async {
             for t in [&topic, &format!("dlq.{topic}")] {
                 doudi::kafka::ensure_topic(&kafka, t, 3, 1).await.expect("topic");
@@ -139,8 +144,7 @@ fn main() {
     // reader does, with nothing produced: what the reading side alone costs on this machine.
     let mapping_only = {
         let registry = Registry::load(&root.join("schemas")).expect("schemas");
-        let mut config = ConnectorConfig::load(&root.join("connectors/edu-student.toml"), &root.join("schemas")).expect("config");
-        config.source = SourceSection::Csv { encoding: Encoding::Gbk, delimiter: ",".into() };
+        let config = gbk_config();
         let schema = registry.for_topic(&config.connector.topic).expect("schema");
         let keys = doudi::envelope::KeyDeriver::new(&settings.keys);
         let extra = serde_json::Map::new();

@@ -213,8 +213,9 @@ fn main() {
     });
 }
 
-/// Every row of every table of the run's database, as `row_to_json` text, in primary-key order.
-type Snapshot = std::collections::BTreeMap<String, Vec<String>>;
+/// Every table of the run's database: its primary-key columns and every row as `row_to_json`
+/// text, in primary-key order.
+type Snapshot = std::collections::BTreeMap<String, (Vec<String>, Vec<String>)>;
 
 async fn snapshot(pool: &sqlx::AnyPool) -> Snapshot {
     let tables: Vec<String> = sqlx::query_scalar(
@@ -226,13 +227,13 @@ async fn snapshot(pool: &sqlx::AnyPool) -> Snapshot {
     .expect("tables");
     let mut out = Snapshot::new();
     for table in tables {
-        let key = primary_key(pool, &table).await.join(", ");
+        let key = primary_key(pool, &table).await;
         let rows: Vec<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT row_to_json(x)::text FROM {table} x ORDER BY {key}")))
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT row_to_json(x)::text FROM {table} x ORDER BY {}", key.join(", "))))
                 .fetch_all(pool)
                 .await
                 .expect("rows");
-        out.insert(table, rows);
+        out.insert(table, (key, rows));
     }
     out
 }
@@ -250,7 +251,7 @@ async fn primary_key(pool: &sqlx::AnyPool, table: &str) -> Vec<String> {
 
 /// The rows a stage added or changed, ready to be upserted raw into copies of their tables.
 struct SameRows {
-    /// (upsert statement, the rows in primary-key order)
+    /// (table, upsert statement, the rows in primary-key order)
     tables: Vec<(String, String, Vec<String>)>,
 }
 
@@ -259,8 +260,8 @@ impl SameRows {
     /// `before`, and keeps the rows of `after` that `before` does not have.
     async fn prepare(pool: &sqlx::AnyPool, stage: &str, before: &Snapshot, after: &Snapshot) -> SameRows {
         let mut tables = Vec::new();
-        for (table, rows) in after {
-            let old: std::collections::HashSet<&String> = before.get(table).map(|r| r.iter().collect()).unwrap_or_default();
+        for (table, (key, rows)) in after {
+            let old: std::collections::HashSet<&String> = before.get(table).map(|(_, r)| r.iter().collect()).unwrap_or_default();
             let changed: Vec<String> = rows.iter().filter(|r| !old.contains(r)).cloned().collect();
             if changed.is_empty() {
                 continue;
@@ -270,7 +271,6 @@ impl SameRows {
                 .execute(pool)
                 .await
                 .expect("copy");
-            let key = primary_key(pool, table).await;
             let columns: Vec<String> = sqlx::query_scalar(
                 "SELECT column_name::text FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position",
             )
@@ -284,7 +284,7 @@ impl SameRows {
                 key.join(", "),
                 set.join(", ")
             );
-            if let Some(existing) = before.get(table).filter(|r| !r.is_empty()) {
+            if let Some((_, existing)) = before.get(table).filter(|(_, r)| !r.is_empty()) {
                 sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(format!("[{}]", existing.join(","))).execute(pool).await.expect("seed");
             }
             tables.push((table.clone(), sql, changed));

@@ -77,8 +77,7 @@ pub fn process(config: &ConnectorConfig, schema: &Schema, item: Item, extra: &Ma
         Err(failure) => return dead(record.row, record.sheet, failure, record.original),
     };
     let value = Value::Object(mapped);
-    // The validator's fast path decides; the violations are collected only for a record that fails.
-    let violations = if schema.is_valid(&value) { Vec::new() } else { schema.violations(&value) };
+    let violations = schema.violations(&value);
     let Value::Object(mapped) = value else {
         return dead(record.row, record.sheet, MapFailure::new(ErrorCode::Mapping, None, "映射结果不是对象"), record.original);
     };

@@ -67,8 +67,12 @@ impl Schema {
         Ok(Schema { file: file.into(), id, document, validator })
     }
 
-    /// Every violation of `payload`, without values.
+    /// Every violation of `payload`, without values. The validator's fast check decides first;
+    /// the errors are only collected for a payload that fails.
     pub fn violations(&self, payload: &Value) -> Vec<Violation> {
+        if self.validator.is_valid(payload) {
+            return Vec::new();
+        }
         self.validator
             .iter_errors(payload)
             .map(|e| {
