@@ -247,6 +247,12 @@ impl Settings {
         if self.database.max_connections == 0 {
             return field("database.max_connections", "must be at least 1".into());
         }
+        if !url.starts_with("sqlite:") && self.database.max_connections < 2 {
+            return field(
+                "database.max_connections",
+                "must be at least 2 on PostgreSQL (the outbox relay holds its lock on a connection of its own)".into(),
+            );
+        }
         if self.http.bind.parse::<std::net::IpAddr>().is_err() {
             return field("http.bind", format!("`{}` is not an IP address", self.http.bind));
         }
@@ -416,6 +422,7 @@ mod tests {
             ("[http]\nbind = \"everywhere\"\n", "http.bind"),
             ("[keys]\nproduction = true\n", "keys.hmac_secret"),
             ("[kafka.options]\n\"bootstrap.servers\" = \"x:1\"\n", "kafka.options.bootstrap.servers"),
+            ("[database]\nurl = \"postgres://h/d\"\nmax_connections = 1\n", "database.max_connections"),
         ] {
             let err = load(text, &[]).expect_err("refused").to_string();
             assert!(err.contains(field), "{field}: {err}");

@@ -561,3 +561,119 @@ async fn the_running_matcher_serves_its_metrics() {
     assert!(metrics.contains("doudi_matcher_end_to_end_seconds_count{topic="), "{metrics}");
     assert!(!metrics.contains("220102"), "no ID numbers in metrics");
 }
+
+/// `n` outbox rows for `topic`, as the matcher writes them: keys cycle over 40 people, payloads
+/// carry their sequence number. Returns the ce_ids in id order.
+async fn outbox_rows(db: &doudi::db::Database, topic: &str, n: usize, payload_bytes: usize) -> Vec<String> {
+    let mut ce_ids = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(2_000) {
+        let rows: Vec<Value> = chunk
+            .iter()
+            .map(|i| {
+                let ce_id = uuid::Uuid::new_v4().to_string();
+                ce_ids.push(ce_id.clone());
+                json!({"topic": topic, "message_key": format!("person-{}", i % 40), "ce_id": ce_id, "ce_type": "test.relay",
+                       "dataschema": "urn:test", "payload": json!({"n": i, "pad": "x".repeat(payload_bytes)}).to_string(),
+                       "source_time": "2026-01-01T00:00:00.000Z", "created_at": "2026-01-01T00:00:00.000Z"})
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO outbox (topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at) \
+             SELECT topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at \
+             FROM json_populate_recordset(NULL::outbox, CAST($1 AS json))",
+        )
+        .bind(Value::Array(rows).to_string())
+        .execute(db.pool())
+        .await
+        .unwrap();
+    }
+    ce_ids
+}
+
+async fn unsent(db: &doudi::db::Database) -> i64 {
+    sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE sent_at IS NULL").fetch_one(db.pool()).await.unwrap().get("n")
+}
+
+/// The relay publishes in pipelined rounds of 5,000: more than two rounds of rows all arrive, each
+/// once, in id order per key, and are all marked sent; a second run has nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_publishes_every_round_in_order_and_marks_it_sent() {
+    let pg = common::fresh_postgres().await;
+    let db = doudi::db::Database::connect(&pg.settings).await.unwrap();
+    let topic = common::unique("test.relay");
+    doudi::kafka::ensure_topic(&common::kafka(), &topic, 3, 1).await.unwrap();
+    let reader = common::Reader::new(&[topic.as_str()]);
+    let ce_ids = outbox_rows(&db, &topic, 12_345, 20).await;
+    let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
+
+    assert_eq!(doudi::matcher::relay(&db, &producer).await.unwrap(), 12_345);
+    assert_eq!(unsent(&db).await, 0, "every acknowledged row is marked sent");
+    assert_eq!(doudi::matcher::relay(&db, &producer).await.unwrap(), 0, "nothing left to publish");
+
+    let records = reader.until_quiet(Duration::from_secs(5)).await;
+    let published: Vec<String> = records.iter().filter_map(|r| r.headers.get("ce_id").cloned()).collect();
+    assert_eq!(published.len(), ce_ids.len(), "each row once");
+    assert_eq!(published.iter().collect::<BTreeSet<_>>(), ce_ids.iter().collect::<BTreeSet<_>>());
+    let mut last: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for r in &records {
+        let n = r.payload["n"].as_i64().unwrap();
+        let previous = last.insert(r.key.clone().unwrap(), n);
+        assert!(previous.is_none_or(|p| p < n), "rows of one key arrive in id order");
+    }
+}
+
+/// While another process holds the relay's lock, a relay publishes nothing and returns at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_leaves_the_rows_to_the_process_holding_its_lock() {
+    use sqlx::Connection;
+    let pg = common::fresh_postgres().await;
+    let db = doudi::db::Database::connect(&pg.settings).await.unwrap();
+    let topic = common::unique("test.relay-lock");
+    doudi::kafka::ensure_topic(&common::kafka(), &topic, 1, 1).await.unwrap();
+    outbox_rows(&db, &topic, 10, 0).await;
+    let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
+
+    let mut other = sqlx::PgConnection::connect(&pg.settings.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(doudi::matcher::worker::RELAY_LOCK).execute(&mut other).await.unwrap();
+    assert_eq!(doudi::matcher::relay(&db, &producer).await.unwrap(), 0);
+    assert_eq!(unsent(&db).await, 10);
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(doudi::matcher::worker::RELAY_LOCK).execute(&mut other).await.unwrap();
+    assert_eq!(doudi::matcher::relay(&db, &producer).await.unwrap(), 10);
+    assert_eq!(unsent(&db).await, 0);
+}
+
+/// Records the broker refuses stop the run: nothing refused is marked sent, and once the broker
+/// accepts again the next run publishes every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_stops_at_refused_records_and_publishes_them_later() {
+    use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+    let set = |topic: String, value: &'static str| async move {
+        let admin = doudi::kafka::admin(&common::kafka()).unwrap();
+        let change = AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", value);
+        for result in admin.alter_configs([&change], &AdminOptions::new()).await.unwrap() {
+            result.unwrap();
+        }
+    };
+    let pg = common::fresh_postgres().await;
+    let db = doudi::db::Database::connect(&pg.settings).await.unwrap();
+    let topic = common::unique("test.relay-refused");
+    doudi::kafka::ensure_topic(&common::kafka(), &topic, 1, 1).await.unwrap();
+    let reader = common::Reader::new(&[topic.as_str()]);
+    outbox_rows(&db, &topic, 7_000, 400).await;
+    set(topic.clone(), "200").await;
+    let mut kafka = common::kafka();
+    kafka.options.insert("message.timeout.ms".into(), "2000".into());
+    let producer = doudi::kafka::idempotent_producer(&kafka).unwrap();
+
+    let published = doudi::matcher::relay(&db, &producer).await.unwrap();
+    assert_eq!(published, 0, "the broker refused every record");
+    assert_eq!(unsent(&db).await, 7_000, "nothing refused is marked sent");
+
+    set(topic.clone(), "1048588").await;
+    let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
+    assert_eq!(doudi::matcher::relay(&db, &producer).await.unwrap(), 7_000);
+    assert_eq!(unsent(&db).await, 0);
+    let distinct: BTreeSet<String> =
+        reader.until_quiet(Duration::from_secs(5)).await.iter().filter_map(|r| r.headers.get("ce_id").cloned()).collect();
+    assert_eq!(distinct.len(), 7_000);
+}

@@ -243,6 +243,21 @@ fn push_json(out: &mut Vec<u8>, b: &Bind) {
     };
 }
 
+/// Appends a row as a JSON object of `cols`.
+fn push_object(out: &mut Vec<u8>, cols: &[&str], row: Vec<Bind>) {
+    out.push(b'{');
+    for (j, (col, b)) in cols.iter().zip(row).enumerate() {
+        if j > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(col.as_bytes());
+        out.extend_from_slice(b"\":");
+        push_json(out, &b);
+    }
+    out.push(b'}');
+}
+
 /// `INSERT INTO table (cols) … suffix` of many rows. On PostgreSQL the rows travel as one JSON
 /// array (`json_populate_recordset`, typed by the table itself): one statement of fixed text. On
 /// SQLite, multi-row `VALUES` in as few statements as the bind limit allows, the rows moved into
@@ -252,19 +267,7 @@ async fn insert_rows(conn: &mut AnyConnection, table: &str, cols: &[&str], rows:
         return Ok(());
     }
     if is_postgres(conn) {
-        let json = json_list(rows, table, |out, row| {
-            out.push(b'{');
-            for (j, (col, b)) in cols.iter().zip(row).enumerate() {
-                if j > 0 {
-                    out.push(b',');
-                }
-                out.push(b'"');
-                out.extend_from_slice(col.as_bytes());
-                out.extend_from_slice(b"\":");
-                push_json(out, &b);
-            }
-            out.push(b'}');
-        })?;
+        let json = json_list(rows, table, |out, row| push_object(out, cols, row))?;
         let list = cols.join(", ");
         let sql =
             format!("INSERT INTO {table} ({list}) SELECT {list} FROM json_populate_recordset(NULL::{table}, CAST($1 AS json)) {suffix}");
@@ -368,7 +371,23 @@ struct HouseholdRow {
     reevaluated_on: Option<NaiveDate>,
     /// When the next periodic review is due.
     next_review_on: Option<NaiveDate>,
-    dirty: bool,
+    dirty: Dirty,
+}
+
+/// What of a household row is to be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Dirty {
+    Clean,
+    /// Only its decision version, date floor or next review (an existing row).
+    Decision,
+    /// The whole row (new, or registered again).
+    Record,
+}
+
+impl HouseholdRow {
+    fn touch(&mut self) {
+        self.dirty = self.dirty.max(Dirty::Decision);
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -560,7 +579,7 @@ async fn load_households(conn: &mut AnyConnection, b: &mut Batch, household_ids:
                 version: r.try_get("decision_version")?,
                 reevaluated_on: r.try_get::<Option<String>, _>("reevaluated_on")?.as_deref().and_then(parse_date),
                 next_review_on: r.try_get::<Option<String>, _>("next_review_on")?.as_deref().and_then(parse_date),
-                dirty: false,
+                dirty: Dirty::Clean,
             },
         );
     }
@@ -737,7 +756,7 @@ fn apply_household(
             version,
             reevaluated_on,
             next_review_on,
-            dirty: true,
+            dirty: Dirty::Record,
         },
     );
     let as_of = record.as_of.to_string();
@@ -1038,34 +1057,43 @@ async fn flush_events(conn: &mut AnyConnection, ctx: &Context, b: &mut Batch, ev
 
 async fn flush_households(conn: &mut AnyConnection, b: &mut Batch) -> Result<(), ApplyError> {
     let now = now_rfc3339();
-    let rows: Vec<Vec<Bind>> = b
-        .households
-        .iter()
-        .filter(|(_, h)| h.dirty)
-        .map(|(id, h)| {
-            vec![
-                t(id),
-                t(&h.region),
-                t(h.as_of.to_string()),
-                t(h.base.to_string()),
-                Bind::Int(h.version),
-                ot(h.reevaluated_on.map(|d| d.to_string())),
-                ot(h.next_review_on.map(|d| d.to_string())),
-                t(&now),
-            ]
-        })
-        .collect();
+    // On PostgreSQL an existing row whose decision alone moved is updated in those columns only
+    // (a re-evaluation touches every household of a region); elsewhere every dirty row is upserted.
+    let narrow = is_postgres(conn);
+    let mut whole = Vec::new();
+    let mut decided = Vec::new();
+    for (id, h) in &b.households {
+        let version =
+            || [Bind::Int(h.version), ot(h.reevaluated_on.map(|d| d.to_string())), ot(h.next_review_on.map(|d| d.to_string())), t(&now)];
+        match h.dirty {
+            Dirty::Clean => {}
+            Dirty::Decision if narrow => decided.push([vec![t(id)], version().to_vec()].concat()),
+            _ => whole.push([vec![t(id), t(&h.region), t(h.as_of.to_string()), t(h.base.to_string())], version().to_vec()].concat()),
+        }
+    }
     insert_rows(
         conn,
         "households",
         &["household_id", "region", "as_of", "base", "decision_version", "reevaluated_on", "next_review_on", "updated_at"],
-        rows,
+        whole,
         "ON CONFLICT (household_id) DO UPDATE SET region = excluded.region, as_of = excluded.as_of, base = excluded.base, \
          decision_version = excluded.decision_version, reevaluated_on = excluded.reevaluated_on, \
          next_review_on = excluded.next_review_on, updated_at = excluded.updated_at",
     )
     .await?;
-    b.households.values_mut().for_each(|h| h.dirty = false);
+    if !decided.is_empty() {
+        let cols = ["household_id", "decision_version", "reevaluated_on", "next_review_on", "updated_at"];
+        let json = json_list(decided, "households", |out, row| push_object(out, &cols, row))?;
+        sqlx::query(
+            "UPDATE households h SET decision_version = r.decision_version, reevaluated_on = r.reevaluated_on, \
+             next_review_on = r.next_review_on, updated_at = r.updated_at \
+             FROM json_populate_recordset(NULL::households, CAST($1 AS json)) r WHERE h.household_id = r.household_id",
+        )
+        .bind(json)
+        .execute(&mut *conn)
+        .await?;
+    }
+    b.households.values_mut().for_each(|h| h.dirty = Dirty::Clean);
     Ok(())
 }
 
@@ -1143,39 +1171,46 @@ async fn flush_derived(conn: &mut AnyConnection, b: &mut Batch) -> Result<(), Ap
 /// The current members of a household and their current facts (registrations left out), in a
 /// stable order.
 pub async fn household_state(conn: &mut AnyConnection, household_id: &str) -> Result<(Vec<StoredMember>, Vec<StoredFact>), ApplyError> {
-    let mut state = households_state(conn, &[household_id.to_string()]).await?;
+    let (mut state, _) = households_state(conn, &[household_id.to_string()]).await?;
     Ok(state.remove(household_id).unwrap_or_default())
 }
 
-/// As [`household_state`], for many households in a few statements.
+/// Current members and their current facts of each household.
+type HouseholdStates = BTreeMap<String, (Vec<StoredMember>, Vec<StoredFact>)>;
+
+/// As [`household_state`], for many households in two statements; also the members' names.
 async fn households_state(
     conn: &mut AnyConnection,
     household_ids: &[String],
-) -> Result<BTreeMap<String, (Vec<StoredMember>, Vec<StoredFact>)>, ApplyError> {
-    let mut out: BTreeMap<String, (Vec<StoredMember>, Vec<StoredFact>)> = BTreeMap::new();
-    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+) -> Result<(HouseholdStates, BTreeMap<String, String>), ApplyError> {
+    let mut out: HouseholdStates = BTreeMap::new();
+    let mut names = BTreeMap::new();
     for r in select_in(
         conn,
-        "SELECT household_id, id_number, member FROM household_members WHERE valid_to IS NULL AND household_id IN",
-        "ORDER BY id",
+        "SELECT m.household_id, m.id_number, m.member, p.name FROM household_members m LEFT JOIN persons p ON p.id_number = m.id_number \
+         WHERE m.valid_to IS NULL AND m.household_id IN",
+        "ORDER BY m.id",
         household_ids,
     )
     .await?
     {
         let household_id: String = r.try_get("household_id")?;
         let id_number: String = r.try_get("id_number")?;
-        owner.insert(id_number.clone(), household_id.clone());
+        if let Some(name) = r.try_get::<Option<String>, _>("name")? {
+            names.insert(id_number.clone(), name);
+        }
         out.entry(household_id)
             .or_default()
             .0
-            .push(StoredMember { id_number, record: serde_json::from_str(&r.try_get::<String, _>("member")?).unwrap_or_default() });
+            .push(StoredMember { id_number, record: serde_json::from_str(r.try_get::<&str, _>("member")?).unwrap_or_default() });
     }
-    let ids: Vec<String> = owner.keys().cloned().collect();
+    // The facts reached through the same memberships: no list of people travels back.
     for r in select_in(
         conn,
-        "SELECT id_number, field, value, effective_date FROM facts WHERE state = 'current' AND id_number IN",
-        "ORDER BY id_number, field, id",
-        &ids,
+        "SELECT m.household_id, f.id_number, f.field, f.value, f.effective_date FROM household_members m \
+         JOIN facts f ON f.id_number = m.id_number AND f.state = 'current' WHERE m.valid_to IS NULL AND m.household_id IN",
+        "ORDER BY f.id_number, f.field, f.id",
+        household_ids,
     )
     .await?
     {
@@ -1183,16 +1218,14 @@ async fn households_state(
         if field.starts_with("registration:") {
             continue;
         }
-        let id_number: String = r.try_get("id_number")?;
-        let Some(household_id) = owner.get(&id_number) else { continue };
-        out.entry(household_id.clone()).or_default().1.push(StoredFact {
-            id_number,
+        out.entry(r.try_get("household_id")?).or_default().1.push(StoredFact {
+            id_number: r.try_get("id_number")?,
             field,
-            value: serde_json::from_str(&r.try_get::<String, _>("value")?).unwrap_or_default(),
+            value: serde_json::from_str(r.try_get::<&str, _>("value")?).unwrap_or_default(),
             effective: r.try_get::<Option<String>, _>("effective_date")?.as_deref().and_then(parse_date),
         });
     }
-    Ok(out)
+    Ok((out, names))
 }
 
 /// New attributes, rules, end date and ending version of entitlement rows.
@@ -1216,7 +1249,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
     // Households not loaded yet (a person moved out of them) come in too.
     let missing: Vec<String> = affected.iter().filter(|h| !b.households.contains_key(*h)).cloned().collect();
     load_households(conn, b, &missing).await?;
-    let mut state = households_state(conn, &affected).await?;
+    let (mut state, mut names) = households_state(conn, &affected).await?;
     let mut summaries: BTreeMap<(String, i64), Summary> = BTreeMap::new();
     for r in select_in(
         conn,
@@ -1274,15 +1307,11 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
             .or_default()
             .insert((r.try_get::<String, _>("kind")?, r.try_get::<Option<String>, _>("id_number")?.unwrap_or_default()));
     }
-    let mut names: BTreeMap<String, String> = BTreeMap::new();
-    let entitled: Vec<String> = sorted_unique(
-        in_force
-            .values()
-            .flatten()
-            .map(|e| e.1.id_number.clone())
-            .chain(state.values().flat_map(|s| s.0.iter().map(|m| m.id_number.clone()))),
-    );
-    for r in select_in(conn, "SELECT id_number, name FROM persons WHERE id_number IN", "", &entitled).await? {
+    // Members' names came with them; people entitled in force who are no longer members are rare.
+    let members: BTreeSet<&str> = state.values().flat_map(|s| s.0.iter().map(|m| m.id_number.as_str())).collect();
+    let others: Vec<String> =
+        sorted_unique(in_force.values().flatten().map(|e| &e.1.id_number).filter(|id| !members.contains(id.as_str())).cloned());
+    for r in select_in(conn, "SELECT id_number, name FROM persons WHERE id_number IN", "", &others).await? {
         if let Some(name) = r.try_get::<Option<String>, _>("name")? {
             names.insert(r.try_get("id_number")?, name);
         }
@@ -1364,7 +1393,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
         ]);
         if let Some(h) = b.households.get_mut(household_id) {
             h.version = new_version;
-            h.dirty = true;
+            h.touch();
         }
         let status_moved = match old_summary {
             Some(o) => o.category != summary.category || o.monthly_payment != summary.monthly_payment,
@@ -1536,11 +1565,11 @@ pub async fn reevaluate(
             && h.reevaluated_on.is_none_or(|d| d < on)
         {
             h.reevaluated_on = Some(on);
-            h.dirty = true;
+            h.touch();
         }
         if let Some(due) = reviews.get(household_id) {
             h.next_review_on = Some(due.next_review_on);
-            h.dirty = true;
+            h.touch();
         }
         b.affected.insert(household_id.clone(), (trigger.to_string(), source_time.clone()));
     }

@@ -77,6 +77,8 @@ pub enum MatchError {
     Policy(#[from] super::policy_change::PolicyChangeError),
     #[error("no partition of the inbound topics was assigned within {0:?}; is the broker up and do the topics exist?")]
     NoAssignment(Duration),
+    #[error("a relay task stopped: {0}")]
+    Task(String),
 }
 
 impl From<sqlx::Error> for MatchError {
@@ -488,74 +490,133 @@ async fn pending_outbox(db: &Database) -> Result<i64, MatchError> {
 /// Advisory lock key of the outbox relay (PostgreSQL): one relay publishes at a time, so that two
 /// matcher instances, `policy apply` and `review` never interleave their copies of the same rows
 /// and per-household order holds.
-const RELAY_LOCK: i64 = 0x646f_7564_6901;
+pub const RELAY_LOCK: i64 = 0x646f_7564_6901;
 
-/// Publishes unsent outbox rows in id order; marks the acknowledged prefix sent. Returns how many.
+/// Outbox rows read and handed to the producer at once.
+const RELAY_ROUND: i64 = 5_000;
+
+/// A row handed to the producer: its id, topic, source time and the broker's answer to come.
+type InFlight = (i64, String, String, rdkafka::producer::DeliveryFuture);
+
+/// Publishes unsent outbox rows in id order; marks the acknowledged rows sent. Returns how many.
 /// On PostgreSQL, if another process is relaying, returns 0 at once and leaves the rows to it.
+///
+/// Rounds are pipelined: the next round is read and handed to the producer while the broker
+/// acknowledges the previous one, which is then marked sent. At the first failed record the run
+/// stops; records handed over after it may already be published and are published again (same
+/// `ce_id`) when the failed one is retried.
 pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, MatchError> {
-    let mut published = 0;
-    loop {
-        let mut conn = db.pool().acquire().await.map_err(DbError::Query)?;
-        let mut tx = conn.begin().await.map_err(DbError::Query)?;
-        if db.backend() == Backend::Postgres {
+    // One relay at a time: a transaction-level advisory lock on a connection of its own, held for
+    // the whole run and released when the transaction ends, however the run ends.
+    let mut lock_conn = match db.backend() {
+        Backend::Postgres => Some(db.pool().acquire().await.map_err(DbError::Query)?),
+        Backend::Sqlite => None,
+    };
+    let lock = match lock_conn.as_mut() {
+        Some(conn) => {
+            let mut tx = conn.begin().await.map_err(DbError::Query)?;
             let locked: bool = sqlx::query("SELECT pg_try_advisory_xact_lock($1) AS locked")
                 .bind(RELAY_LOCK)
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get("locked")?;
             if !locked {
-                return Ok(published);
+                return Ok(0);
             }
+            Some(tx)
         }
-        let rows = sqlx::query("SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 5000")
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.is_empty() {
-            return Ok(published);
-        }
-        let mut pending = Vec::with_capacity(rows.len());
+        None => None,
+    };
+    let mut published = 0;
+    let mut after = 0_i64;
+    let mut previous: Option<Vec<InFlight>> = None;
+    let mut marking: Option<tokio::task::JoinHandle<Result<(), MatchError>>> = None;
+    loop {
+        let rows = sqlx::query(
+            "SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at FROM outbox \
+             WHERE sent_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(RELAY_ROUND)
+        .fetch_all(db.pool())
+        .await?;
+        let mut current = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: i64 = r.try_get("id")?;
             let topic: String = r.try_get("topic")?;
-            let key: String = r.try_get("message_key")?;
-            let ce_id: String = r.try_get("ce_id")?;
-            let ce_type: String = r.try_get("ce_type")?;
-            let schema: String = r.try_get("dataschema")?;
-            let payload: String = r.try_get("payload")?;
-            let created: String = r.try_get("created_at")?;
-            let source_time: String = r.try_get("source_time")?;
-            let headers = binary_mode_headers(&ce_id, MATCHER_SOURCE, &ce_type, &created, &schema, std::iter::empty());
-            let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
+            let key: &str = r.try_get("message_key")?;
+            let ce_id: &str = r.try_get("ce_id")?;
+            let ce_type: &str = r.try_get("ce_type")?;
+            let schema: &str = r.try_get("dataschema")?;
+            let payload: &str = r.try_get("payload")?;
+            let created: &str = r.try_get("created_at")?;
+            let headers = binary_mode_headers(ce_id, MATCHER_SOURCE, ce_type, created, schema, std::iter::empty());
+            let record = FutureRecord::to(&topic).key(key).payload(payload).headers(headers);
             let delivery = producer.send_result(record).map_err(|(e, _)| MatchError::Kafka(e))?;
-            pending.push((id, topic, source_time, delivery));
+            after = id;
+            current.push((id, topic, r.try_get("source_time")?, delivery));
         }
-        let mut delivered = Vec::new();
-        let mut failure = None;
-        for (id, topic, source_time, delivery) in pending {
-            match delivery.await {
-                Ok(Ok(_)) if failure.is_none() => {
-                    delivered.push(id);
-                    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&source_time) {
-                        let ms = u64::try_from((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds()).unwrap_or(0);
-                        metrics::histogram!("doudi_matcher_end_to_end_seconds", "topic" => topic.clone())
-                            .record(Duration::from_millis(ms).as_secs_f64());
-                    }
-                    metrics::counter!("doudi_matcher_published_total", "topic" => topic).increment(1);
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => failure = failure.or(Some(e)),
-                Err(_) => failure = failure.or(Some(rdkafka::error::KafkaError::Canceled)),
+        if let Some(round) = previous.take() {
+            let (delivered, failure) = settle(round).await;
+            published += delivered.len() as u64;
+            // Marking runs beside the next round; one at a time.
+            if let Some(earlier) = marking.take() {
+                earlier.await.map_err(|e| MatchError::Task(e.to_string()))??;
+            }
+            let db = db.clone();
+            marking = Some(tokio::spawn(async move { mark_sent(&db, &delivered).await }));
+            if let Some(e) = failure {
+                tracing::warn!("Publishing the outbox failed; unsent rows are retried: {e}");
+                break;
             }
         }
-        let now = now_rfc3339();
-        let ids: Vec<super::store::Bind> = delivered.iter().map(|id| super::store::Bind::Int(*id)).collect();
-        super::store::execute_in(&mut tx, "UPDATE outbox SET sent_at = $1 WHERE id IN", &[super::store::Bind::Text(Some(now))], &ids)
-            .await?;
+        if current.is_empty() {
+            break;
+        }
+        previous = Some(current);
+    }
+    if let Some(last) = marking.take() {
+        last.await.map_err(|e| MatchError::Task(e.to_string()))??;
+    }
+    if let Some(tx) = lock {
         tx.commit().await?;
-        published += delivered.len() as u64;
-        if let Some(e) = failure {
-            tracing::warn!("Publishing the outbox failed; unsent rows are retried: {e}");
-            return Ok(published);
+    }
+    Ok(published)
+}
+
+/// Waits for a round's acknowledgements. Returns the rows acknowledged before the first failure,
+/// and the failure.
+async fn settle(round: Vec<InFlight>) -> (Vec<super::store::Bind>, Option<rdkafka::error::KafkaError>) {
+    let mut delivered = Vec::with_capacity(round.len());
+    let mut failure = None;
+    for (id, topic, source_time, delivery) in round {
+        match delivery.await {
+            Ok(Ok(_)) if failure.is_none() => {
+                delivered.push(super::store::Bind::Int(id));
+                if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&source_time) {
+                    let ms = u64::try_from((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds()).unwrap_or(0);
+                    metrics::histogram!("doudi_matcher_end_to_end_seconds", "topic" => topic.clone())
+                        .record(Duration::from_millis(ms).as_secs_f64());
+                }
+                metrics::counter!("doudi_matcher_published_total", "topic" => topic).increment(1);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => failure = failure.or(Some(e)),
+            Err(_) => failure = failure.or(Some(rdkafka::error::KafkaError::Canceled)),
         }
     }
+    (delivered, failure)
+}
+
+/// Marks rows sent.
+async fn mark_sent(db: &Database, ids: &[super::store::Bind]) -> Result<(), MatchError> {
+    let mut conn = db.pool().acquire().await.map_err(DbError::Query)?;
+    super::store::execute_in(
+        &mut conn,
+        "UPDATE outbox SET sent_at = $1 WHERE id IN",
+        &[super::store::Bind::Text(Some(now_rfc3339()))],
+        ids,
+    )
+    .await?;
+    Ok(())
 }
