@@ -19,7 +19,7 @@
 //! entitlement changes, outbox rows and deliveries; with DOUDI_KAFKA_BOOTSTRAP_SERVERS set, the
 //! relay then publishes the deltas to topics of this run (`bench.<id>.exchange.*`; the producer
 //! fetches their metadata before the clock starts, as a running relay's producer has). Beside it,
-//! the same rows the re-evaluation wrote, upserted raw in as many transactions, two at a time like
+//! the same rows the re-evaluation wrote, upserted raw in as many transactions, three at a time like
 //! the re-evaluation's chunks.
 //!
 //! At scale: `DOUDI_BENCH_COPIES=K` (at most 50) copies the decided households K − 1 times before
@@ -219,7 +219,7 @@ fn main() {
         if same_rows {
             let same = SameRows::prepare(db.pool(), "policy", &decided, &reevaluated_rows).await;
             let chunks = (households as usize).div_ceil(1_000);
-            let raw_same = same.upsert(db.pool(), chunks, 2).await;
+            let raw_same = same.upsert(db.pool(), chunks, 3).await;
             let raw_rate = f64::from(households) / raw_same.as_secs_f64();
             println!(
                 "\n| households re-evaluated | re-evaluation | publishing | households/s end to end | raw upsert of the same {} rows | raw households/s | re-evaluation / raw | 1,000,000 at the end-to-end rate | goal |",

@@ -229,8 +229,10 @@ pub async fn households_in(db: &Database, regions: &BTreeSet<String>) -> Result<
 }
 
 /// Chunks re-evaluated at once on PostgreSQL, each in its own transaction on its own connection (a
-/// household is in exactly one chunk, so they never touch the same rows). SQLite has one writer.
-const PARALLEL_CHUNKS: usize = 2;
+/// household is in exactly one chunk, so they never touch the same rows). Three keep two cores
+/// busier than two while each chunk alternates between doudi's work and the database's
+/// (BENCHMARKS.md). SQLite has one writer.
+const PARALLEL_CHUNKS: usize = 3;
 
 /// Re-evaluates `households` in chunks, one transaction each; returns the totals.
 pub async fn reevaluate_all(
