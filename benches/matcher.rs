@@ -257,7 +257,7 @@ fn main() {
         );
         println!("Rows written per table: {per_table}.");
         println!(
-            "CPU used by the re-evaluation: doudi {:.1} s, PostgreSQL {:.1} s, the broker {:.1} s ({:.0} µs per household in all; two cores give {:.0} s of CPU per {:.0} s).",
+            "CPU used by the re-evaluation: doudi {:.1} s, PostgreSQL {:.1} s, the broker {:.1} s ({:.0} µs per household in all; two cores give {:.1} s of CPU per {:.1} s).",
             cpu_used.doudi,
             cpu_used.postgres,
             cpu_used.broker,
@@ -315,6 +315,12 @@ fn cpu_seconds() -> CpuSeconds {
     out
 }
 
+/// The first column of every row of `sql` (a statement of this benchmark's own text), as text.
+async fn texts(pool: &sqlx::AnyPool, sql: &str) -> Vec<String> {
+    use sqlx::Row;
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).fetch_all(pool).await.expect(sql).iter().map(|r| r.get(0)).collect()
+}
+
 /// Copies every decided household of the run `copies - 1` times, as if more households had been
 /// registered and decided: each copy's household ids get the copy's number, and its people ID numbers of
 /// another (fictitious) issuing division of the province with a recomputed check character, and
@@ -329,8 +335,7 @@ async fn clone_households(pool: &sqlx::AnyPool, keys: &doudi::envelope::KeyDeriv
         .iter()
         .map(|r| (r.get("id_number"), r.get("person_key")))
         .collect();
-    let households: Vec<String> =
-        sqlx::query("SELECT household_id FROM households").fetch_all(pool).await.expect("households").iter().map(|r| r.get(0)).collect();
+    let households = texts(pool, "SELECT household_id FROM households").await;
     let patterns: Vec<&str> = people
         .iter()
         .map(|p| p.0.as_str())
@@ -343,25 +348,16 @@ async fn clone_households(pool: &sqlx::AnyPool, keys: &doudi::envelope::KeyDeriv
     let tables = ["persons", "households", "household_members", "facts", "decisions", "entitlements", "review_tasks"];
     let mut templates = Vec::new();
     for table in tables {
-        let columns: Vec<String> = sqlx::query(
-            "SELECT column_name::text FROM information_schema.columns WHERE table_name = $1 AND column_name <> 'id' ORDER BY ordinal_position",
+        let columns = texts(
+            pool,
+            &format!(
+                "SELECT column_name::text FROM information_schema.columns WHERE table_name = '{table}' AND column_name <> 'id' ORDER BY ordinal_position"
+            ),
         )
-        .bind(table)
-        .fetch_all(pool)
-        .await
-        .expect("columns")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .await;
         // Entitlements in force only: ended ones are history no re-evaluation reads.
         let filter = if table == "entitlements" { "WHERE ended_on IS NULL" } else { "" };
-        let rows: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT (to_jsonb(t) - 'id')::text FROM {table} t {filter}")))
-            .fetch_all(pool)
-            .await
-            .expect("rows")
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let rows = texts(pool, &format!("SELECT (to_jsonb(t) - 'id')::text FROM {table} t {filter}")).await;
         templates.push((table, columns.join(", "), rows));
     }
     let mut running: tokio::task::JoinSet<Result<(), sqlx::Error>> = tokio::task::JoinSet::new();

@@ -590,6 +590,15 @@ async fn outbox_rows(db: &doudi::db::Database, topic: &str, n: usize, payload_by
     ce_ids
 }
 
+/// A fresh database and a topic of its own for a relay test.
+async fn relay_setup(name: &str, partitions: i32) -> (common::FreshPostgres, doudi::db::Database, String) {
+    let pg = common::fresh_postgres().await;
+    let db = doudi::db::Database::connect(&pg.settings).await.unwrap();
+    let topic = common::unique(name);
+    doudi::kafka::ensure_topic(&common::kafka(), &topic, partitions, 1).await.unwrap();
+    (pg, db, topic)
+}
+
 async fn unsent(db: &doudi::db::Database) -> i64 {
     sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE sent_at IS NULL").fetch_one(db.pool()).await.unwrap().get("n")
 }
@@ -598,10 +607,7 @@ async fn unsent(db: &doudi::db::Database) -> i64 {
 /// once, in id order per key, and are all marked sent; a second run has nothing to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_publishes_every_round_in_order_and_marks_it_sent() {
-    let pg = common::fresh_postgres().await;
-    let db = doudi::db::Database::connect(&pg.settings).await.unwrap();
-    let topic = common::unique("test.relay");
-    doudi::kafka::ensure_topic(&common::kafka(), &topic, 3, 1).await.unwrap();
+    let (_pg, db, topic) = relay_setup("test.relay", 3).await;
     let reader = common::Reader::new(&[topic.as_str()]);
     let ce_ids = outbox_rows(&db, &topic, 12_345, 20).await;
     let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
@@ -626,10 +632,7 @@ async fn relay_publishes_every_round_in_order_and_marks_it_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_leaves_the_rows_to_the_process_holding_its_lock() {
     use sqlx::Connection;
-    let pg = common::fresh_postgres().await;
-    let db = doudi::db::Database::connect(&pg.settings).await.unwrap();
-    let topic = common::unique("test.relay-lock");
-    doudi::kafka::ensure_topic(&common::kafka(), &topic, 1, 1).await.unwrap();
+    let (pg, db, topic) = relay_setup("test.relay-lock", 1).await;
     outbox_rows(&db, &topic, 10, 0).await;
     let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
 
@@ -654,10 +657,7 @@ async fn relay_stops_at_refused_records_and_publishes_them_later() {
             result.unwrap();
         }
     };
-    let pg = common::fresh_postgres().await;
-    let db = doudi::db::Database::connect(&pg.settings).await.unwrap();
-    let topic = common::unique("test.relay-refused");
-    doudi::kafka::ensure_topic(&common::kafka(), &topic, 1, 1).await.unwrap();
+    let (_pg, db, topic) = relay_setup("test.relay-refused", 1).await;
     let reader = common::Reader::new(&[topic.as_str()]);
     outbox_rows(&db, &topic, 7_000, 400).await;
     set(topic.clone(), "200").await;

@@ -1063,12 +1063,12 @@ async fn flush_households(conn: &mut AnyConnection, b: &mut Batch) -> Result<(),
     let mut whole = Vec::new();
     let mut decided = Vec::new();
     for (id, h) in &b.households {
-        let version =
+        let decision =
             || [Bind::Int(h.version), ot(h.reevaluated_on.map(|d| d.to_string())), ot(h.next_review_on.map(|d| d.to_string())), t(&now)];
         match h.dirty {
             Dirty::Clean => {}
-            Dirty::Decision if narrow => decided.push([vec![t(id)], version().to_vec()].concat()),
-            _ => whole.push([vec![t(id), t(&h.region), t(h.as_of.to_string()), t(h.base.to_string())], version().to_vec()].concat()),
+            Dirty::Decision if narrow => decided.push([t(id)].into_iter().chain(decision()).collect()),
+            _ => whole.push([t(id), t(&h.region), t(h.as_of.to_string()), t(h.base.to_string())].into_iter().chain(decision()).collect()),
         }
     }
     insert_rows(
