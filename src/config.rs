@@ -244,14 +244,12 @@ impl Settings {
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return field("database.url", format!("`{}` must start with sqlite: or postgres://", redact_url(url)));
         }
-        if self.database.max_connections == 0 {
-            return field("database.max_connections", "must be at least 1".into());
-        }
-        if !url.starts_with("sqlite:") && self.database.max_connections < 2 {
-            return field(
-                "database.max_connections",
-                "must be at least 2 on PostgreSQL (the outbox relay holds its lock on a connection of its own)".into(),
-            );
+        let (minimum, why) = match crate::db::Backend::of_url(url) {
+            crate::db::Backend::Sqlite => (1, ""),
+            crate::db::Backend::Postgres => (2, " on PostgreSQL (the outbox relay holds its lock on a connection of its own)"),
+        };
+        if self.database.max_connections < minimum {
+            return field("database.max_connections", format!("must be at least {minimum}{why}"));
         }
         if self.http.bind.parse::<std::net::IpAddr>().is_err() {
             return field("http.bind", format!("`{}` is not an IP address", self.http.bind));

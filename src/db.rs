@@ -24,6 +24,14 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// The backend a database URL names (`sqlite:` or else PostgreSQL; the configuration refuses
+    /// any other scheme).
+    pub fn of_url(url: &str) -> Self {
+        if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres }
+    }
+}
+
 /// Errors of the database layer. Messages carry the redacted URL, never data.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -59,7 +67,7 @@ impl Database {
     pub async fn connect(settings: &DatabaseSettings) -> Result<Self, DbError> {
         install_default_drivers();
         let url = settings.url.clone();
-        let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        let backend = Backend::of_url(&url);
         let connect_error = |source| DbError::Connect { url: redact_url(&url), source };
         if backend == Backend::Sqlite {
             // Create the file (and let the pool share it) before the Any driver opens it.

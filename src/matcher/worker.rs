@@ -560,9 +560,7 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
             let (delivered, failure) = settle(round).await;
             published += delivered.len() as u64;
             // Marking runs beside the next round; one at a time.
-            if let Some(earlier) = marking.take() {
-                earlier.await.map_err(|e| MatchError::Task(e.to_string()))??;
-            }
+            marked(marking.take()).await?;
             let db = db.clone();
             marking = Some(tokio::spawn(async move { mark_sent(&db, &delivered).await }));
             if let Some(e) = failure {
@@ -575,9 +573,7 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
         }
         previous = Some(current);
     }
-    if let Some(last) = marking.take() {
-        last.await.map_err(|e| MatchError::Task(e.to_string()))??;
-    }
+    marked(marking.take()).await?;
     if let Some(tx) = lock {
         tx.commit().await?;
     }
@@ -606,6 +602,14 @@ async fn settle(round: Vec<InFlight>) -> (Vec<super::store::Bind>, Option<rdkafk
         }
     }
     (delivered, failure)
+}
+
+/// Waits for a marking task, if any, and passes on its failure.
+async fn marked(marking: Option<tokio::task::JoinHandle<Result<(), MatchError>>>) -> Result<(), MatchError> {
+    match marking {
+        Some(task) => task.await.map_err(|e| MatchError::Task(e.to_string()))?,
+        None => Ok(()),
+    }
 }
 
 /// Marks rows sent.
