@@ -113,7 +113,8 @@ enum Command {
         /// The day (China Standard Time), YYYY-MM-DD.
         #[arg(long)]
         date: chrono::NaiveDate,
-        /// Count what the outbox marked sent instead of reading the topics back.
+        /// Count what the outbox marked sent instead of reading the topics back (a delivery whose
+        /// outbox row was pruned after it was sent counts as published).
         #[arg(long)]
         no_kafka: bool,
         #[arg(long)]
@@ -224,6 +225,10 @@ struct MatchArgs {
     /// With --until-idle: how long without a new event before checking that every partition is read.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     idle_after: std::time::Duration,
+    /// Outbox rows sent longer ago than this are deleted while the matcher is idle (checked every
+    /// 10 minutes). Keep it longer than the reconciliation window.
+    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+    outbox_retention: std::time::Duration,
     #[command(flatten)]
     topics: TopicAffixes,
 }
@@ -982,6 +987,7 @@ async fn run_matcher(args: MatchArgs, settings: &Settings) -> ExitCode {
         idle_after: args.idle_after,
         assignment_timeout: std::time::Duration::from_secs(60),
         owner: format!("{host}/{}/{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+        outbox_retention: Some(args.outbox_retention),
     };
     if !args.until_idle
         && let Err(code) = start_ops_endpoint(settings).await

@@ -431,6 +431,7 @@ async fn clean_reference(x: &Exchange) -> (Vec<String>, Vec<String>, i64) {
         idle_after: Duration::from_secs(1),
         assignment_timeout: Duration::from_secs(60),
         owner: "clean".into(),
+        outbox_retention: None,
     };
     let clean_db = doudi::db::Database::connect(&clean.settings).await.unwrap();
     doudi::matcher::run(&clean_db, &common::kafka(), &ctx, &options, std::future::pending()).await.unwrap();
@@ -676,4 +677,63 @@ async fn relay_stops_at_refused_records_and_publishes_them_later() {
     let distinct: BTreeSet<String> =
         reader.until_quiet(Duration::from_secs(5)).await.iter().filter_map(|r| r.headers.get("ce_id").cloned()).collect();
     assert_eq!(distinct.len(), 7_000);
+}
+
+/// Pruning deletes the outbox rows sent before the retention, oldest first and in more than one
+/// statement, and nothing else: not unsent rows, not recent ones, and not old ones behind a recent
+/// one (they wait for a later pass). Reconciling from the outbox counts the same rows published
+/// before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_the_outbox_keeps_unsent_and_recent_rows_and_the_reconciliation() {
+    let pg = common::fresh_postgres().await;
+    let db = doudi::db::Database::connect(&pg.settings).await.unwrap();
+    let ce_ids = outbox_rows(&db, "test.prune", 10_009, 10).await;
+    let first: i64 = sqlx::query("SELECT MIN(id) AS id FROM outbox").fetch_one(db.pool()).await.unwrap().get("id");
+    let now = chrono::Utc::now();
+    let old = doudi::db::rfc3339(now - chrono::Duration::days(40));
+    let recent = doudi::db::rfc3339(now - chrono::Duration::days(1));
+    // Rows 0..10,003 and 10,004, 10,005 and 10,007 were sent 40 days ago, 10,006 yesterday;
+    // 10,003 and 10,008 are unsent.
+    for (from, to, sent_at) in [(0, 10_002, &old), (10_004, 10_005, &old), (10_006, 10_006, &recent), (10_007, 10_007, &old)] {
+        sqlx::query("UPDATE outbox SET sent_at = $1 WHERE id BETWEEN $2 AND $3")
+            .bind(sent_at)
+            .bind(first + from)
+            .bind(first + to)
+            .execute(db.pool())
+            .await
+            .unwrap();
+    }
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+    let deliveries: Vec<Value> = ce_ids
+        .iter()
+        .map(|c| {
+            json!({"ce_id": c, "agency": "medical", "kind": "premium_subsidy_fixed", "change": "granted", "household_id": "JL-1",
+                   "id_number": "220102195003070015", "amount": "150.00", "effective_date": "2026-01-01", "created_at": &old,
+                   "created_on": day.to_string(), "state": "applied", "attempts": 0, "updated_at": &old})
+        })
+        .collect();
+    sqlx::query("INSERT INTO deliveries SELECT * FROM json_populate_recordset(NULL::deliveries, CAST($1 AS json))")
+        .bind(Value::Array(deliveries).to_string())
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let published = |lines: Vec<doudi::deliver::report::ControlTotals>| {
+        assert_eq!(lines.len(), 1);
+        (lines[0].database.count, lines[0].published.count, lines[0].published.amount.to_string())
+    };
+    let before = published(doudi::deliver::report::reconcile(&db, day, None).await.unwrap());
+    assert_eq!(before, (10_009, 10_007, "1501050.00".to_string()));
+
+    let pruned = doudi::matcher::prune_outbox(&db, Duration::from_secs(30 * 86_400)).await.unwrap();
+    assert_eq!(pruned, 10_005, "rows 0..10,003, 10,004 and 10,005");
+    let left: Vec<i64> = sqlx::query("SELECT id FROM outbox ORDER BY id")
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<i64, _>("id") - first)
+        .collect();
+    assert_eq!(left, vec![10_003, 10_006, 10_007, 10_008]);
+    assert_eq!(doudi::matcher::prune_outbox(&db, Duration::from_secs(30 * 86_400)).await.unwrap(), 0);
+    assert_eq!(published(doudi::deliver::report::reconcile(&db, day, None).await.unwrap()), before);
 }

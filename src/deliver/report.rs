@@ -110,7 +110,7 @@ pub struct ControlTotals {
 /// count the rows the outbox marked sent.
 pub async fn reconcile(db: &Database, date: NaiveDate, published: Option<&BTreeSet<String>>) -> Result<Vec<ControlTotals>, DeliverError> {
     let rows = sqlx::query(
-        "SELECT d.ce_id, d.agency, d.kind, d.change, d.amount, d.state, o.sent_at FROM deliveries d \
+        "SELECT d.ce_id, d.agency, d.kind, d.change, d.amount, d.state, o.id AS outbox_id, o.sent_at FROM deliveries d \
          LEFT JOIN outbox o ON o.ce_id = d.ce_id WHERE d.created_on = $1 ORDER BY d.agency, d.kind, d.change",
     )
     .bind(date.to_string())
@@ -122,7 +122,9 @@ pub async fn reconcile(db: &Database, date: NaiveDate, published: Option<&BTreeS
         let ce_id: String = r.try_get("ce_id")?;
         let amount: Decimal = r.try_get::<Option<String>, _>("amount")?.and_then(|a| a.parse().ok()).unwrap_or_default();
         let state: String = r.try_get("state")?;
-        let sent = r.try_get::<Option<String>, _>("sent_at")?.is_some();
+        // An outbox row is deleted only once sent (`prune_outbox`), and a delivery row never exists
+        // without one: a delivery whose outbox row is gone was published.
+        let sent = r.try_get::<Option<String>, _>("sent_at")?.is_some() || r.try_get::<Option<i64>, _>("outbox_id")?.is_none();
         let line = lines.entry((agency.clone(), kind.clone(), change.clone())).or_insert_with(|| ControlTotals {
             agency,
             kind,

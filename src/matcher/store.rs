@@ -1208,19 +1208,16 @@ async fn households_state(
     for r in select_in(
         conn,
         "SELECT m.household_id, f.id_number, f.field, f.value, f.effective_date FROM household_members m \
-         JOIN facts f ON f.id_number = m.id_number AND f.state = 'current' WHERE m.valid_to IS NULL AND m.household_id IN",
+         JOIN facts f ON f.id_number = m.id_number AND f.state = 'current' AND f.field NOT LIKE 'registration:%' \
+         WHERE m.valid_to IS NULL AND m.household_id IN",
         "ORDER BY f.id_number, f.field, f.id",
         household_ids,
     )
     .await?
     {
-        let field: String = r.try_get("field")?;
-        if field.starts_with("registration:") {
-            continue;
-        }
         out.entry(r.try_get("household_id")?).or_default().1.push(StoredFact {
             id_number: r.try_get("id_number")?,
-            field,
+            field: r.try_get("field")?,
             value: serde_json::from_str(r.try_get::<&str, _>("value")?).unwrap_or_default(),
             effective: r.try_get::<Option<String>, _>("effective_date")?.as_deref().and_then(parse_date),
         });

@@ -53,6 +53,8 @@ pub struct MatchOptions {
     pub assignment_timeout: Duration,
     /// Identifies this instance as a partition owner.
     pub owner: String,
+    /// Outbox rows sent longer ago than this are deleted while idle (`None`: kept).
+    pub outbox_retention: Option<Duration>,
 }
 
 impl MatchOptions {
@@ -179,6 +181,7 @@ pub async fn run(
     let mut summary = RunSummary::default();
     let started = Instant::now();
     let mut last_event = Instant::now();
+    let mut last_prune: Option<Instant> = None;
     let mut ctx = ctx.clone();
     tokio::pin!(stop);
     loop {
@@ -189,6 +192,15 @@ pub async fn run(
         take_assignments(db, options, &changes, &mut owned).await?;
         if batch.is_empty() {
             summary.published += relay(db, &producer).await?;
+            if let Some(retention) = options.outbox_retention
+                && last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY)
+            {
+                last_prune = Some(Instant::now());
+                let pruned = prune_outbox(db, retention).await?;
+                if pruned > 0 {
+                    tracing::info!(rows = pruned, "Deleted outbox rows sent longer ago than the retention.");
+                }
+            }
             if options.until_idle && last_event.elapsed() >= options.idle_after {
                 if owned.is_empty() {
                     if started.elapsed() > options.assignment_timeout {
@@ -609,6 +621,47 @@ async fn marked(marking: Option<tokio::task::JoinHandle<Result<(), MatchError>>>
     match marking {
         Some(task) => task.await.map_err(|e| MatchError::Task(e.to_string()))?,
         None => Ok(()),
+    }
+}
+
+/// How often an idle matcher prunes the outbox.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Outbox rows deleted per statement when pruning.
+const PRUNE_ROUND: i64 = 10_000;
+
+/// Deletes the outbox rows sent longer than `retention` ago, oldest first, in statements of
+/// `PRUNE_ROUND` rows; returns how many. Unsent rows are never deleted. The scan stops at the first
+/// row sent within the retention (rows are sent in id order, so the rows beyond it are recent,
+/// unsent, or wait for a later pass). `reconcile --no-kafka` counts a delivery whose outbox row is
+/// gone as published: a delivery row is written in the same transaction as its outbox row, and
+/// only sent rows are deleted.
+pub async fn prune_outbox(db: &Database, retention: Duration) -> Result<u64, MatchError> {
+    let age = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let Some(cutoff) = chrono::Utc::now().checked_sub_signed(age) else { return Ok(0) };
+    let cutoff = crate::db::rfc3339(cutoff);
+    let bound: i64 = sqlx::query("SELECT id FROM outbox WHERE sent_at >= $1 ORDER BY id LIMIT 1")
+        .bind(&cutoff)
+        .fetch_optional(db.pool())
+        .await?
+        .map(|r| r.try_get("id"))
+        .transpose()?
+        .unwrap_or(i64::MAX);
+    let mut pruned = 0;
+    loop {
+        let done =
+            sqlx::query("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE id < $1 AND sent_at < $2 ORDER BY id LIMIT $3)")
+                .bind(bound)
+                .bind(&cutoff)
+                .bind(PRUNE_ROUND)
+                .execute(db.pool())
+                .await?
+                .rows_affected();
+        pruned += done;
+        metrics::counter!("doudi_matcher_outbox_pruned_total").increment(done);
+        if done < PRUNE_ROUND as u64 {
+            return Ok(pruned);
+        }
     }
 }
 
