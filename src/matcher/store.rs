@@ -146,8 +146,23 @@ impl From<sqlx::Error> for ApplyError {
     }
 }
 
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+/// `($1, $2), ($3, $4)`: the placeholders of `rows` rows of `width` values.
+fn values_list(rows: usize, width: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(rows * width * 7);
+    for i in 0..rows * width {
+        let sep = match (i % width, i) {
+            (0, 0) => "(",
+            (0, _) => "), (",
+            _ => ", ",
+        };
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{sep}${}", i + 1);
+    }
+    if rows * width > 0 {
+        out.push(')');
+    }
+    out
 }
 
 fn parse_date(s: &str) -> Option<NaiveDate> {
@@ -243,57 +258,43 @@ fn push_json(out: &mut Vec<u8>, b: &Bind) {
     };
 }
 
-/// Appends a row as a JSON object of `cols`.
-fn push_object(out: &mut Vec<u8>, cols: &[&str], row: Vec<Bind>) {
-    out.push(b'{');
-    for (j, (col, b)) in cols.iter().zip(row).enumerate() {
-        if j > 0 {
-            out.push(b',');
-        }
-        out.push(b'"');
-        out.extend_from_slice(col.as_bytes());
-        out.extend_from_slice(b"\":");
-        push_json(out, &b);
-    }
-    out.push(b'}');
-}
+/// Rows per multi-row `VALUES` statement on PostgreSQL.
+const PG_VALUES_ROWS: usize = 128;
 
-/// `INSERT INTO table (cols) … suffix` of many rows. On PostgreSQL the rows travel as one JSON
-/// array (`json_populate_recordset`, typed by the table itself): one statement of fixed text. On
-/// SQLite, multi-row `VALUES` in as few statements as the bind limit allows, the rows moved into
-/// the statements.
-async fn insert_rows(conn: &mut AnyConnection, table: &str, cols: &[&str], rows: Vec<Vec<Bind>>, suffix: &str) -> Result<(), ApplyError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    if is_postgres(conn) {
-        let json = json_list(rows, table, |out, row| push_object(out, cols, row))?;
-        let list = cols.join(", ");
-        let sql =
-            format!("INSERT INTO {table} ({list}) SELECT {list} FROM json_populate_recordset(NULL::{table}, CAST($1 AS json)) {suffix}");
-        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(json).execute(&mut *conn).await?;
-        return Ok(());
-    }
-    let per = (MAX_BINDS / cols.len().max(1)).max(1);
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Vec<Bind>> = rows.by_ref().take(per).collect();
-        let mut values = Vec::with_capacity(chunk.len());
-        let mut n = 0;
-        for _ in &chunk {
-            values.push(format!("({})", placeholders(n + 1, cols.len())));
-            n += cols.len();
-        }
-        let sql = format!("INSERT INTO {table} ({}) VALUES {} {suffix}", cols.join(", "), values.join(", "));
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for row in chunk {
+/// Executes `statement(values)` for `rows`, where `values` is a chunk's `($1, $2), ($3, $4)` list of
+/// placeholders, with the rows moved into the binds. On PostgreSQL in chunks of 128 rows and the
+/// rest in chunks of 64, 32, …, 1: at most eight statement texts, each prepared once per
+/// connection, and every value arrives as itself (the same rows sent as one JSON text cost
+/// PostgreSQL more to parse than to write; BENCHMARKS.md). On SQLite, in as few statements as its
+/// bind limit allows.
+async fn execute_values(
+    conn: &mut AnyConnection,
+    width: usize,
+    rows: Vec<Vec<Bind>>,
+    statement: impl Fn(&str) -> String,
+) -> Result<(), ApplyError> {
+    let postgres = is_postgres(conn);
+    let most = if postgres { PG_VALUES_ROWS } else { (MAX_BINDS / width.max(1)).max(1) };
+    let mut left = rows.len();
+    let mut rows = rows.into_iter();
+    while left > 0 {
+        let n = if postgres { most.min(1 << (usize::BITS - 1 - left.leading_zeros())) } else { most.min(left) };
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(statement(&values_list(n, width))));
+        for row in rows.by_ref().take(n) {
             for b in row {
                 q = bind_owned(q, b);
             }
         }
         q.execute(&mut *conn).await?;
+        left -= n;
     }
     Ok(())
+}
+
+/// `INSERT INTO table (cols) VALUES … suffix` of many rows (see [`execute_values`]).
+async fn insert_rows(conn: &mut AnyConnection, table: &str, cols: &[&str], rows: Vec<Vec<Bind>>, suffix: &str) -> Result<(), ApplyError> {
+    let list = cols.join(", ");
+    execute_values(conn, cols.len(), rows, |values| format!("INSERT INTO {table} ({list}) VALUES {values} {suffix}")).await
 }
 
 /// Rows of `sql_prefix (keys) sql_suffix`, where the prefix ends in `… IN`.
@@ -1081,18 +1082,15 @@ async fn flush_households(conn: &mut AnyConnection, b: &mut Batch) -> Result<(),
          next_review_on = excluded.next_review_on, updated_at = excluded.updated_at",
     )
     .await?;
-    if !decided.is_empty() {
-        let cols = ["household_id", "decision_version", "reevaluated_on", "next_review_on", "updated_at"];
-        let json = json_list(decided, "households", |out, row| push_object(out, &cols, row))?;
-        sqlx::query(
+    execute_values(conn, 5, decided, |values| {
+        format!(
             "UPDATE households h SET decision_version = r.decision_version, reevaluated_on = r.reevaluated_on, \
              next_review_on = r.next_review_on, updated_at = r.updated_at \
-             FROM json_populate_recordset(NULL::households, CAST($1 AS json)) r WHERE h.household_id = r.household_id",
+             FROM (VALUES {values}) AS r (household_id, decision_version, reevaluated_on, next_review_on, updated_at) \
+             WHERE h.household_id = r.household_id"
         )
-        .bind(json)
-        .execute(&mut *conn)
-        .await?;
-    }
+    })
+    .await?;
     b.households.values_mut().for_each(|h| h.dirty = Dirty::Clean);
     Ok(())
 }
@@ -1323,21 +1321,24 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
     let now = now_rfc3339();
     for household_id in &affected {
         outcome.households_evaluated += 1;
-        let Some(row) = b.households.get(household_id).cloned() else { continue };
+        // The row without its registration (`base`, read in place below): its other fields are small.
+        let Some(stored) = b.households.get(household_id) else { continue };
+        let row = HouseholdRow { region: stored.region.clone(), base: Value::Null, ..*stored };
         let (trigger, source_time) = b.affected.get(household_id).cloned().unwrap_or_default();
         let (members, facts) = state.remove(household_id).unwrap_or_default();
         let old_summary = summaries.get(&(household_id.clone(), row.version));
         let (summary, date, new_entitlements, raised_tasks, decision_json, members_status, head) = if members.is_empty() {
-            (Summary::empty(&ctx.params.policy.version), row.as_of, Vec::new(), Vec::new(), json!({"members": []}), json!([]), None)
+            let empty = String::from(r#"{"members":[]}"#);
+            (Summary::empty(&ctx.params.policy.version), row.as_of, Vec::new(), Vec::new(), empty, json!([]), None)
         } else {
             let floor = row.reevaluated_on.map_or(row.as_of, |d| d.max(row.as_of));
-            let assembled = assemble(household_id, &row.region, floor, &row.base, &members, &facts);
+            let assembled = assemble(household_id, &row.region, floor, &stored.base, &members, &facts);
             let date = assembled.date;
             let checked = serde_json::from_value::<Household>(assembled.household)
                 .map_err(|e| format!("field `(household)`: {}", e.to_string().split(" at line ").next().unwrap_or_default()))
                 .and_then(|h| h.validate(date, &ctx.params.policy.province).map_err(|e| e.to_string()));
             let assessed = checked.and_then(|c| crate::policy::assess(&ctx.params, &c, date).map(|d| (c, d)).map_err(|e| e.to_string()));
-            let (checked, decision) = match assessed {
+            let (checked, mut decision) = match assessed {
                 Ok(x) => x,
                 Err(problem) => {
                     tracing::warn!(trigger_event = %trigger, "A household could not be assessed; its current decision stands until its facts are corrected: {problem}");
@@ -1353,10 +1354,9 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
             let members_status: Vec<Value> =
                 decision.members.iter().map(|m| json!({"id_number": m.person.as_str(), "status": m.status.as_str()})).collect();
             let head = checked.ids[checked.head].clone();
-            let mut json = serde_json::to_value(&decision).unwrap_or_default();
-            if let Some(obj) = json.as_object_mut() {
-                obj.remove("explanation");
-            }
+            // Stored without its explanation (recomputed when shown), written straight to text.
+            decision.explanation.clear();
+            let json = serde_json::to_string(&decision).unwrap_or_default();
             (Summary::of(&decision), date, entitlements, tasks, json, Value::Array(members_status), Some(head))
         };
         let before_rows = in_force.remove(household_id).unwrap_or_default();
@@ -1384,7 +1384,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
             t(&summary.monthly_payment),
             t(&summary.policy_version),
             t(&summary.rules),
-            t(decision_json.to_string()),
+            t(decision_json),
             t(&trigger),
             t(&now),
         ]);
@@ -1610,4 +1610,16 @@ pub async fn reevaluate(
     evaluate_households(conn, ctx, &mut b, &mut outcome).await?;
     flush_derived(conn, &mut b).await?;
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_lists_number_their_placeholders_row_by_row() {
+        assert_eq!(values_list(1, 1), "($1)");
+        assert_eq!(values_list(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(values_list(0, 3), "");
+    }
 }
