@@ -1176,49 +1176,51 @@ pub async fn household_state(conn: &mut AnyConnection, household_id: &str) -> Re
 /// Current members and their current facts of each household.
 type HouseholdStates = BTreeMap<String, (Vec<StoredMember>, Vec<StoredFact>)>;
 
-/// As [`household_state`], for many households in two statements; also the members' names.
+/// As [`household_state`], for many households in one statement; also the members' names.
 async fn households_state(
     conn: &mut AnyConnection,
     household_ids: &[String],
 ) -> Result<(HouseholdStates, BTreeMap<String, String>), ApplyError> {
     let mut out: HouseholdStates = BTreeMap::new();
     let mut names = BTreeMap::new();
+    // One row per current member and current fact (registrations left out), or per member without
+    // facts: the memberships are read once for both.
+    let mut last_membership = None;
     for r in select_in(
         conn,
-        "SELECT m.household_id, m.id_number, m.member, p.name FROM household_members m LEFT JOIN persons p ON p.id_number = m.id_number \
+        "SELECT m.id AS membership, m.household_id, m.id_number, m.member, p.name, f.field, f.value, f.effective_date \
+         FROM household_members m LEFT JOIN persons p ON p.id_number = m.id_number \
+         LEFT JOIN facts f ON f.id_number = m.id_number AND f.state = 'current' AND f.field NOT LIKE 'registration:%' \
          WHERE m.valid_to IS NULL AND m.household_id IN",
-        "ORDER BY m.id",
+        "ORDER BY m.id, f.field, f.id",
         household_ids,
     )
     .await?
     {
+        let membership: i64 = r.try_get("membership")?;
         let household_id: String = r.try_get("household_id")?;
         let id_number: String = r.try_get("id_number")?;
-        if let Some(name) = r.try_get::<Option<String>, _>("name")? {
-            names.insert(id_number.clone(), name);
+        let state = out.entry(household_id).or_default();
+        if last_membership != Some(membership) {
+            last_membership = Some(membership);
+            if let Some(name) = r.try_get::<Option<String>, _>("name")? {
+                names.insert(id_number.clone(), name);
+            }
+            let record = serde_json::from_str(r.try_get::<&str, _>("member")?).unwrap_or_default();
+            state.0.push(StoredMember { id_number: id_number.clone(), record });
         }
-        out.entry(household_id)
-            .or_default()
-            .0
-            .push(StoredMember { id_number, record: serde_json::from_str(r.try_get::<&str, _>("member")?).unwrap_or_default() });
+        if let Some(field) = r.try_get::<Option<String>, _>("field")? {
+            state.1.push(StoredFact {
+                id_number,
+                field,
+                value: serde_json::from_str(r.try_get::<Option<&str>, _>("value")?.unwrap_or("null")).unwrap_or_default(),
+                effective: r.try_get::<Option<String>, _>("effective_date")?.as_deref().and_then(parse_date),
+            });
+        }
     }
-    // The facts reached through the same memberships: no list of people travels back.
-    for r in select_in(
-        conn,
-        "SELECT m.household_id, f.id_number, f.field, f.value, f.effective_date FROM household_members m \
-         JOIN facts f ON f.id_number = m.id_number AND f.state = 'current' AND f.field NOT LIKE 'registration:%' \
-         WHERE m.valid_to IS NULL AND m.household_id IN",
-        "ORDER BY f.id_number, f.field, f.id",
-        household_ids,
-    )
-    .await?
-    {
-        out.entry(r.try_get("household_id")?).or_default().1.push(StoredFact {
-            id_number: r.try_get("id_number")?,
-            field: r.try_get("field")?,
-            value: serde_json::from_str(r.try_get::<&str, _>("value")?).unwrap_or_default(),
-            effective: r.try_get::<Option<String>, _>("effective_date")?.as_deref().and_then(parse_date),
-        });
+    // Facts by person and field, each field's in id order (the sort is stable).
+    for (_, facts) in out.values_mut() {
+        facts.sort_by(|a, b| (&a.id_number, &a.field).cmp(&(&b.id_number, &b.field)));
     }
     Ok((out, names))
 }
