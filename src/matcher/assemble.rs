@@ -42,7 +42,7 @@ pub fn assemble(
     region: &str,
     as_of: NaiveDate,
     base: &Value,
-    members: &[StoredMember],
+    members: Vec<StoredMember>,
     facts: &[StoredFact],
 ) -> Assembled {
     let date = facts.iter().filter_map(|f| f.effective).fold(as_of, NaiveDate::max);
@@ -55,7 +55,10 @@ pub fn assemble(
     let mut settlements: Option<Decimal> = None;
     let mut members_out = Vec::with_capacity(members.len());
     for member in members {
-        let mut record: Map<String, Value> = member.record.as_object().cloned().unwrap_or_default();
+        let mut record: Map<String, Value> = match member.record {
+            Value::Object(record) => record,
+            _ => Map::new(),
+        };
         let mut refusals: Vec<Value> = record.get("referral_refusals").and_then(Value::as_array).cloned().unwrap_or_default();
         for f in facts.iter().filter(|f| f.id_number == member.id_number) {
             match f.field.split(':').next().unwrap_or_default() {
@@ -153,7 +156,7 @@ mod tests {
             f(P, "death", json!({"date": "2019-12-20"}), Some("2019-12-20")),
             f(P, "union_roster", json!({"on": true}), None),
         ];
-        let a = assemble("JL-220102-2019-000123", "220102", d("2019-11-01"), &json!({"assets": {}}), &[member(P)], &facts);
+        let a = assemble("JL-220102-2019-000123", "220102", d("2019-11-01"), &json!({"assets": {}}), vec![member(P)], &facts);
         assert_eq!(a.date, d("2019-12-20"));
         let m = &a.household["members"][0];
         assert_eq!(m["employed"], json!(true));
@@ -171,9 +174,9 @@ mod tests {
             f(P, "medical_settlement:b", json!({"self_paid": "99"}), Some("2018-11-30")),
             f(P, "medical_settlement:c", json!({"self_paid": "1"}), Some("2018-12-01")),
         ];
-        let a = assemble("h", "220102", d("2019-12-01"), &json!({"medical_self_paid_12m": "30000"}), &[member(P)], &facts);
+        let a = assemble("h", "220102", d("2019-12-01"), &json!({"medical_self_paid_12m": "30000"}), vec![member(P)], &facts);
         assert_eq!(a.household["medical_self_paid_12m"], json!("1000.50"), "2018-12-01 is outside (date − 12 months, date]");
-        let a = assemble("h", "220102", d("2019-12-01"), &json!({"medical_self_paid_12m": "30000"}), &[member(P)], &[]);
+        let a = assemble("h", "220102", d("2019-12-01"), &json!({"medical_self_paid_12m": "30000"}), vec![member(P)], &[]);
         assert_eq!(a.household["medical_self_paid_12m"], json!("30000"));
     }
 
@@ -186,9 +189,9 @@ mod tests {
         ];
         let mut m = member(P);
         m.record["referral_refusals"] = json!(["2019-11-01"]);
-        let a = assemble("h", "220102", d("2019-10-01"), &json!({}), std::slice::from_ref(&m), &facts);
+        let a = assemble("h", "220102", d("2019-10-01"), &json!({}), vec![m.clone()], &facts);
         facts.reverse();
-        let b = assemble("h", "220102", d("2019-10-01"), &json!({}), &[m], &facts);
+        let b = assemble("h", "220102", d("2019-10-01"), &json!({}), vec![m], &facts);
         assert_eq!(a.household["members"][0]["referral_refusals"].as_array().map(Vec::len), Some(2));
         assert_eq!(a.household["housing_difficulty"], json!(true));
         assert_eq!(a.date, b.date);

@@ -106,7 +106,7 @@ pub async fn report(db: &Database, params: &Params, id: &IdNumber, unmasked: boo
             // The explanation is recomputed from the same facts; the stored decision is the record.
             let base: Value = serde_json::from_str(&m.try_get::<String, _>("base")?).unwrap_or_default();
             let as_of = NaiveDate::parse_from_str(&as_of, "%Y-%m-%d").unwrap_or_default();
-            let assembled = assemble(&household_id, &region, as_of, &base, &members, &facts);
+            let assembled = assemble(&household_id, &region, as_of, &base, members.clone(), &facts);
             let explained = serde_json::from_value::<Household>(assembled.household)
                 .ok()
                 .and_then(|h| h.validate(assembled.date, &params.policy.province).ok())

@@ -1247,14 +1247,21 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
     let missing: Vec<String> = affected.iter().filter(|h| !b.households.contains_key(*h)).cloned().collect();
     load_households(conn, b, &missing).await?;
     let (mut state, mut names) = households_state(conn, &affected).await?;
+    // Each household's current decision, by the (household, version) pairs just read: the
+    // households table is not visited again.
+    let current: Vec<(&str, i64)> = affected.iter().filter_map(|h| b.households.get(h).map(|row| (h.as_str(), row.version))).collect();
+    let pairs = if is_postgres(conn) {
+        "SELECT k->>0, CAST(k->>1 AS BIGINT) FROM json_array_elements(CAST($1 AS json)) k"
+    } else {
+        "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($1)"
+    };
     let mut summaries: BTreeMap<(String, i64), Summary> = BTreeMap::new();
-    for r in select_in(
-        conn,
+    for r in sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT d.household_id, d.version, d.category, d.basis, d.size, d.per_capita_income, d.monthly_payment, d.policy_version, d.rules \
-         FROM decisions d JOIN households h ON h.household_id = d.household_id AND h.decision_version = d.version WHERE d.household_id IN",
-        "",
-        &affected,
-    )
+         FROM decisions d WHERE (d.household_id, d.version) IN ({pairs})"
+    )))
+    .bind(serde_json::to_string(&current).unwrap_or_else(|_| "[]".into()))
+    .fetch_all(&mut *conn)
     .await?
     {
         summaries.insert(
@@ -1334,7 +1341,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
             (Summary::empty(&ctx.params.policy.version), row.as_of, Vec::new(), Vec::new(), empty, json!([]), None)
         } else {
             let floor = row.reevaluated_on.map_or(row.as_of, |d| d.max(row.as_of));
-            let assembled = assemble(household_id, &row.region, floor, &stored.base, &members, &facts);
+            let assembled = assemble(household_id, &row.region, floor, &stored.base, members, &facts);
             let date = assembled.date;
             let checked = serde_json::from_value::<Household>(assembled.household)
                 .map_err(|e| format!("field `(household)`: {}", e.to_string().split(" at line ").next().unwrap_or_default()))
