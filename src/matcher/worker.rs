@@ -53,7 +53,7 @@ pub struct MatchOptions {
     pub assignment_timeout: Duration,
     /// Identifies this instance as a partition owner.
     pub owner: String,
-    /// Outbox rows sent longer ago than this are deleted while idle (`None`: kept).
+    /// Outbox rows sent longer ago than this are deleted, checked every 10 minutes (`None`: kept).
     pub outbox_retention: Option<Duration>,
 }
 
@@ -190,17 +190,18 @@ pub async fn run(
         let Some(batch) = batch else { break };
         // Partitions assigned while the batch was collected are claimed before it is applied.
         take_assignments(db, options, &changes, &mut owned).await?;
+        // Every 10 minutes, busy or idle.
+        if let Some(retention) = options.outbox_retention
+            && last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY)
+        {
+            last_prune = Some(Instant::now());
+            let pruned = prune_outbox(db, retention).await?;
+            if pruned > 0 {
+                tracing::info!(rows = pruned, "Deleted outbox rows sent longer ago than the retention.");
+            }
+        }
         if batch.is_empty() {
             summary.published += relay(db, &producer).await?;
-            if let Some(retention) = options.outbox_retention
-                && last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY)
-            {
-                last_prune = Some(Instant::now());
-                let pruned = prune_outbox(db, retention).await?;
-                if pruned > 0 {
-                    tracing::info!(rows = pruned, "Deleted outbox rows sent longer ago than the retention.");
-                }
-            }
             if options.until_idle && last_event.elapsed() >= options.idle_after {
                 if owned.is_empty() {
                     if started.elapsed() > options.assignment_timeout {
@@ -624,7 +625,7 @@ async fn marked(marking: Option<tokio::task::JoinHandle<Result<(), MatchError>>>
     }
 }
 
-/// How often an idle matcher prunes the outbox.
+/// How often the matcher prunes the outbox.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Outbox rows deleted per statement when pruning.
