@@ -228,6 +228,16 @@ fn json_set(conn: &AnyConnection, n: usize, integers: bool) -> String {
     }
 }
 
+/// The (text, integer) pairs of a JSON array of two-element arrays bound as `$1`, for
+/// `(a, b) IN (pairs)`.
+fn json_pairs(conn: &AnyConnection) -> &'static str {
+    if is_postgres(conn) {
+        "SELECT k->>0, CAST(k->>1 AS BIGINT) FROM json_array_elements(CAST($1 AS json)) k"
+    } else {
+        "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($1)"
+    }
+}
+
 /// Text of a JSON array of strings.
 fn json_array(keys: &[String]) -> String {
     serde_json::to_string(keys).unwrap_or_else(|_| "[]".into())
@@ -1250,15 +1260,11 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
     // Each household's current decision, by the (household, version) pairs just read: the
     // households table is not visited again.
     let current: Vec<(&str, i64)> = affected.iter().filter_map(|h| b.households.get(h).map(|row| (h.as_str(), row.version))).collect();
-    let pairs = if is_postgres(conn) {
-        "SELECT k->>0, CAST(k->>1 AS BIGINT) FROM json_array_elements(CAST($1 AS json)) k"
-    } else {
-        "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($1)"
-    };
     let mut summaries: BTreeMap<(String, i64), Summary> = BTreeMap::new();
     for r in sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT d.household_id, d.version, d.category, d.basis, d.size, d.per_capita_income, d.monthly_payment, d.policy_version, d.rules \
-         FROM decisions d WHERE (d.household_id, d.version) IN ({pairs})"
+         FROM decisions d WHERE (d.household_id, d.version) IN ({})",
+        json_pairs(conn)
     )))
     .bind(serde_json::to_string(&current).unwrap_or_else(|_| "[]".into()))
     .fetch_all(&mut *conn)
@@ -1330,18 +1336,18 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
     let now = now_rfc3339();
     for household_id in &affected {
         outcome.households_evaluated += 1;
-        // The row without its registration (`base`, read in place below): its other fields are small.
+        // The stored row's small fields; its registration (`base`) is read in place below.
         let Some(stored) = b.households.get(household_id) else { continue };
-        let row = HouseholdRow { region: stored.region.clone(), base: Value::Null, ..*stored };
+        let (region, as_of, version, reevaluated_on) = (stored.region.clone(), stored.as_of, stored.version, stored.reevaluated_on);
         let (trigger, source_time) = b.affected.get(household_id).cloned().unwrap_or_default();
         let (members, facts) = state.remove(household_id).unwrap_or_default();
-        let old_summary = summaries.get(&(household_id.clone(), row.version));
+        let old_summary = summaries.get(&(household_id.clone(), version));
         let (summary, date, new_entitlements, raised_tasks, decision_json, members_status, head) = if members.is_empty() {
             let empty = String::from(r#"{"members":[]}"#);
-            (Summary::empty(&ctx.params.policy.version), row.as_of, Vec::new(), Vec::new(), empty, json!([]), None)
+            (Summary::empty(&ctx.params.policy.version), as_of, Vec::new(), Vec::new(), empty, json!([]), None)
         } else {
-            let floor = row.reevaluated_on.map_or(row.as_of, |d| d.max(row.as_of));
-            let assembled = assemble(household_id, &row.region, floor, &stored.base, members, &facts);
+            let floor = reevaluated_on.map_or(as_of, |d| d.max(as_of));
+            let assembled = assemble(household_id, &region, floor, &stored.base, members, &facts);
             let date = assembled.date;
             let checked = serde_json::from_value::<Household>(assembled.household)
                 .map_err(|e| format!("field `(household)`: {}", e.to_string().split(" at line ").next().unwrap_or_default()))
@@ -1380,7 +1386,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
         if !summary_changed && changes.is_empty() && new_tasks.is_empty() && gone.is_empty() {
             continue;
         }
-        let new_version = row.version + 1;
+        let new_version = version + 1;
         outcome.decisions += 1;
         decisions.push(vec![
             t(household_id),
@@ -1407,7 +1413,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
         };
         if status_moved {
             let key = head.as_ref().map(|h| ctx.keys.key(h)).unwrap_or_default();
-            let payload = status_payload(household_id, &row.region, date, &summary, old_summary, members_status);
+            let payload = status_payload(household_id, &region, date, &summary, old_summary, members_status);
             write_outbox(
                 b,
                 ctx,
@@ -1450,7 +1456,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
             }
             let person = IdNumber::parse(&e.id_number).ok();
             let key = person.as_ref().map(|p| ctx.keys.key(p)).unwrap_or_default();
-            let payload = entitlement_payload(*change, e, names.get(&e.id_number).map(String::as_str), household_id, &row.region, date);
+            let payload = entitlement_payload(*change, e, names.get(&e.id_number).map(String::as_str), household_id, &region, date);
             let identity = format!("{household_id}/v{new_version}/{}/{}/{key}", e.agency, e.kind);
             write_outbox(b, ctx, &agency_topic(&e.agency), "event_id", &key, &identity, payload, Some(household_id), &source_time)?;
             outcome.outbox += 1;
@@ -1461,7 +1467,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
             let id = IdNumber::parse(person).ok();
             let identity =
                 format!("{household_id}/v{new_version}/task/{kind}/{}", id.as_ref().map(|p| ctx.keys.key(p)).unwrap_or_default());
-            raise_task(b, ctx, kind, id.as_ref(), Some(household_id), &row.region, date, Some(rule), &identity, &source_time, outcome)?;
+            raise_task(b, ctx, kind, id.as_ref(), Some(household_id), &region, date, Some(rule), &identity, &source_time, outcome)?;
         }
         for (kind, person) in gone {
             cleared.push((household_id.clone(), kind, person));
