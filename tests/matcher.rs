@@ -165,7 +165,8 @@ async fn sample_feeds_reach_each_agency_and_later_events_change_them() {
     let entitlement_events = records.iter().filter(|r| r.topic.contains("exchange.entitlement.")).count();
     let db = doudi::db::Database::connect(&x.pg.settings).await.unwrap();
     let pending: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM deliveries d JOIN outbox o ON o.ce_id = d.ce_id WHERE d.state = 'pending' AND o.sent_at IS NOT NULL",
+        "SELECT COUNT(*) FROM deliveries d JOIN outbox o ON o.ce_id = d.ce_id \
+         WHERE d.state = 'pending' AND NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.id = o.id)",
     )
     .fetch_one(db.pool())
     .await
@@ -526,7 +527,7 @@ async fn sigkill_mid_batch_repeatedly_then_restart_equals_a_clean_run() {
     // ce_id per change, duplicates (a crash between publishing and marking) allowed.
     let outbox: BTreeSet<String> =
         sqlx::query("SELECT ce_id FROM outbox").fetch_all(db.pool()).await.unwrap().iter().map(|r| r.get::<String, _>("ce_id")).collect();
-    let unsent: i64 = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE sent_at IS NULL").fetch_one(db.pool()).await.unwrap().get("n");
+    let unsent: i64 = sqlx::query("SELECT COUNT(*) AS n FROM outbox_pending").fetch_one(db.pool()).await.unwrap().get("n");
     assert_eq!(unsent, 0);
     let published = x.reader.until_quiet(Duration::from_secs(5)).await;
     let distinct: BTreeSet<String> = published.iter().filter_map(|r| r.headers.get("ce_id").cloned()).collect();
@@ -601,7 +602,7 @@ async fn relay_setup(name: &str, partitions: i32) -> (common::FreshPostgres, dou
 }
 
 async fn unsent(db: &doudi::db::Database) -> i64 {
-    sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE sent_at IS NULL").fetch_one(db.pool()).await.unwrap().get("n")
+    sqlx::query("SELECT COUNT(*) AS n FROM outbox_pending").fetch_one(db.pool()).await.unwrap().get("n")
 }
 
 /// The relay publishes in pipelined rounds of 5,000: more than two rounds of rows all arrive, each
@@ -679,9 +680,9 @@ async fn relay_stops_at_refused_records_and_publishes_them_later() {
     assert_eq!(distinct.len(), 7_000);
 }
 
-/// Pruning deletes the outbox rows sent before the retention, oldest first and in more than one
-/// statement, and nothing else: not unsent rows, not recent ones, and not old ones behind a recent
-/// one (they wait for a later pass). Reconciling from the outbox counts the same rows published
+/// Pruning deletes the sent outbox rows written before the retention, oldest first and in more than
+/// one statement, and nothing else: not unsent rows, not recent ones, and not old ones behind a
+/// recent one (they wait for a later pass). Reconciling from the outbox counts the same rows published
 /// before and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_the_outbox_keeps_unsent_and_recent_rows_and_the_reconciliation() {
@@ -692,17 +693,21 @@ async fn pruning_the_outbox_keeps_unsent_and_recent_rows_and_the_reconciliation(
     let now = chrono::Utc::now();
     let old = doudi::db::rfc3339(now - chrono::Duration::days(40));
     let recent = doudi::db::rfc3339(now - chrono::Duration::days(1));
-    // Rows 0..10,003 and 10,004, 10,005 and 10,007 were sent 40 days ago, 10,006 yesterday;
-    // 10,003 and 10,008 are unsent.
-    for (from, to, sent_at) in [(0, 10_002, &old), (10_004, 10_005, &old), (10_006, 10_006, &recent), (10_007, 10_007, &old)] {
-        sqlx::query("UPDATE outbox SET sent_at = $1 WHERE id BETWEEN $2 AND $3")
-            .bind(sent_at)
-            .bind(first + from)
-            .bind(first + to)
-            .execute(db.pool())
-            .await
-            .unwrap();
-    }
+    // Every row was written 40 days ago but 10,006, written yesterday; all were sent but 10,003 and
+    // 10,008.
+    sqlx::query("UPDATE outbox SET created_at = CASE WHEN id = $1 THEN $2 ELSE $3 END")
+        .bind(first + 10_006)
+        .bind(&recent)
+        .bind(&old)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM outbox_pending WHERE id NOT IN ($1, $2)")
+        .bind(first + 10_003)
+        .bind(first + 10_008)
+        .execute(db.pool())
+        .await
+        .unwrap();
     let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
     let deliveries: Vec<Value> = ce_ids
         .iter()

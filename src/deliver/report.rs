@@ -107,11 +107,12 @@ pub struct ControlTotals {
 }
 
 /// The day's control totals. `published` holds the `ce_id`s read back from Kafka, or `None` to
-/// count the rows the outbox marked sent.
+/// count the outbox rows the relay sent (no longer queued in `outbox_pending`).
 pub async fn reconcile(db: &Database, date: NaiveDate, published: Option<&BTreeSet<String>>) -> Result<Vec<ControlTotals>, DeliverError> {
     let rows = sqlx::query(
-        "SELECT d.ce_id, d.agency, d.kind, d.change, d.amount, d.state, o.id AS outbox_id, o.sent_at FROM deliveries d \
-         LEFT JOIN outbox o ON o.ce_id = d.ce_id WHERE d.created_on = $1 ORDER BY d.agency, d.kind, d.change",
+        "SELECT d.ce_id, d.agency, d.kind, d.change, d.amount, d.state, p.id AS pending_id FROM deliveries d \
+         LEFT JOIN outbox o ON o.ce_id = d.ce_id LEFT JOIN outbox_pending p ON p.id = o.id \
+         WHERE d.created_on = $1 ORDER BY d.agency, d.kind, d.change",
     )
     .bind(date.to_string())
     .fetch_all(db.pool())
@@ -122,9 +123,9 @@ pub async fn reconcile(db: &Database, date: NaiveDate, published: Option<&BTreeS
         let ce_id: String = r.try_get("ce_id")?;
         let amount: Decimal = r.try_get::<Option<String>, _>("amount")?.and_then(|a| a.parse().ok()).unwrap_or_default();
         let state: String = r.try_get("state")?;
-        // An outbox row is deleted only once sent (`prune_outbox`), and a delivery row never exists
-        // without one: a delivery whose outbox row is gone was published.
-        let sent = r.try_get::<Option<String>, _>("sent_at")?.is_some() || r.try_get::<Option<i64>, _>("outbox_id")?.is_none();
+        // A delivery row is written with its outbox row, which is queued until sent and deleted
+        // only once sent (`prune_outbox`): a delivery is published unless its row is still queued.
+        let sent = r.try_get::<Option<i64>, _>("pending_id")?.is_none();
         let line = lines.entry((agency.clone(), kind.clone(), change.clone())).or_insert_with(|| ControlTotals {
             agency,
             kind,

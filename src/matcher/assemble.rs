@@ -11,7 +11,12 @@
 
 use chrono::{Months, NaiveDate};
 use rust_decimal::Decimal;
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::Value;
+
+use crate::policy::household::{Assets, Disability, Member, Refusal, StudentLevel, field_value};
+use crate::policy::{Household, InputError};
 
 /// A current fact of a member, as stored.
 #[derive(Clone, Debug)]
@@ -22,21 +27,43 @@ pub struct StoredFact {
     pub effective: Option<NaiveDate>,
 }
 
-/// A current member as registered.
+/// A current member as registered: the member's JSON record as stored.
 #[derive(Clone, Debug)]
 pub struct StoredMember {
     pub id_number: String,
-    pub record: Value,
+    pub record: String,
 }
 
 /// The assembled household and the date to assess it on.
 #[derive(Clone, Debug)]
 pub struct Assembled {
-    pub household: Value,
+    pub household: Household,
     pub date: NaiveDate,
 }
 
-/// Builds the `doudi assess` input of a household from its registration and its members' facts.
+/// What a stored registration (`households.base`) holds besides its members: the household's own
+/// fields. Its region, id and date are the row's, given separately.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    #[serde(default)]
+    assets: Assets,
+    #[serde(default, with = "crate::money::strict_or_zero")]
+    medical_self_paid_12m: Decimal,
+    #[serde(default)]
+    housing_difficulty: bool,
+    #[serde(default, rename = "region")]
+    _region: IgnoredAny,
+    #[serde(default, rename = "household_id")]
+    _household_id: IgnoredAny,
+    #[serde(default, rename = "as_of")]
+    _as_of: IgnoredAny,
+    #[serde(default, rename = "members")]
+    _members: IgnoredAny,
+}
+
+/// Builds the `doudi assess` input of a household from its registration and its members' facts,
+/// typed as it is built. A field that does not parse is named in the error (without its value).
 pub fn assemble(
     household_id: &str,
     region: &str,
@@ -44,51 +71,34 @@ pub fn assemble(
     base: &Value,
     members: Vec<StoredMember>,
     facts: &[StoredFact],
-) -> Assembled {
+) -> Result<Assembled, InputError> {
     let date = facts.iter().filter_map(|f| f.effective).fold(as_of, NaiveDate::max);
     let window_start = date.checked_sub_months(Months::new(12)).unwrap_or(date);
-    let mut out: Map<String, Value> = base.as_object().cloned().unwrap_or_default();
-    out.insert("household_id".into(), json!(household_id));
-    out.insert("as_of".into(), json!(as_of));
-    out.insert("region".into(), json!(region));
+    let registration: Registration = field_value(base, "(registration)")?;
     let mut housing: Option<(Option<NaiveDate>, bool)> = None;
     let mut settlements: Option<Decimal> = None;
     let mut members_out = Vec::with_capacity(members.len());
-    for member in members {
-        let mut record: Map<String, Value> = match member.record {
-            Value::Object(record) => record,
-            _ => Map::new(),
-        };
-        let mut refusals: Vec<Value> = record.get("referral_refusals").and_then(Value::as_array).cloned().unwrap_or_default();
-        for f in facts.iter().filter(|f| f.id_number == member.id_number) {
-            match f.field.split(':').next().unwrap_or_default() {
+    for (i, stored) in members.iter().enumerate() {
+        let at = format!("members[{i}]");
+        let mut member = Member::from_json(&stored.record, &at)?;
+        for f in facts.iter().filter(|f| f.id_number == stored.id_number) {
+            let kind = f.field.split(':').next().unwrap_or_default();
+            let field = |name: &str| format!("{at}.{name} ({kind})");
+            match kind {
                 "employment" => {
-                    record.insert("employed".into(), f.value["employed"].clone());
-                    let income = record.entry("income").or_insert_with(|| json!({}));
-                    if let Some(income) = income.as_object_mut() {
-                        income.insert("wages".into(), f.value["wages"].clone());
-                    }
+                    member.employed = field_value(&f.value["employed"], &field("employed"))?;
+                    member.income.wages = field_value::<Money>(&f.value["wages"], &field("income.wages"))?.0;
                 }
                 "student_level" => {
-                    record.insert("student_level".into(), f.value["level"].clone());
+                    member.student_level = field_value::<Option<StudentLevel>>(&f.value["level"], &field("student_level"))?;
                 }
-                "union_roster" => {
-                    record.insert("union_roster".into(), f.value["on"].clone());
-                }
-                "death" => {
-                    record.insert("death_date".into(), f.value["date"].clone());
-                }
-                "hukou_region" => {
-                    record.insert("hukou_region".into(), f.value["region"].clone());
-                }
-                "disability" => {
-                    record.insert("disability".into(), f.value.clone());
-                }
-                "pension_months" => {
-                    record.insert("pension_months".into(), f.value["months"].clone());
-                }
+                "union_roster" => member.union_roster = field_value(&f.value["on"], &field("union_roster"))?,
+                "death" => member.death_date = field_value(&f.value["date"], &field("death_date"))?,
+                "hukou_region" => member.hukou_region = field_value(&f.value["region"], &field("hukou_region"))?,
+                "disability" => member.disability = field_value::<Option<Disability>>(&f.value, &field("disability"))?,
+                "pension_months" => member.pension_months = field_value(&f.value["months"], &field("pension_months"))?,
                 "medical_insurance_months" => {
-                    record.insert("medical_insurance_months".into(), f.value["months"].clone());
+                    member.medical_insurance_months = field_value(&f.value["months"], &field("medical_insurance_months"))?;
                 }
                 "housing_difficulty" => {
                     let value = f.value["value"].as_bool().unwrap_or(false);
@@ -97,10 +107,13 @@ pub fn assemble(
                     }
                 }
                 "referral_refusal" => {
-                    let counted = |r: &Value| r.as_str().or_else(|| r.get("date").and_then(Value::as_str)).map(str::to_string);
-                    let date = f.value["date"].as_str().map(str::to_string);
-                    if !refusals.iter().any(|r| counted(r) == date) {
-                        refusals.push(json!({"date": f.value["date"], "reason": f.value["reason"]}));
+                    let date: NaiveDate = field_value(&f.value["date"], &field("referral_refusals.date"))?;
+                    let reason: Option<String> = field_value(&f.value["reason"], &field("referral_refusals.reason"))?;
+                    let dated = |r: &Refusal| match r {
+                        Refusal::Date(d) | Refusal::Detailed { date: d, .. } => *d,
+                    };
+                    if !member.referral_refusals.iter().any(|r| dated(r) == date) {
+                        member.referral_refusals.push(Refusal::Detailed { date, reason });
                     }
                 }
                 "medical_settlement" => {
@@ -114,37 +127,49 @@ pub fn assemble(
                 _ => {}
             }
         }
-        record.insert("referral_refusals".into(), Value::Array(refusals));
-        members_out.push(Value::Object(record));
+        members_out.push(member);
     }
-    out.insert("members".into(), Value::Array(members_out));
-    if let Some((_, value)) = housing {
-        out.insert("housing_difficulty".into(), json!(value));
-    }
-    // 医保's settlements are the verified figure; the declared one stands only until 医保 reports.
-    if let Some(total) = settlements {
-        out.insert("medical_self_paid_12m".into(), json!(total.to_string()));
-    }
-    Assembled { household: Value::Object(out), date }
+    let household = Household {
+        household_id: Some(household_id.to_string()),
+        as_of: Some(as_of),
+        region: region.to_string(),
+        members: members_out,
+        assets: registration.assets,
+        // 医保's settlements are the verified figure; the declared one stands only until 医保 reports.
+        medical_self_paid_12m: settlements.unwrap_or(registration.medical_self_paid_12m),
+        housing_difficulty: housing.map_or(registration.housing_difficulty, |(_, value)| value),
+    };
+    Ok(Assembled { household, date })
 }
+
+/// An amount as the household's fields hold it: a decimal string, absent or null for zero.
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Money(#[serde(with = "crate::money::strict_or_zero")] Decimal);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn d(s: &str) -> NaiveDate {
         NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("date")
     }
 
+    fn record(id: &str) -> Value {
+        json!({"id_number": id, "relation": "head", "hukou_region": "220102", "income": {"wages": "0", "transfer": "300"}, "employed": false})
+    }
+
     fn member(id: &str) -> StoredMember {
-        StoredMember {
-            id_number: id.into(),
-            record: json!({"id_number": id, "relation": "head", "hukou_region": "220102", "income": {"wages": "0", "transfer": "300"}, "employed": false}),
-        }
+        StoredMember { id_number: id.into(), record: record(id).to_string() }
     }
 
     fn f(id: &str, field: &str, value: Value, on: Option<&str>) -> StoredFact {
         StoredFact { id_number: id.into(), field: field.into(), value, effective: on.map(d) }
+    }
+
+    fn money(s: &str) -> Decimal {
+        crate::money::parse_strict(s).expect("amount")
     }
 
     const P: &str = "220102195003070015";
@@ -156,15 +181,16 @@ mod tests {
             f(P, "death", json!({"date": "2019-12-20"}), Some("2019-12-20")),
             f(P, "union_roster", json!({"on": true}), None),
         ];
-        let a = assemble("JL-220102-2019-000123", "220102", d("2019-11-01"), &json!({"assets": {}}), vec![member(P)], &facts);
+        let a = assemble("JL-220102-2019-000123", "220102", d("2019-11-01"), &json!({"assets": {}}), vec![member(P)], &facts)
+            .expect("assembled");
         assert_eq!(a.date, d("2019-12-20"));
-        let m = &a.household["members"][0];
-        assert_eq!(m["employed"], json!(true));
-        assert_eq!(m["income"], json!({"wages": "1800.00", "transfer": "300"}));
-        assert_eq!(m["death_date"], json!("2019-12-20"));
-        assert_eq!(m["union_roster"], json!(true));
-        let parsed = crate::policy::Household::from_json(&a.household.to_string());
-        assert!(parsed.is_ok(), "assembled input parses: {parsed:?}");
+        let m = &a.household.members[0];
+        assert!(m.employed);
+        assert_eq!((m.income.wages, m.income.transfer), (money("1800.00"), money("300")));
+        assert_eq!(m.death_date, Some(d("2019-12-20")));
+        assert!(m.union_roster);
+        assert_eq!(a.household.household_id.as_deref(), Some("JL-220102-2019-000123"));
+        assert_eq!(a.household.as_of, Some(d("2019-11-01")));
     }
 
     #[test]
@@ -174,10 +200,11 @@ mod tests {
             f(P, "medical_settlement:b", json!({"self_paid": "99"}), Some("2018-11-30")),
             f(P, "medical_settlement:c", json!({"self_paid": "1"}), Some("2018-12-01")),
         ];
-        let a = assemble("h", "220102", d("2019-12-01"), &json!({"medical_self_paid_12m": "30000"}), vec![member(P)], &facts);
-        assert_eq!(a.household["medical_self_paid_12m"], json!("1000.50"), "2018-12-01 is outside (date − 12 months, date]");
-        let a = assemble("h", "220102", d("2019-12-01"), &json!({"medical_self_paid_12m": "30000"}), vec![member(P)], &[]);
-        assert_eq!(a.household["medical_self_paid_12m"], json!("30000"));
+        let base = json!({"medical_self_paid_12m": "30000"});
+        let a = assemble("h", "220102", d("2019-12-01"), &base, vec![member(P)], &facts).expect("assembled");
+        assert_eq!(a.household.medical_self_paid_12m, money("1000.50"), "2018-12-01 is outside (date − 12 months, date]");
+        let a = assemble("h", "220102", d("2019-12-01"), &base, vec![member(P)], &[]).expect("assembled");
+        assert_eq!(a.household.medical_self_paid_12m, money("30000"));
     }
 
     #[test]
@@ -187,14 +214,50 @@ mod tests {
             f(P, "referral_refusal:2019-11-01", json!({"date": "2019-11-01", "reason": null}), Some("2019-11-01")),
             f(P, "housing_difficulty", json!({"value": true}), Some("2019-11-20")),
         ];
-        let mut m = member(P);
-        m.record["referral_refusals"] = json!(["2019-11-01"]);
-        let a = assemble("h", "220102", d("2019-10-01"), &json!({}), vec![m.clone()], &facts);
+        let mut r = record(P);
+        r["referral_refusals"] = json!(["2019-11-01"]);
+        let m = StoredMember { id_number: P.into(), record: r.to_string() };
+        let a = assemble("h", "220102", d("2019-10-01"), &json!({}), vec![m.clone()], &facts).expect("assembled");
         facts.reverse();
-        let b = assemble("h", "220102", d("2019-10-01"), &json!({}), vec![m], &facts);
-        assert_eq!(a.household["members"][0]["referral_refusals"].as_array().map(Vec::len), Some(2));
-        assert_eq!(a.household["housing_difficulty"], json!(true));
+        let b = assemble("h", "220102", d("2019-10-01"), &json!({}), vec![m], &facts).expect("assembled");
+        assert_eq!(a.household.members[0].referral_refusals.len(), 2);
+        assert!(a.household.housing_difficulty);
         assert_eq!(a.date, b.date);
-        assert_eq!(a.household["housing_difficulty"], b.household["housing_difficulty"]);
+        assert_eq!(a.household.housing_difficulty, b.household.housing_difficulty);
+        let dates = |h: &Household| h.members[0].referral_refusals.iter().filter_map(Refusal::counting_date).collect::<Vec<_>>();
+        let (mut x, mut y) = (dates(&a.household), dates(&b.household));
+        x.sort();
+        y.sort();
+        assert_eq!(x, y);
+    }
+
+    #[test]
+    fn the_registration_keeps_its_own_fields_and_the_row_gives_id_region_and_date() {
+        let base = json!({"region": "220199", "assets": {"financial": "2000"}, "housing_difficulty": true});
+        let a = assemble("h", "220102", d("2019-10-01"), &base, vec![member(P)], &[]).expect("assembled");
+        assert_eq!(a.household.region, "220102");
+        assert_eq!(a.household.assets.financial, money("2000"));
+        assert!(a.household.housing_difficulty);
+        let parsed = Household::from_json(&serde_json::to_string(&a.household).expect("json"));
+        assert!(parsed.is_ok(), "the assembled input is a valid `doudi assess` input: {parsed:?}");
+    }
+
+    #[test]
+    fn a_field_that_does_not_parse_is_named_without_its_value() {
+        let facts = [f(P, "employment", json!({"employed": true, "wages": "18x0"}), Some("2019-12-01"))];
+        let e = assemble("h", "220102", d("2019-11-01"), &json!({}), vec![member(P)], &facts).expect_err("bad wages");
+        assert_eq!(e.field, "members[0].income.wages (employment)");
+        assert!(!e.message.contains("18x0"), "{e}");
+        let mut r = record(P);
+        r["relation"] = json!("cousin");
+        let e =
+            assemble("h", "220102", d("2019-11-01"), &json!({}), vec![StoredMember { id_number: P.into(), record: r.to_string() }], &[])
+                .expect_err("bad relation");
+        assert_eq!(e.field, "members[0].relation");
+        assert!(!e.message.contains("cousin"), "{e}");
+        let e = assemble("h", "220102", d("2019-11-01"), &json!({"assets": {"financial": 5}}), vec![member(P)], &[]).expect_err("number");
+        assert_eq!(e.field, "(registration).assets.financial");
+        let e = assemble("h", "220102", d("2019-11-01"), &json!({"surprise": 1}), vec![member(P)], &[]).expect_err("unknown field");
+        assert_eq!(e.field, "(registration).surprise");
     }
 }

@@ -14,7 +14,7 @@ use super::assemble::assemble;
 use super::store::{ApplyError, household_state};
 use crate::db::{Database, now_rfc3339};
 use crate::idnum::{IdNumber, mask};
-use crate::policy::{Household, Params};
+use crate::policy::Params;
 
 fn mask_name(name: &str) -> String {
     let mut chars = name.chars();
@@ -75,7 +75,7 @@ pub async fn report(db: &Database, params: &Params, id: &IdNumber, unmasked: boo
             listed.push(json!({
                 "id_number": show_id(&member.id_number),
                 "name": show_name(name),
-                "relation": member.record.get("relation").cloned().unwrap_or(Value::Null),
+                "relation": serde_json::from_str::<Value>(&member.record).ok().and_then(|r| r.get("relation").cloned()).unwrap_or(Value::Null),
             }));
             if member.id_number != id.as_str() {
                 fact_persons.push(member.id_number.clone());
@@ -106,11 +106,10 @@ pub async fn report(db: &Database, params: &Params, id: &IdNumber, unmasked: boo
             // The explanation is recomputed from the same facts; the stored decision is the record.
             let base: Value = serde_json::from_str(&m.try_get::<String, _>("base")?).unwrap_or_default();
             let as_of = NaiveDate::parse_from_str(&as_of, "%Y-%m-%d").unwrap_or_default();
-            let assembled = assemble(&household_id, &region, as_of, &base, members.clone(), &facts);
-            let explained = serde_json::from_value::<Household>(assembled.household)
+            let explained = assemble(&household_id, &region, as_of, &base, members.clone(), &facts)
+                .and_then(|a| a.household.validate(a.date, &params.policy.province).map(|c| (c, a.date)))
                 .ok()
-                .and_then(|h| h.validate(assembled.date, &params.policy.province).ok())
-                .and_then(|c| crate::policy::assess_explained(params, &c, assembled.date).ok());
+                .and_then(|(c, date)| crate::policy::assess_explained(params, &c, date).ok());
             if let Some(e) = explained {
                 let lines: Vec<String> = e
                     .explanation

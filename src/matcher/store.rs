@@ -25,7 +25,7 @@ use super::outbound::{Change, EntitlementRow, Summary, diff, entitlement_payload
 use crate::db::{DbError, now_rfc3339};
 use crate::envelope::{KeyDeriver, event_id_for_payload, event_type};
 use crate::idnum::IdNumber;
-use crate::policy::{Household, Params};
+use crate::policy::Params;
 use crate::schema::Registry;
 
 /// The CloudEvents source of everything the matcher derives.
@@ -190,8 +190,11 @@ fn bind_owned<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     b: Bind,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    // The `Any` driver's `Option<String>` clones its text when bound (its `encode` goes through
+    // `encode_by_ref`); a present value is bound as a `String`, which is moved.
     match b {
-        Bind::Text(v) => q.bind(v),
+        Bind::Text(Some(v)) => q.bind(v),
+        Bind::Text(None) => q.bind(None::<String>),
         Bind::Int(v) => q.bind(v),
         Bind::OptInt(v) => q.bind(v),
     }
@@ -203,7 +206,8 @@ fn bind<'q>(
     b: &Bind,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
     match b {
-        Bind::Text(v) => q.bind(v.clone()),
+        Bind::Text(Some(v)) => q.bind(v.clone()),
+        Bind::Text(None) => q.bind(None::<String>),
         Bind::Int(v) => q.bind(*v),
         Bind::OptInt(v) => q.bind(*v),
     }
@@ -1216,8 +1220,7 @@ async fn households_state(
             if let Some(name) = r.try_get::<Option<String>, _>("name")? {
                 names.insert(id_number.clone(), name);
             }
-            let record = serde_json::from_str(r.try_get::<&str, _>("member")?).unwrap_or_default();
-            state.0.push(StoredMember { id_number: id_number.clone(), record });
+            state.0.push(StoredMember { id_number: id_number.clone(), record: r.try_get("member")? });
         }
         if let Some(field) = r.try_get::<Option<String>, _>("field")? {
             state.1.push(StoredFact {
@@ -1347,13 +1350,11 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
             (Summary::empty(&ctx.params.policy.version), as_of, Vec::new(), Vec::new(), empty, json!([]), None)
         } else {
             let floor = reevaluated_on.map_or(as_of, |d| d.max(as_of));
-            let assembled = assemble(household_id, &region, floor, &stored.base, members, &facts);
-            let date = assembled.date;
-            let checked = serde_json::from_value::<Household>(assembled.household)
-                .map_err(|e| format!("field `(household)`: {}", e.to_string().split(" at line ").next().unwrap_or_default()))
-                .and_then(|h| h.validate(date, &ctx.params.policy.province).map_err(|e| e.to_string()));
-            let assessed = checked.and_then(|c| crate::policy::assess(&ctx.params, &c, date).map(|d| (c, d)).map_err(|e| e.to_string()));
-            let (checked, mut decision) = match assessed {
+            let assessed = assemble(household_id, &region, floor, &stored.base, members, &facts)
+                .and_then(|a| a.household.validate(a.date, &ctx.params.policy.province).map(|c| (c, a.date)))
+                .map_err(|e| e.to_string())
+                .and_then(|(c, date)| crate::policy::assess(&ctx.params, &c, date).map(|d| (c, d, date)).map_err(|e| e.to_string()));
+            let (checked, mut decision, date) = match assessed {
                 Ok(x) => x,
                 Err(problem) => {
                     tracing::warn!(trigger_event = %trigger, "A household could not be assessed; its current decision stands until its facts are corrected: {problem}");

@@ -496,7 +496,7 @@ fn caught_up(consumer: &StreamConsumer<MatcherContext>, owned: &BTreeMap<(String
 }
 
 async fn pending_outbox(db: &Database) -> Result<i64, MatchError> {
-    let row = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE sent_at IS NULL").fetch_one(db.pool()).await?;
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM outbox_pending").fetch_one(db.pool()).await?;
     Ok(row.try_get("n")?)
 }
 
@@ -546,8 +546,8 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
     let mut marking: Option<tokio::task::JoinHandle<Result<(), MatchError>>> = None;
     loop {
         let rows = sqlx::query(
-            "SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at FROM outbox \
-             WHERE sent_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
+            "SELECT o.id, o.topic, o.message_key, o.ce_id, o.ce_type, o.dataschema, o.payload, o.source_time, o.created_at \
+             FROM outbox_pending p JOIN outbox o ON o.id = p.id WHERE p.id > $1 ORDER BY p.id LIMIT $2",
         )
         .bind(after)
         .bind(RELAY_ROUND)
@@ -631,17 +631,17 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Outbox rows deleted per statement when pruning.
 const PRUNE_ROUND: i64 = 10_000;
 
-/// Deletes the outbox rows sent longer than `retention` ago, oldest first, in statements of
-/// `PRUNE_ROUND` rows; returns how many. Unsent rows are never deleted. The scan stops at the first
-/// row sent within the retention (rows are sent in id order, so the rows beyond it are recent,
-/// unsent, or wait for a later pass). `reconcile --no-kafka` counts a delivery whose outbox row is
-/// gone as published: a delivery row is written in the same transaction as its outbox row, and
-/// only sent rows are deleted.
+/// Deletes the sent outbox rows written longer than `retention` ago, oldest first, in statements of
+/// `PRUNE_ROUND` rows; returns how many. Unsent rows (still in `outbox_pending`) are never deleted.
+/// The scan stops at the first row written within the retention (ids grow with time, so the rows
+/// beyond it are recent). `reconcile --no-kafka` counts a delivery whose outbox row is gone as
+/// published: a delivery row is written in the same transaction as its outbox row, and only sent
+/// rows are deleted.
 pub async fn prune_outbox(db: &Database, retention: Duration) -> Result<u64, MatchError> {
     let age = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
     let Some(cutoff) = chrono::Utc::now().checked_sub_signed(age) else { return Ok(0) };
     let cutoff = crate::db::rfc3339(cutoff);
-    let bound: i64 = sqlx::query("SELECT id FROM outbox WHERE sent_at >= $1 ORDER BY id LIMIT 1")
+    let bound: i64 = sqlx::query("SELECT id FROM outbox WHERE created_at >= $1 ORDER BY id LIMIT 1")
         .bind(&cutoff)
         .fetch_optional(db.pool())
         .await?
@@ -650,14 +650,16 @@ pub async fn prune_outbox(db: &Database, retention: Duration) -> Result<u64, Mat
         .unwrap_or(i64::MAX);
     let mut pruned = 0;
     loop {
-        let done =
-            sqlx::query("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE id < $1 AND sent_at < $2 ORDER BY id LIMIT $3)")
-                .bind(bound)
-                .bind(&cutoff)
-                .bind(PRUNE_ROUND)
-                .execute(db.pool())
-                .await?
-                .rows_affected();
+        let done = sqlx::query(
+            "DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o WHERE o.id < $1 AND o.created_at < $2 \
+                 AND NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.id = o.id) ORDER BY o.id LIMIT $3)",
+        )
+        .bind(bound)
+        .bind(&cutoff)
+        .bind(PRUNE_ROUND)
+        .execute(db.pool())
+        .await?
+        .rows_affected();
         pruned += done;
         metrics::counter!("doudi_matcher_outbox_pruned_total").increment(done);
         if done < PRUNE_ROUND as u64 {
@@ -666,15 +668,9 @@ pub async fn prune_outbox(db: &Database, retention: Duration) -> Result<u64, Mat
     }
 }
 
-/// Marks rows sent.
+/// Marks rows sent: takes them off the relay's queue.
 async fn mark_sent(db: &Database, ids: &[super::store::Bind]) -> Result<(), MatchError> {
     let mut conn = db.pool().acquire().await.map_err(DbError::Query)?;
-    super::store::execute_in(
-        &mut conn,
-        "UPDATE outbox SET sent_at = $1 WHERE id IN",
-        &[super::store::Bind::Text(Some(now_rfc3339()))],
-        ids,
-    )
-    .await?;
+    super::store::execute_in(&mut conn, "DELETE FROM outbox_pending WHERE id IN", &[], ids).await?;
     Ok(())
 }

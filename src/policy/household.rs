@@ -282,6 +282,29 @@ fn without_values(message: &str) -> String {
     out
 }
 
+/// Reads a `T` from one JSON value standing for `field`, naming the field of any error as a parsed
+/// document would (quoted input values left out).
+pub fn field_value<'de, T: Deserialize<'de>>(value: &'de serde_json::Value, field: &str) -> Result<T, InputError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = without_values(e.into_inner().to_string().split(" at line ").next().unwrap_or_default());
+        input_error(if path == "." { field.to_string() } else { format!("{field}.{path}") }, message)
+    })
+}
+
+impl Member {
+    /// Parses one member's JSON record standing for `field` (e.g. `members[0]`), naming the field of
+    /// any error as [`Household::from_json`] does.
+    pub fn from_json(text: &str, field: &str) -> Result<Member, InputError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = without_values(e.into_inner().to_string().split(" at line ").next().unwrap_or_default());
+            input_error(if path == "." { field.to_string() } else { format!("{field}.{path}") }, message)
+        })
+    }
+}
+
 /// A household whose every field has been checked.
 #[derive(Clone, Debug)]
 pub struct CheckedHousehold {
