@@ -529,10 +529,11 @@ impl SameRows {
             .await
             .expect("columns");
             let set: Vec<String> = columns.iter().filter(|c| !key.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
+            // A table of its key alone (the relay's queue) has nothing to update.
+            let conflict = if set.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", set.join(", ")) };
             let sql = format!(
-                "INSERT INTO {raw} SELECT * FROM json_populate_recordset(NULL::{raw}, CAST($1 AS json)) ON CONFLICT ({}) DO UPDATE SET {}",
+                "INSERT INTO {raw} SELECT * FROM json_populate_recordset(NULL::{raw}, CAST($1 AS json)) ON CONFLICT ({}) {conflict}",
                 key.join(", "),
-                set.join(", ")
             );
             if let Some((_, existing)) = before.get(table).filter(|(_, r)| !r.is_empty()) {
                 sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(format!("[{}]", existing.join(","))).execute(pool).await.expect("seed");

@@ -353,6 +353,25 @@ async fn a_policy_change_publishes_exactly_the_deltas_it_causes() {
         assert_eq!(category(&db, "JL-220102-2019-000124").await.1, "904.50", "POLICY.md worked case 1");
         let before_吉林 = decisions_count(&db, "JL-220202-2019-000310").await;
 
+        // The summaries the matcher keeps on each household row are what migration 0004's backfill
+        // builds from the decisions.
+        let written = stored_summaries(&db).await;
+        assert_eq!(written.len(), 4);
+        sqlx::query("UPDATE households SET decision_summary = NULL").execute(db.pool()).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(summary_backfill(&db))).execute(db.pool()).await.unwrap();
+        assert_eq!(stored_summaries(&db).await, written);
+        // A summary naming another decision than the row's (left by an older doudi) is not trusted:
+        // this one claims the household is already 低保, and the status event below still says it
+        // moves from low income.
+        sqlx::query(
+            "UPDATE households SET decision_summary = $1 WHERE household_id = 'JL-220104-2019-000201'",
+        )
+        .bind(json!({"version": 0, "category": "dibao", "basis": null, "size": 2, "per_capita_income": "630.00",
+                     "monthly_payment": "40.00", "policy_version": "2020-07-01.1", "rules": ""}).to_string())
+        .execute(db.pool())
+        .await
+        .unwrap();
+
         let mark = last_outbox_id(&db).await;
         let new = context();
         let summary = policy_change::apply(&db, &new, 2).await.unwrap();
@@ -418,6 +437,28 @@ async fn a_policy_change_publishes_exactly_the_deltas_it_causes() {
         assert_eq!(latest.get::<String, _>("effective_date"), "2020-07-01");
     })
     .await;
+}
+
+/// Every household's stored decision summary, parsed.
+async fn stored_summaries(db: &Database) -> Vec<(String, Value)> {
+    sqlx::query("SELECT household_id, decision_summary FROM households ORDER BY household_id")
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get("household_id"), serde_json::from_str(&r.get::<String, _>("decision_summary")).unwrap()))
+        .collect()
+}
+
+/// Migration 0004's statement that fills `households.decision_summary`, for this backend.
+fn summary_backfill(db: &Database) -> String {
+    let backend = match db.backend() {
+        doudi::db::Backend::Postgres => "postgres",
+        doudi::db::Backend::Sqlite => "sqlite",
+    };
+    let text = std::fs::read_to_string(format!("{}/migrations/{backend}/0004_lighter_writes.sql", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let start = text.find("UPDATE households").unwrap();
+    text[start..start + text[start..].find(';').unwrap()].to_string()
 }
 
 /// What `doudi review --date D` does: the households due on D, re-evaluated as of D.

@@ -33,3 +33,12 @@ END
 $$;
 CREATE TRIGGER households_are_kept BEFORE DELETE OR TRUNCATE ON households
     FOR EACH STATEMENT EXECUTE FUNCTION households_are_kept();
+
+-- The summary of each household's current decision (category, basis, size, per-capita income,
+-- payment, policy version, rules: what the next decision is compared with), kept on the household
+-- row that is read and updated anyway, instead of looking the decision up again.
+ALTER TABLE households ADD COLUMN decision_summary TEXT;
+UPDATE households h SET decision_summary = json_build_object('version', d.version,
+        'category', d.category, 'basis', d.basis, 'size', d.size, 'per_capita_income', d.per_capita_income,
+        'monthly_payment', d.monthly_payment, 'policy_version', d.policy_version, 'rules', d.rules)::text
+    FROM decisions d WHERE d.household_id = h.household_id AND d.version = h.decision_version;

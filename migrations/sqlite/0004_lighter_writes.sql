@@ -41,3 +41,10 @@ CREATE TRIGGER households_are_kept BEFORE DELETE ON households
 BEGIN
     SELECT RAISE(ABORT, 'households are never deleted: their decisions refer to them');
 END;
+
+-- The summary of each household's current decision, kept on its row (see migrations/postgres).
+ALTER TABLE households ADD COLUMN decision_summary TEXT;
+UPDATE households SET decision_summary = (
+    SELECT json_object('version', d.version, 'category', d.category, 'basis', d.basis, 'size', d.size, 'per_capita_income', d.per_capita_income,
+        'monthly_payment', d.monthly_payment, 'policy_version', d.policy_version, 'rules', d.rules)
+    FROM decisions d WHERE d.household_id = households.household_id AND d.version = households.decision_version);

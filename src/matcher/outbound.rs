@@ -132,8 +132,9 @@ pub fn entitlement_payload(
     v
 }
 
-/// The household summary compared between decisions.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The household summary compared between decisions; stored as JSON in
+/// `households.decision_summary` beside the decision's version.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub category: String,
     pub basis: Option<String>,

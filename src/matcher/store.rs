@@ -382,6 +382,9 @@ struct HouseholdRow {
     as_of: NaiveDate,
     base: Value,
     version: i64,
+    /// The summary of decision `version` (`households.decision_summary`), compared with the next
+    /// decision's; `None` before the first decision, or for a row written before the column was.
+    summary: Option<Summary>,
     /// Assessed no earlier than this date (set by a policy change or a calendar review).
     reevaluated_on: Option<NaiveDate>,
     /// When the next periodic review is due.
@@ -580,10 +583,18 @@ async fn load_for_events(
     Ok(())
 }
 
+/// `households.decision_summary`: the summary of the decision it names. A row whose decision
+/// version moved without it (written by an older doudi) is not trusted: the decision is read.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSummary<S> {
+    version: i64,
+    #[serde(flatten)]
+    summary: S,
+}
+
 /// Reads the stored rows of `household_ids` into the batch.
 async fn load_households(conn: &mut AnyConnection, b: &mut Batch, household_ids: &[String]) -> Result<(), ApplyError> {
-    let sql =
-        "SELECT household_id, region, as_of, base, decision_version, reevaluated_on, next_review_on FROM households WHERE household_id IN";
+    let sql = "SELECT household_id, region, as_of, base, decision_version, decision_summary, reevaluated_on, next_review_on FROM households WHERE household_id IN";
     for r in select_in(conn, sql, "", household_ids).await? {
         b.households.insert(
             r.try_get("household_id")?,
@@ -592,6 +603,11 @@ async fn load_households(conn: &mut AnyConnection, b: &mut Batch, household_ids:
                 as_of: parse_date(&r.try_get::<String, _>("as_of")?).unwrap_or_default(),
                 base: serde_json::from_str(&r.try_get::<String, _>("base")?).unwrap_or_default(),
                 version: r.try_get("decision_version")?,
+                summary: r
+                    .try_get::<Option<&str>, _>("decision_summary")?
+                    .and_then(|s| serde_json::from_str::<StoredSummary<Summary>>(s).ok())
+                    .filter(|s| Some(s.version) == r.try_get("decision_version").ok())
+                    .map(|s| s.summary),
                 reevaluated_on: r.try_get::<Option<String>, _>("reevaluated_on")?.as_deref().and_then(parse_date),
                 next_review_on: r.try_get::<Option<String>, _>("next_review_on")?.as_deref().and_then(parse_date),
                 dirty: Dirty::Clean,
@@ -760,8 +776,10 @@ fn apply_household(
             raise_identity_conflict(b, ctx, &m.id, Some(&record.household_id), &record.region, record.as_of, event, outcome)?;
         }
     }
-    let (version, reevaluated_on, next_review_on) =
-        b.households.get(&record.household_id).map_or((0, None, None), |h| (h.version, h.reevaluated_on, h.next_review_on));
+    let (version, summary, reevaluated_on, next_review_on) = b
+        .households
+        .get(&record.household_id)
+        .map_or((0, None, None, None), |h| (h.version, h.summary.clone(), h.reevaluated_on, h.next_review_on));
     b.households.insert(
         record.household_id.clone(),
         HouseholdRow {
@@ -769,6 +787,7 @@ fn apply_household(
             as_of: record.as_of,
             base: record.base.clone(),
             version,
+            summary,
             reevaluated_on,
             next_review_on,
             dirty: Dirty::Record,
@@ -1078,8 +1097,15 @@ async fn flush_households(conn: &mut AnyConnection, b: &mut Batch) -> Result<(),
     let mut whole = Vec::new();
     let mut decided = Vec::new();
     for (id, h) in &b.households {
-        let decision =
-            || [Bind::Int(h.version), ot(h.reevaluated_on.map(|d| d.to_string())), ot(h.next_review_on.map(|d| d.to_string())), t(&now)];
+        let decision = || {
+            [
+                Bind::Int(h.version),
+                ot(h.summary.as_ref().and_then(|summary| serde_json::to_string(&StoredSummary { version: h.version, summary }).ok())),
+                ot(h.reevaluated_on.map(|d| d.to_string())),
+                ot(h.next_review_on.map(|d| d.to_string())),
+                t(&now),
+            ]
+        };
         match h.dirty {
             Dirty::Clean => {}
             Dirty::Decision if narrow => decided.push([t(id)].into_iter().chain(decision()).collect()),
@@ -1089,18 +1115,28 @@ async fn flush_households(conn: &mut AnyConnection, b: &mut Batch) -> Result<(),
     insert_rows(
         conn,
         "households",
-        &["household_id", "region", "as_of", "base", "decision_version", "reevaluated_on", "next_review_on", "updated_at"],
+        &[
+            "household_id",
+            "region",
+            "as_of",
+            "base",
+            "decision_version",
+            "decision_summary",
+            "reevaluated_on",
+            "next_review_on",
+            "updated_at",
+        ],
         whole,
         "ON CONFLICT (household_id) DO UPDATE SET region = excluded.region, as_of = excluded.as_of, base = excluded.base, \
-         decision_version = excluded.decision_version, reevaluated_on = excluded.reevaluated_on, \
-         next_review_on = excluded.next_review_on, updated_at = excluded.updated_at",
+         decision_version = excluded.decision_version, decision_summary = excluded.decision_summary, \
+         reevaluated_on = excluded.reevaluated_on, next_review_on = excluded.next_review_on, updated_at = excluded.updated_at",
     )
     .await?;
-    execute_values(conn, 5, decided, |values| {
+    execute_values(conn, 6, decided, |values| {
         format!(
-            "UPDATE households h SET decision_version = r.decision_version, reevaluated_on = r.reevaluated_on, \
-             next_review_on = r.next_review_on, updated_at = r.updated_at \
-             FROM (VALUES {values}) AS r (household_id, decision_version, reevaluated_on, next_review_on, updated_at) \
+            "UPDATE households h SET decision_version = r.decision_version, decision_summary = r.decision_summary, \
+             reevaluated_on = r.reevaluated_on, next_review_on = r.next_review_on, updated_at = r.updated_at \
+             FROM (VALUES {values}) AS r (household_id, decision_version, decision_summary, reevaluated_on, next_review_on, updated_at) \
              WHERE h.household_id = r.household_id"
         )
     })
@@ -1260,19 +1296,26 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
     let missing: Vec<String> = affected.iter().filter(|h| !b.households.contains_key(*h)).cloned().collect();
     load_households(conn, b, &missing).await?;
     let (mut state, mut names) = households_state(conn, &affected).await?;
-    // Each household's current decision, by the (household, version) pairs just read: the
-    // households table is not visited again.
-    let current: Vec<(&str, i64)> = affected.iter().filter_map(|h| b.households.get(h).map(|row| (h.as_str(), row.version))).collect();
+    // Each household's current decision summary is on its row; a row decided before the column
+    // existed has its summary read from the decision, by (household, version).
+    let unsummarised: Vec<(&str, i64)> = affected
+        .iter()
+        .filter_map(|h| b.households.get(h).filter(|row| row.version > 0 && row.summary.is_none()).map(|row| (h.as_str(), row.version)))
+        .collect();
     let mut summaries: BTreeMap<(String, i64), Summary> = BTreeMap::new();
-    for r in sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT d.household_id, d.version, d.category, d.basis, d.size, d.per_capita_income, d.monthly_payment, d.policy_version, d.rules \
-         FROM decisions d WHERE (d.household_id, d.version) IN ({})",
-        json_pairs(conn)
-    )))
-    .bind(serde_json::to_string(&current).unwrap_or_else(|_| "[]".into()))
-    .fetch_all(&mut *conn)
-    .await?
-    {
+    let stored = if unsummarised.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT d.household_id, d.version, d.category, d.basis, d.size, d.per_capita_income, d.monthly_payment, d.policy_version, d.rules \
+             FROM decisions d WHERE (d.household_id, d.version) IN ({})",
+            json_pairs(conn)
+        )))
+        .bind(serde_json::to_string(&unsummarised).unwrap_or_else(|_| "[]".into()))
+        .fetch_all(&mut *conn)
+        .await?
+    };
+    for r in stored {
         summaries.insert(
             (r.try_get("household_id")?, r.try_get("version")?),
             Summary {
@@ -1344,7 +1387,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
         let (region, as_of, version, reevaluated_on) = (stored.region.clone(), stored.as_of, stored.version, stored.reevaluated_on);
         let (trigger, source_time) = b.affected.get(household_id).cloned().unwrap_or_default();
         let (members, facts) = state.remove(household_id).unwrap_or_default();
-        let old_summary = summaries.get(&(household_id.clone(), version));
+        let old_summary: Option<Summary> = stored.summary.clone().or_else(|| summaries.remove(&(household_id.clone(), version)));
         let (summary, date, new_entitlements, raised_tasks, decision_json, members_status, head) = if members.is_empty() {
             let empty = String::from(r#"{"members":[]}"#);
             (Summary::empty(&ctx.params.policy.version), as_of, Vec::new(), Vec::new(), empty, json!([]), None)
@@ -1383,7 +1426,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
         let new_tasks: Vec<_> = raised_tasks.iter().filter(|(k, p, _)| !open.contains(&(k.clone(), p.clone()))).cloned().collect();
         let gone: Vec<_> = open.difference(&raised).cloned().collect();
 
-        let summary_changed = old_summary != Some(&summary);
+        let summary_changed = old_summary.as_ref() != Some(&summary);
         if !summary_changed && changes.is_empty() && new_tasks.is_empty() && gone.is_empty() {
             continue;
         }
@@ -1406,15 +1449,16 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
         ]);
         if let Some(h) = b.households.get_mut(household_id) {
             h.version = new_version;
+            h.summary = Some(summary.clone());
             h.touch();
         }
-        let status_moved = match old_summary {
+        let status_moved = match &old_summary {
             Some(o) => o.category != summary.category || o.monthly_payment != summary.monthly_payment,
             None => summary.category != "none",
         };
         if status_moved {
             let key = head.as_ref().map(|h| ctx.keys.key(h)).unwrap_or_default();
-            let payload = status_payload(household_id, &region, date, &summary, old_summary, members_status);
+            let payload = status_payload(household_id, &region, date, &summary, old_summary.as_ref(), members_status);
             write_outbox(
                 b,
                 ctx,
