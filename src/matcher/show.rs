@@ -104,7 +104,7 @@ pub async fn report(db: &Database, params: &Params, id: &IdNumber, unmasked: boo
                 decision["per_capita_income"] = json!(d.try_get::<String, _>("per_capita_income")?);
             }
             // The explanation is recomputed from the same facts; the stored decision is the record.
-            let base: Value = serde_json::from_str(&m.try_get::<String, _>("base")?).unwrap_or_default();
+            let base: String = m.try_get("base")?;
             let as_of = NaiveDate::parse_from_str(&as_of, "%Y-%m-%d").unwrap_or_default();
             let explained = assemble(&household_id, &region, as_of, &base, members.clone(), &facts)
                 .and_then(|a| a.household.validate(a.date, &params.policy.province).map(|c| (c, a.date)))

@@ -380,7 +380,8 @@ struct NewFact {
 struct HouseholdRow {
     region: String,
     as_of: NaiveDate,
-    base: Value,
+    /// The registration's own fields, as stored (JSON text).
+    base: String,
     version: i64,
     /// The summary of decision `version` (`households.decision_summary`), compared with the next
     /// decision's; `None` before the first decision, or for a row written before the column was.
@@ -601,7 +602,7 @@ async fn load_households(conn: &mut AnyConnection, b: &mut Batch, household_ids:
             HouseholdRow {
                 region: r.try_get("region")?,
                 as_of: parse_date(&r.try_get::<String, _>("as_of")?).unwrap_or_default(),
-                base: serde_json::from_str(&r.try_get::<String, _>("base")?).unwrap_or_default(),
+                base: r.try_get("base")?,
                 version: r.try_get("decision_version")?,
                 summary: r
                     .try_get::<Option<&str>, _>("decision_summary")?
@@ -785,7 +786,7 @@ fn apply_household(
         HouseholdRow {
             region: record.region.clone(),
             as_of: record.as_of,
-            base: record.base.clone(),
+            base: record.base.to_string(),
             version,
             summary,
             reevaluated_on,
@@ -1109,7 +1110,7 @@ async fn flush_households(conn: &mut AnyConnection, b: &mut Batch) -> Result<(),
         match h.dirty {
             Dirty::Clean => {}
             Dirty::Decision if narrow => decided.push([t(id)].into_iter().chain(decision()).collect()),
-            _ => whole.push([t(id), t(&h.region), t(h.as_of.to_string()), t(h.base.to_string())].into_iter().chain(decision()).collect()),
+            _ => whole.push([t(id), t(&h.region), t(h.as_of.to_string()), t(&h.base)].into_iter().chain(decision()).collect()),
         }
     }
     insert_rows(

@@ -283,26 +283,21 @@ fn without_values(message: &str) -> String {
 }
 
 /// Reads a `T` from one JSON value standing for `field`, naming the field of any error as a parsed
-/// document would (quoted input values left out).
+/// document would (quoted input values left out). The path is only tracked again after a failure.
 pub fn field_value<'de, T: Deserialize<'de>>(value: &'de serde_json::Value, field: &str) -> Result<T, InputError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let message = without_values(e.into_inner().to_string().split(" at line ").next().unwrap_or_default());
-        input_error(if path == "." { field.to_string() } else { format!("{field}.{path}") }, message)
-    })
+    T::deserialize(value).or_else(|_| serde_path_to_error::deserialize(value).map_err(|e| named(e, field)))
 }
 
-impl Member {
-    /// Parses one member's JSON record standing for `field` (e.g. `members[0]`), naming the field of
-    /// any error as [`Household::from_json`] does.
-    pub fn from_json(text: &str, field: &str) -> Result<Member, InputError> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let message = without_values(e.into_inner().to_string().split(" at line ").next().unwrap_or_default());
-            input_error(if path == "." { field.to_string() } else { format!("{field}.{path}") }, message)
-        })
-    }
+/// Parses a JSON document standing for `field` (e.g. `members[0]`) as [`field_value`] does.
+pub fn field_json<'de, T: Deserialize<'de>>(text: &'de str, field: &str) -> Result<T, InputError> {
+    serde_json::from_str(text)
+        .or_else(|_| serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(|e| named(e, field)))
+}
+
+fn named(e: serde_path_to_error::Error<serde_json::Error>, field: &str) -> InputError {
+    let path = e.path().to_string();
+    let message = without_values(e.into_inner().to_string().split(" at line ").next().unwrap_or_default());
+    input_error(if path == "." { field.to_string() } else { format!("{field}.{path}") }, message)
 }
 
 /// A household whose every field has been checked.
