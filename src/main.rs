@@ -225,8 +225,8 @@ struct MatchArgs {
     /// With --until-idle: how long without a new event before checking that every partition is read.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     idle_after: std::time::Duration,
-    /// Outbox rows sent longer ago than this are deleted (checked every 10 minutes). Keep it
-    /// longer than the reconciliation window.
+    /// Sent outbox rows written longer ago than this are deleted (checked every 10 minutes). Keep
+    /// it longer than the reconciliation window.
     #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
     outbox_retention: std::time::Duration,
     #[command(flatten)]

@@ -398,6 +398,16 @@ async fn a_policy_change_publishes_exactly_the_deltas_it_causes() {
         );
         for (topic, _, _, payload) in &published {
             assert_eq!(payload["effective_date"], "2020-07-01", "{topic}: decided as of the effective date");
+            if topic.contains("entitlement") {
+                // Names are read for the people the events name, after the households are decided.
+                let registered: String = sqlx::query("SELECT name FROM persons WHERE id_number = $1")
+                    .bind(payload["id_number"].as_str().unwrap())
+                    .fetch_one(db.pool())
+                    .await
+                    .unwrap()
+                    .get("name");
+                assert_eq!(payload["name"].as_str(), Some(registered.as_str()), "{topic}: the person's registered name");
+            }
         }
         let statuses: Vec<&Value> = published.iter().filter(|r| r.0.contains("status")).map(|r| &r.3).collect();
         assert!(statuses.iter().all(|s| s["policy_version"] == "2020-07-01.1"));

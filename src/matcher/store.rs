@@ -1220,27 +1220,23 @@ async fn flush_derived(conn: &mut AnyConnection, b: &mut Batch) -> Result<(), Ap
 /// The current members of a household and their current facts (registrations left out), in a
 /// stable order.
 pub async fn household_state(conn: &mut AnyConnection, household_id: &str) -> Result<(Vec<StoredMember>, Vec<StoredFact>), ApplyError> {
-    let (mut state, _) = households_state(conn, &[household_id.to_string()]).await?;
+    let mut state = households_state(conn, &[household_id.to_string()]).await?;
     Ok(state.remove(household_id).unwrap_or_default())
 }
 
 /// Current members and their current facts of each household.
 type HouseholdStates = BTreeMap<String, (Vec<StoredMember>, Vec<StoredFact>)>;
 
-/// As [`household_state`], for many households in one statement; also the members' names.
-async fn households_state(
-    conn: &mut AnyConnection,
-    household_ids: &[String],
-) -> Result<(HouseholdStates, BTreeMap<String, String>), ApplyError> {
+/// As [`household_state`], for many households in one statement.
+async fn households_state(conn: &mut AnyConnection, household_ids: &[String]) -> Result<HouseholdStates, ApplyError> {
     let mut out: HouseholdStates = BTreeMap::new();
-    let mut names = BTreeMap::new();
     // One row per current member and current fact (registrations left out), or per member without
     // facts: the memberships are read once for both.
     let mut last_membership = None;
     for r in select_in(
         conn,
-        "SELECT m.id AS membership, m.household_id, m.id_number, m.member, p.name, f.field, f.value, f.effective_date \
-         FROM household_members m LEFT JOIN persons p ON p.id_number = m.id_number \
+        "SELECT m.id AS membership, m.household_id, m.id_number, m.member, f.field, f.value, f.effective_date \
+         FROM household_members m \
          LEFT JOIN facts f ON f.id_number = m.id_number AND f.state = 'current' AND f.field NOT LIKE 'registration:%' \
          WHERE m.valid_to IS NULL AND m.household_id IN",
         "ORDER BY m.id, f.field, f.id",
@@ -1254,9 +1250,6 @@ async fn households_state(
         let state = out.entry(household_id).or_default();
         if last_membership != Some(membership) {
             last_membership = Some(membership);
-            if let Some(name) = r.try_get::<Option<String>, _>("name")? {
-                names.insert(id_number.clone(), name);
-            }
             state.0.push(StoredMember { id_number: id_number.clone(), record: r.try_get("member")? });
         }
         if let Some(field) = r.try_get::<Option<String>, _>("field")? {
@@ -1272,11 +1265,24 @@ async fn households_state(
     for (_, facts) in out.values_mut() {
         facts.sort_by(|a, b| (&a.id_number, &a.field).cmp(&(&b.id_number, &b.field)));
     }
-    Ok((out, names))
+    Ok(out)
 }
 
 /// New attributes, rules, end date and ending version of entitlement rows.
 type UpdateContent = (String, String, Option<String>, Option<i64>);
+
+/// An entitlement change of a household's new decision, to be written to the outbox once the
+/// names of the people concerned are read.
+struct EntitlementEvent {
+    change: Change,
+    entitlement: EntitlementRow,
+    household_id: String,
+    region: String,
+    date: NaiveDate,
+    /// The decision version that made the change.
+    version: i64,
+    source_time: String,
+}
 
 /// A changed or ended entitlement, rewritten by id.
 struct EntitlementUpdate {
@@ -1296,7 +1302,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
     // Households not loaded yet (a person moved out of them) come in too.
     let missing: Vec<String> = affected.iter().filter(|h| !b.households.contains_key(*h)).cloned().collect();
     load_households(conn, b, &missing).await?;
-    let (mut state, mut names) = households_state(conn, &affected).await?;
+    let mut state = households_state(conn, &affected).await?;
     // Each household's current decision summary is on its row; a row decided before the column
     // existed has its summary read from the decision, by (household, version).
     let unsummarised: Vec<(&str, i64)> = affected
@@ -1364,17 +1370,10 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
             .or_default()
             .insert((r.try_get::<String, _>("kind")?, r.try_get::<Option<String>, _>("id_number")?.unwrap_or_default()));
     }
-    // Members' names came with them; people entitled in force who are no longer members are rare.
-    let members: BTreeSet<&str> = state.values().flat_map(|s| s.0.iter().map(|m| m.id_number.as_str())).collect();
-    let others: Vec<String> =
-        sorted_unique(in_force.values().flatten().map(|e| &e.1.id_number).filter(|id| !members.contains(id.as_str())).cloned());
-    for r in select_in(conn, "SELECT id_number, name FROM persons WHERE id_number IN", "", &others).await? {
-        if let Some(name) = r.try_get::<Option<String>, _>("name")? {
-            names.insert(r.try_get("id_number")?, name);
-        }
-    }
-
     let mut decisions = Vec::new();
+    // Entitlement events wait for the names of their people, read once after the loop: only the
+    // people an event names are looked up, not every member of every household.
+    let mut entitlement_events: Vec<EntitlementEvent> = Vec::new();
     let mut grants = Vec::new();
     let mut updates: Vec<EntitlementUpdate> = Vec::new();
     let mut cleared: Vec<(String, String, String)> = Vec::new();
@@ -1500,14 +1499,15 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
                 }),
                 _ => {}
             }
-            let person = IdNumber::parse(&e.id_number).ok();
-            let key = person.as_ref().map(|p| ctx.keys.key(p)).unwrap_or_default();
-            let payload = entitlement_payload(*change, e, names.get(&e.id_number).map(String::as_str), household_id, &region, date);
-            let identity = format!("{household_id}/v{new_version}/{}/{}/{key}", e.agency, e.kind);
-            write_outbox(b, ctx, &agency_topic(&e.agency), "event_id", &key, &identity, payload, Some(household_id), &source_time)?;
-            outcome.outbox += 1;
-            metrics::counter!("doudi_matcher_entitlement_changes_total", "agency" => e.agency.clone(), "change" => change.as_str())
-                .increment(1);
+            entitlement_events.push(EntitlementEvent {
+                change: *change,
+                entitlement: e.clone(),
+                household_id: household_id.clone(),
+                region: region.clone(),
+                date,
+                version: new_version,
+                source_time: source_time.clone(),
+            });
         }
         for (kind, person, rule) in &new_tasks {
             let id = IdNumber::parse(person).ok();
@@ -1518,6 +1518,24 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
         for (kind, person) in gone {
             cleared.push((household_id.clone(), kind, person));
         }
+    }
+    let mut names = BTreeMap::new();
+    let named = sorted_unique(entitlement_events.iter().map(|x| x.entitlement.id_number.clone()));
+    for r in select_in(conn, "SELECT id_number, name FROM persons WHERE id_number IN", "", &named).await? {
+        if let Some(name) = r.try_get::<Option<String>, _>("name")? {
+            names.insert(r.try_get::<String, _>("id_number")?, name);
+        }
+    }
+    for x in entitlement_events {
+        let e = &x.entitlement;
+        let person = IdNumber::parse(&e.id_number).ok();
+        let key = person.as_ref().map(|p| ctx.keys.key(p)).unwrap_or_default();
+        let payload = entitlement_payload(x.change, e, names.get(&e.id_number).map(String::as_str), &x.household_id, &x.region, x.date);
+        let identity = format!("{}/v{}/{}/{}/{key}", x.household_id, x.version, e.agency, e.kind);
+        write_outbox(b, ctx, &agency_topic(&e.agency), "event_id", &key, &identity, payload, Some(&x.household_id), &x.source_time)?;
+        outcome.outbox += 1;
+        metrics::counter!("doudi_matcher_entitlement_changes_total", "agency" => e.agency.clone(), "change" => x.change.as_str())
+            .increment(1);
     }
     insert_rows(
         conn,
