@@ -294,10 +294,17 @@ pub fn field_json<'de, T: Deserialize<'de>>(text: &'de str, field: &str) -> Resu
         .or_else(|_| serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(|e| named(e, field)))
 }
 
+/// The error of a value standing for `field` (empty: the whole document), named by its path.
 fn named(e: serde_path_to_error::Error<serde_json::Error>, field: &str) -> InputError {
     let path = e.path().to_string();
     let message = without_values(e.into_inner().to_string().split(" at line ").next().unwrap_or_default());
-    input_error(if path == "." { field.to_string() } else { format!("{field}.{path}") }, message)
+    let name = match (field, path.as_str()) {
+        ("", ".") => "(document)".to_string(),
+        ("", _) => path,
+        (_, ".") => field.to_string(),
+        _ => format!("{field}.{path}"),
+    };
+    input_error(name, message)
 }
 
 /// A household whose every field has been checked.
@@ -313,13 +320,7 @@ pub struct CheckedHousehold {
 impl Household {
     /// Parses a JSON household, naming the field of any error.
     pub fn from_json(text: &str) -> Result<Household, InputError> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let message = without_values(inner.to_string().split(" at line ").next().unwrap_or_default());
-            input_error(if path == "." { "(document)".to_string() } else { path }, message)
-        })
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(|e| named(e, ""))
     }
 
     /// Checks the household for an assessment on `date` in `province` (e.g. `220000`).
