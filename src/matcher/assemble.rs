@@ -63,13 +63,14 @@ struct Registration {
 }
 
 /// Builds the `doudi assess` input of a household from its registration (`base`, the stored JSON)
-/// and its members' facts, typed as it is built. A field that does not parse is named in the error (without its value).
+/// and its members' facts, typed as it is built. A field that does not parse is named in the
+/// error, without its value.
 pub fn assemble(
     household_id: &str,
     region: &str,
     as_of: NaiveDate,
     base: &str,
-    members: Vec<StoredMember>,
+    members: &[StoredMember],
     facts: &[StoredFact],
 ) -> Result<Assembled, InputError> {
     let date = facts.iter().filter_map(|f| f.effective).fold(as_of, NaiveDate::max);
@@ -181,7 +182,7 @@ mod tests {
             f(P, "death", json!({"date": "2019-12-20"}), Some("2019-12-20")),
             f(P, "union_roster", json!({"on": true}), None),
         ];
-        let a = assemble("JL-220102-2019-000123", "220102", d("2019-11-01"), &json!({"assets": {}}).to_string(), vec![member(P)], &facts)
+        let a = assemble("JL-220102-2019-000123", "220102", d("2019-11-01"), &json!({"assets": {}}).to_string(), &[member(P)], &facts)
             .expect("assembled");
         assert_eq!(a.date, d("2019-12-20"));
         let m = &a.household.members[0];
@@ -201,9 +202,9 @@ mod tests {
             f(P, "medical_settlement:c", json!({"self_paid": "1"}), Some("2018-12-01")),
         ];
         let base = json!({"medical_self_paid_12m": "30000"});
-        let a = assemble("h", "220102", d("2019-12-01"), &base.to_string(), vec![member(P)], &facts).expect("assembled");
+        let a = assemble("h", "220102", d("2019-12-01"), &base.to_string(), &[member(P)], &facts).expect("assembled");
         assert_eq!(a.household.medical_self_paid_12m, money("1000.50"), "2018-12-01 is outside (date − 12 months, date]");
-        let a = assemble("h", "220102", d("2019-12-01"), &base.to_string(), vec![member(P)], &[]).expect("assembled");
+        let a = assemble("h", "220102", d("2019-12-01"), &base.to_string(), &[member(P)], &[]).expect("assembled");
         assert_eq!(a.household.medical_self_paid_12m, money("30000"));
     }
 
@@ -217,9 +218,9 @@ mod tests {
         let mut r = record(P);
         r["referral_refusals"] = json!(["2019-11-01"]);
         let m = StoredMember { id_number: P.into(), record: r.to_string() };
-        let a = assemble("h", "220102", d("2019-10-01"), &json!({}).to_string(), vec![m.clone()], &facts).expect("assembled");
+        let a = assemble("h", "220102", d("2019-10-01"), &json!({}).to_string(), std::slice::from_ref(&m), &facts).expect("assembled");
         facts.reverse();
-        let b = assemble("h", "220102", d("2019-10-01"), &json!({}).to_string(), vec![m], &facts).expect("assembled");
+        let b = assemble("h", "220102", d("2019-10-01"), &json!({}).to_string(), &[m], &facts).expect("assembled");
         assert_eq!(a.household.members[0].referral_refusals.len(), 2);
         assert!(a.household.housing_difficulty);
         assert_eq!(a.date, b.date);
@@ -234,7 +235,7 @@ mod tests {
     #[test]
     fn the_registration_keeps_its_own_fields_and_the_row_gives_id_region_and_date() {
         let base = json!({"region": "220199", "assets": {"financial": "2000"}, "housing_difficulty": true});
-        let a = assemble("h", "220102", d("2019-10-01"), &base.to_string(), vec![member(P)], &[]).expect("assembled");
+        let a = assemble("h", "220102", d("2019-10-01"), &base.to_string(), &[member(P)], &[]).expect("assembled");
         assert_eq!(a.household.region, "220102");
         assert_eq!(a.household.assets.financial, money("2000"));
         assert!(a.household.housing_difficulty);
@@ -245,7 +246,7 @@ mod tests {
     #[test]
     fn a_field_that_does_not_parse_is_named_without_its_value() {
         let facts = [f(P, "employment", json!({"employed": true, "wages": "18x0"}), Some("2019-12-01"))];
-        let e = assemble("h", "220102", d("2019-11-01"), &json!({}).to_string(), vec![member(P)], &facts).expect_err("bad wages");
+        let e = assemble("h", "220102", d("2019-11-01"), &json!({}).to_string(), &[member(P)], &facts).expect_err("bad wages");
         assert_eq!(e.field, "members[0].income.wages (employment)");
         assert!(!e.message.contains("18x0"), "{e}");
         let mut r = record(P);
@@ -255,17 +256,17 @@ mod tests {
             "220102",
             d("2019-11-01"),
             &json!({}).to_string(),
-            vec![StoredMember { id_number: P.into(), record: r.to_string() }],
+            &[StoredMember { id_number: P.into(), record: r.to_string() }],
             &[],
         )
         .expect_err("bad relation");
         assert_eq!(e.field, "members[0].relation");
         assert!(!e.message.contains("cousin"), "{e}");
-        let e = assemble("h", "220102", d("2019-11-01"), &json!({"assets": {"financial": 5}}).to_string(), vec![member(P)], &[])
+        let e = assemble("h", "220102", d("2019-11-01"), &json!({"assets": {"financial": 5}}).to_string(), &[member(P)], &[])
             .expect_err("number");
         assert_eq!(e.field, "(registration).assets.financial");
         let e =
-            assemble("h", "220102", d("2019-11-01"), &json!({"surprise": 1}).to_string(), vec![member(P)], &[]).expect_err("unknown field");
+            assemble("h", "220102", d("2019-11-01"), &json!({"surprise": 1}).to_string(), &[member(P)], &[]).expect_err("unknown field");
         assert_eq!(e.field, "(registration).surprise");
     }
 }

@@ -106,7 +106,7 @@ pub async fn report(db: &Database, params: &Params, id: &IdNumber, unmasked: boo
             // The explanation is recomputed from the same facts; the stored decision is the record.
             let base: String = m.try_get("base")?;
             let as_of = NaiveDate::parse_from_str(&as_of, "%Y-%m-%d").unwrap_or_default();
-            let explained = assemble(&household_id, &region, as_of, &base, members.clone(), &facts)
+            let explained = assemble(&household_id, &region, as_of, &base, &members, &facts)
                 .and_then(|a| a.household.validate(a.date, &params.policy.province).map(|c| (c, a.date)))
                 .ok()
                 .and_then(|(c, date)| crate::policy::assess_explained(params, &c, date).ok());

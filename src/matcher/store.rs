@@ -1393,7 +1393,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
             (Summary::empty(&ctx.params.policy.version), as_of, Vec::new(), Vec::new(), empty, json!([]), None)
         } else {
             let floor = reevaluated_on.map_or(as_of, |d| d.max(as_of));
-            let assessed = assemble(household_id, &region, floor, &stored.base, members, &facts)
+            let assessed = assemble(household_id, &region, floor, &stored.base, &members, &facts)
                 .and_then(|a| a.household.validate(a.date, &ctx.params.policy.province).map(|c| (c, a.date)))
                 .map_err(|e| e.to_string())
                 .and_then(|(c, date)| crate::policy::assess(&ctx.params, &c, date).map(|d| (c, d, date)).map_err(|e| e.to_string()));
