@@ -187,7 +187,7 @@ fn main() {
         let summary = doudi::matcher::policy_change::apply(&db, &new_ctx, 1_000).await.expect("apply");
         let reevaluated = started.elapsed();
         let cpu_used = cpu_seconds().since(&cpu_before);
-        let wal_used = wal(db.pool()).await.since(&wal_before);
+        let wal_used = wal(db.pool()).await.zip(wal_before).map(|(after, before)| after.since(&before));
         // Read before the relay marks the outbox rows sent: its bookkeeping is not the re-evaluation's.
         let reevaluated_rows = if same_rows { snapshot(db.pool()).await } else { Snapshot::new() };
         let mut published = None;
@@ -268,13 +268,16 @@ fn main() {
             2.0 * reevaluated.as_secs_f64(),
             reevaluated.as_secs_f64()
         );
-        println!(
-            "WAL written by the re-evaluation: {:.0} MB in {} records, {} of them full-page images; {} checkpoints started meanwhile.",
-            wal_used.bytes / 1e6,
-            wal_used.records,
-            wal_used.full_pages,
-            wal_used.checkpoints
-        );
+        match wal_used {
+            Some(w) => println!(
+                "WAL written by the re-evaluation: {:.0} MB in {} records, {} of them full-page images; {} checkpoints started meanwhile.",
+                w.bytes / 1e6,
+                w.records,
+                w.full_pages,
+                w.checkpoints
+            ),
+            None => println!("WAL written by the re-evaluation: not available on this server (pg_stat_wal, pg_stat_bgwriter)."),
+        }
         drop(db);
         if std::env::var_os("DOUDI_BENCH_KEEP_DATABASE").is_some() {
             println!("Database {name} kept (DOUDI_BENCH_KEEP_DATABASE).");
@@ -305,20 +308,22 @@ impl Wal {
     }
 }
 
-async fn wal(pool: &sqlx::AnyPool) -> Wal {
+/// `None` where the server lacks these views (before PostgreSQL 14; from 17 the checkpoint
+/// counters moved to `pg_stat_checkpointer`).
+async fn wal(pool: &sqlx::AnyPool) -> Option<Wal> {
     let row = sqlx::query(
         "SELECT w.wal_records, w.wal_fpi, w.wal_bytes::float8 AS wal_bytes, b.checkpoints_timed + b.checkpoints_req AS checkpoints \
          FROM pg_stat_wal w, pg_stat_bgwriter b",
     )
     .fetch_one(pool)
     .await
-    .expect("pg_stat_wal");
-    Wal {
-        records: row.get("wal_records"),
-        full_pages: row.get("wal_fpi"),
-        bytes: row.get("wal_bytes"),
-        checkpoints: row.get("checkpoints"),
-    }
+    .ok()?;
+    Some(Wal {
+        records: row.try_get("wal_records").ok()?,
+        full_pages: row.try_get("wal_fpi").ok()?,
+        bytes: row.try_get("wal_bytes").ok()?,
+        checkpoints: row.try_get("checkpoints").ok()?,
+    })
 }
 
 /// CPU seconds (user and system) used so far by this process, by PostgreSQL's processes and by
