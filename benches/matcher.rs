@@ -289,7 +289,6 @@ fn main() {
 
 /// The server's write-ahead log so far (`pg_stat_wal`, `pg_stat_bgwriter`): cluster-wide, so it
 /// counts whatever else the server did meanwhile (nothing else runs during the benchmark).
-#[derive(Default)]
 struct Wal {
     records: i64,
     full_pages: i64,

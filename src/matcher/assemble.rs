@@ -110,10 +110,7 @@ pub fn assemble(
                 "referral_refusal" => {
                     let date: NaiveDate = field_value(&f.value["date"], &field("referral_refusals.date"))?;
                     let reason: Option<String> = field_value(&f.value["reason"], &field("referral_refusals.reason"))?;
-                    let dated = |r: &Refusal| match r {
-                        Refusal::Date(d) | Refusal::Detailed { date: d, .. } => *d,
-                    };
-                    if !member.referral_refusals.iter().any(|r| dated(r) == date) {
+                    if !member.referral_refusals.iter().any(|r| r.date() == date) {
                         member.referral_refusals.push(Refusal::Detailed { date, reason });
                     }
                 }

@@ -597,17 +597,18 @@ struct StoredSummary<S> {
 async fn load_households(conn: &mut AnyConnection, b: &mut Batch, household_ids: &[String]) -> Result<(), ApplyError> {
     let sql = "SELECT household_id, region, as_of, base, decision_version, decision_summary, reevaluated_on, next_review_on FROM households WHERE household_id IN";
     for r in select_in(conn, sql, "", household_ids).await? {
+        let version: i64 = r.try_get("decision_version")?;
         b.households.insert(
             r.try_get("household_id")?,
             HouseholdRow {
                 region: r.try_get("region")?,
                 as_of: parse_date(&r.try_get::<String, _>("as_of")?).unwrap_or_default(),
                 base: r.try_get("base")?,
-                version: r.try_get("decision_version")?,
+                version,
                 summary: r
                     .try_get::<Option<&str>, _>("decision_summary")?
                     .and_then(|s| serde_json::from_str::<StoredSummary<Summary>>(s).ok())
-                    .filter(|s| Some(s.version) == r.try_get("decision_version").ok())
+                    .filter(|s| s.version == version)
                     .map(|s| s.summary),
                 reevaluated_on: r.try_get::<Option<String>, _>("reevaluated_on")?.as_deref().and_then(parse_date),
                 next_review_on: r.try_get::<Option<String>, _>("next_review_on")?.as_deref().and_then(parse_date),
@@ -1310,7 +1311,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
         .filter_map(|h| b.households.get(h).filter(|row| row.version > 0 && row.summary.is_none()).map(|row| (h.as_str(), row.version)))
         .collect();
     let mut summaries: BTreeMap<(String, i64), Summary> = BTreeMap::new();
-    let stored = if unsummarised.is_empty() {
+    let decided = if unsummarised.is_empty() {
         Vec::new()
     } else {
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -1322,7 +1323,7 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
         .fetch_all(&mut *conn)
         .await?
     };
-    for r in stored {
+    for r in decided {
         summaries.insert(
             (r.try_get("household_id")?, r.try_get("version")?),
             Summary {

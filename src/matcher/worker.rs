@@ -53,7 +53,8 @@ pub struct MatchOptions {
     pub assignment_timeout: Duration,
     /// Identifies this instance as a partition owner.
     pub owner: String,
-    /// Outbox rows sent longer ago than this are deleted, checked every 10 minutes (`None`: kept).
+    /// Sent outbox rows written longer ago than this are deleted, checked every 10 minutes
+    /// (`None`: kept).
     pub outbox_retention: Option<Duration>,
 }
 
@@ -197,7 +198,7 @@ pub async fn run(
             last_prune = Some(Instant::now());
             let pruned = prune_outbox(db, retention).await?;
             if pruned > 0 {
-                tracing::info!(rows = pruned, "Deleted outbox rows sent longer ago than the retention.");
+                tracing::info!(rows = pruned, "Deleted sent outbox rows written longer ago than the retention.");
             }
         }
         if batch.is_empty() {
@@ -543,22 +544,20 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
     // The round's ids are taken from the queue first, then their rows looked up by id. Joined, or
     // as `IN (subquery)`, PostgreSQL planned a merge join walking every sent row kept (300 ms per
     // round of 5,000 at 376,000 rows; BENCHMARKS.md); an array of ids is one index scan (7 ms).
-    let round_sql = match db.backend() {
-        Backend::Postgres => {
-            "SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at FROM outbox \
-             WHERE id = ANY(ARRAY(SELECT id FROM outbox_pending WHERE id > $1 ORDER BY id LIMIT $2)) ORDER BY id"
-        }
-        Backend::Sqlite => {
-            "SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at FROM outbox \
-             WHERE id IN (SELECT id FROM outbox_pending WHERE id > $1 ORDER BY id LIMIT $2) ORDER BY id"
-        }
+    let queued = "SELECT id FROM outbox_pending WHERE id > $1 ORDER BY id LIMIT $2";
+    let ids = match db.backend() {
+        Backend::Postgres => format!("id = ANY(ARRAY({queued}))"),
+        Backend::Sqlite => format!("id IN ({queued})"),
     };
+    let round_sql = format!(
+        "SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at FROM outbox WHERE {ids} ORDER BY id"
+    );
     let mut published = 0;
     let mut after = 0_i64;
     let mut previous: Option<Vec<InFlight>> = None;
     let mut marking: Option<tokio::task::JoinHandle<Result<(), MatchError>>> = None;
     loop {
-        let rows = sqlx::query(round_sql).bind(after).bind(RELAY_ROUND).fetch_all(db.pool()).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(round_sql.as_str())).bind(after).bind(RELAY_ROUND).fetch_all(db.pool()).await?;
         let mut current = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: i64 = r.try_get("id")?;

@@ -201,6 +201,13 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The date of the refusal.
+    pub fn date(&self) -> NaiveDate {
+        match self {
+            Refusal::Date(d) | Refusal::Detailed { date: d, .. } => *d,
+        }
+    }
+
     /// The date, if the refusal counts (no valid reason given).
     pub fn counting_date(&self) -> Option<NaiveDate> {
         match self {
@@ -320,7 +327,7 @@ pub struct CheckedHousehold {
 impl Household {
     /// Parses a JSON household, naming the field of any error.
     pub fn from_json(text: &str) -> Result<Household, InputError> {
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(|e| named(e, ""))
+        field_json(text, "")
     }
 
     /// Checks the household for an assessment on `date` in `province` (e.g. `220000`).
