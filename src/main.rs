@@ -1041,19 +1041,31 @@ fn reevaluation_context(
     })
 }
 
-/// Publishes the outbox unless told not to; returns how many were published.
-async fn publish_outbox(db: &doudi::db::Database, args: &ReevaluateArgs, settings: &Settings) -> Result<u64, ExitCode> {
+/// Runs `work` (a re-evaluation) while publishing what it writes to the outbox, chunk by chunk as
+/// they commit, unless told not to. Returns the work's output and how many rows were published; a
+/// failure to publish leaves the rest in the outbox for the next relay (the running matcher's).
+async fn publishing<T>(
+    db: &doudi::db::Database,
+    args: &ReevaluateArgs,
+    settings: &Settings,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Result<u64, ExitCode>) {
     if args.no_publish {
-        return Ok(0);
+        return (work.await, Ok(0));
     }
-    let producer = doudi::kafka::idempotent_producer(&settings.kafka).map_err(|e| {
-        eprintln!("doudi: {e}");
-        ExitCode::from(exit::INFRASTRUCTURE)
-    })?;
-    doudi::matcher::relay(db, &producer).await.map_err(|e| {
+    let producer = match doudi::kafka::idempotent_producer(&settings.kafka) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("doudi: {e}");
+            return (work.await, Err(ExitCode::from(exit::INFRASTRUCTURE)));
+        }
+    };
+    let (out, published) = doudi::matcher::relay_during(db, &producer, work).await;
+    let published = published.map_err(|e| {
         eprintln!("doudi: publishing the outbox: {e}");
         ExitCode::from(exit::INFRASTRUCTURE)
-    })
+    });
+    (out, published)
 }
 
 async fn policy_apply(policy: &std::path::Path, args: &ReevaluateArgs, settings: &Settings) -> ExitCode {
@@ -1075,7 +1087,8 @@ async fn policy_apply(policy: &std::path::Path, args: &ReevaluateArgs, settings:
         Err(code) => return code,
     };
     let started = std::time::Instant::now();
-    let summary = match doudi::matcher::policy_change::apply(&db, &ctx, args.chunk_size).await {
+    let (applied, published) = publishing(&db, args, settings, doudi::matcher::policy_change::apply(&db, &ctx, args.chunk_size)).await;
+    let summary = match applied {
         Ok(s) => s,
         Err(e @ doudi::matcher::policy_change::PolicyChangeError::VersionReused(_)) => {
             eprintln!("doudi: --policy: {e}");
@@ -1086,7 +1099,7 @@ async fn policy_apply(policy: &std::path::Path, args: &ReevaluateArgs, settings:
             return ExitCode::from(exit::INFRASTRUCTURE);
         }
     };
-    let published = match publish_outbox(&db, args, settings).await {
+    let published = match published {
         Ok(n) => n,
         Err(code) => return code,
     };
@@ -1166,15 +1179,15 @@ async fn review(date: Option<chrono::NaiveDate>, args: &ReevaluateArgs, settings
         Err(code) => return code,
     };
     let started = std::time::Instant::now();
-    let result = async {
+    let work = async {
         let due = doudi::matcher::calendar::due_on(&db, &ctx.params, date).await?;
         let households: Vec<String> = due.households.keys().cloned().collect();
         let totals =
             policy_change::reevaluate_all(&db, &ctx, &households, Some(date), &format!("review:{date}"), &due.reviews, args.chunk_size)
                 .await?;
         Ok::<_, policy_change::PolicyChangeError>((due, totals))
-    }
-    .await;
+    };
+    let (result, published) = publishing(&db, args, settings, work).await;
     let (due, totals) = match result {
         Ok(x) => x,
         Err(e) => {
@@ -1182,7 +1195,7 @@ async fn review(date: Option<chrono::NaiveDate>, args: &ReevaluateArgs, settings
             return ExitCode::from(exit::INFRASTRUCTURE);
         }
     };
-    let published = match publish_outbox(&db, args, settings).await {
+    let published = match published {
         Ok(n) => n,
         Err(code) => return code,
     };

@@ -630,6 +630,45 @@ async fn relay_publishes_every_round_in_order_and_marks_it_sent() {
     }
 }
 
+/// Beside a re-evaluation (`policy apply`, `review`), the relay publishes once a round is queued,
+/// and after the work ends publishes what its last chunk wrote: every row once, in id order per
+/// key, none left queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_during_publishes_rounds_as_they_commit_and_the_rest_after() {
+    let (_pg, db, topic) = relay_setup("test.relay-during", 3).await;
+    let reader = common::Reader::new(&[topic.as_str()]);
+    let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
+    let work = async {
+        let mut ce_ids = Vec::new();
+        for _ in 0..3 {
+            // More than a round (5,000 rows), which is what starts a run while the work goes on.
+            ce_ids.extend(outbox_rows(&db, &topic, 6_000, 20).await);
+            // Published while the work goes on: the queue empties before the next chunk.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while unsent(&db).await > 0 {
+                assert!(std::time::Instant::now() < deadline, "a committed chunk is published while the work goes on");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // The last chunk, less than a round, commits as the work ends.
+        ce_ids.extend(outbox_rows(&db, &topic, 2_500, 20).await);
+        ce_ids
+    };
+    let (ce_ids, published) = doudi::matcher::relay_during(&db, &producer, work).await;
+    assert_eq!(published.unwrap(), 20_500);
+    assert_eq!(unsent(&db).await, 0, "nothing the work wrote is left queued");
+
+    let records = reader.until_quiet(Duration::from_secs(5)).await;
+    let position: std::collections::HashMap<&String, usize> = ce_ids.iter().enumerate().map(|(i, c)| (c, i)).collect();
+    let mut last: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for r in &records {
+        let at = position[r.headers.get("ce_id").unwrap()];
+        let previous = last.insert(r.key.clone().unwrap(), at);
+        assert!(previous.is_none_or(|p| p < at), "rows of one key arrive in id order, each once");
+    }
+    assert_eq!(records.len(), ce_ids.len());
+}
+
 /// While another process holds the relay's lock, a relay publishes nothing and returns at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_leaves_the_rows_to_the_process_holding_its_lock() {

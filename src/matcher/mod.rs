@@ -18,4 +18,4 @@ pub mod worker;
 
 pub use facts::Feed;
 pub use store::{BatchOutcome, Context, Inbound, Outbound, apply_batch};
-pub use worker::{MatchOptions, RunSummary, prune_outbox, relay, run};
+pub use worker::{MatchOptions, RunSummary, prune_outbox, relay, relay_during, run};

@@ -496,6 +496,12 @@ fn caught_up(consumer: &StreamConsumer<MatcherContext>, owned: &BTreeMap<(String
     Ok(true)
 }
 
+/// Whether at least `n` outbox rows are queued (counting no further than `n`).
+async fn queued_at_least(db: &Database, n: i64) -> Result<bool, MatchError> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM (SELECT id FROM outbox_pending LIMIT $1) q").bind(n).fetch_one(db.pool()).await?;
+    Ok(row.try_get::<i64, _>("n")? >= n)
+}
+
 async fn pending_outbox(db: &Database) -> Result<i64, MatchError> {
     let row = sqlx::query("SELECT COUNT(*) AS n FROM outbox_pending").fetch_one(db.pool()).await?;
     Ok(row.try_get("n")?)
@@ -596,6 +602,49 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
         tx.commit().await?;
     }
     Ok(published)
+}
+
+/// How often [`relay_during`] looks at the queue while its work goes on.
+const RELAY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Runs `work` (a re-evaluation writing to the outbox, chunk by chunk) while the relay publishes
+/// what it commits, then publishes what is left. While the work goes on, a relay run starts once a
+/// full round (5,000 rows) is queued: the broker handles a few large batches per partition rather
+/// than many small ones (twice its CPU when runs started every 200 ms; BENCHMARKS.md). Returns the
+/// work's output and how many rows were published, or the relay's error; the work always runs to
+/// its end, and whatever the relay could not publish stays in the outbox for the next relay. The
+/// last run starts once the work has ended, so nothing committed by the work is left behind.
+pub async fn relay_during<T>(
+    db: &Database,
+    producer: &FutureProducer,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Result<u64, MatchError>) {
+    let finished = tokio::sync::Notify::new();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let working = async {
+        let out = work.await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        finished.notify_one();
+        out
+    };
+    let relaying = async {
+        let mut published = 0;
+        loop {
+            // Read before the run: the run after the work ended is the last one.
+            let last = done.load(std::sync::atomic::Ordering::SeqCst);
+            if last || queued_at_least(db, RELAY_ROUND).await? {
+                published += relay(db, producer).await?;
+            }
+            if last {
+                return Ok(published);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RELAY_PAUSE) => {}
+                _ = finished.notified() => {}
+            }
+        }
+    };
+    tokio::join!(working, relaying)
 }
 
 /// Waits for a round's acknowledgements. Returns the rows acknowledged before the first failure,
