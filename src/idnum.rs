@@ -153,13 +153,24 @@ pub fn age_on(birth: NaiveDate, date: NaiveDate) -> i32 {
 /// Masks any string that may hold an ID number: the first four and last four characters stay,
 /// everything between becomes `*`; a string of eight characters or fewer is masked entirely.
 pub fn mask(raw: &str) -> String {
-    let chars: Vec<char> = raw.trim().chars().collect();
-    if chars.len() <= 8 {
-        return "*".repeat(chars.len());
+    Masked(raw).to_string()
+}
+
+/// [`mask`] written straight into its destination (a decision being serialized), without the
+/// intermediate strings.
+pub struct Masked<'a>(pub &'a str);
+
+impl std::fmt::Display for Masked<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let raw = self.0.trim();
+        let n = raw.chars().count();
+        for (i, c) in raw.chars().enumerate() {
+            let kept = n > 8 && (i < 4 || i >= n - 4);
+            f.write_char(if kept { c } else { '*' })?;
+        }
+        Ok(())
     }
-    let head: String = chars[..4].iter().collect();
-    let tail: String = chars[chars.len() - 4..].iter().collect();
-    format!("{head}{}{tail}", "*".repeat(chars.len() - 8))
 }
 
 fn normalise_chars(raw: &str) -> Vec<char> {

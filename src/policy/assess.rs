@@ -109,12 +109,14 @@ pub enum AssessError {
     Parameters(#[from] ParamsError),
 }
 
+// Both written through `collect_str`: serde_json formats them straight into its output (the
+// same text as `masked()` and `to_string()`), without a string per value.
 fn masked<S: Serializer>(id: &IdNumber, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&id.masked())
+    s.collect_str(&crate::idnum::Masked(id.as_str()))
 }
 
 fn yuan<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&round_yuan(*d).to_string())
+    s.collect_str(&round_yuan(*d))
 }
 
 fn opt_yuan<S: Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
