@@ -57,6 +57,7 @@ fn main() {
         let name = format!("doudi_bench_{}", uuid::Uuid::new_v4().simple());
         let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.expect("create database");
+        drop(admin);
         let url = format!("{}/{name}", base.rsplit_once('/').map(|x| x.0).unwrap_or(&base));
         let db = Database::connect(&DatabaseSettings { url, ..DatabaseSettings::default() }).await.expect("database");
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -301,7 +302,17 @@ fn main() {
         if std::env::var_os("DOUDI_BENCH_KEEP_DATABASE").is_some() {
             println!("Database {name} kept (DOUDI_BENCH_KEEP_DATABASE).");
         } else {
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut admin).await;
+            // A connection of its own: one kept open through a long run may have been closed.
+            let dropped = match sqlx::PgConnection::connect(&base).await {
+                Ok(mut admin) => sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                    .execute(&mut admin)
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = dropped {
+                println!("Database {name} not dropped ({e}): drop it by hand.");
+            }
         }
     });
 }

@@ -1041,8 +1041,8 @@ fn reevaluation_context(
     })
 }
 
-/// Runs `work` (a re-evaluation) while publishing what it writes to the outbox, chunk by chunk as
-/// they commit, unless told not to. Returns the work's output and how many rows were published; a
+/// Runs `work` (a re-evaluation) while publishing what it writes to the outbox, a round at a time as
+/// its chunks commit and the rest at the end, unless told not to. Returns the work's output and how many rows were published; a
 /// failure to publish leaves the rest in the outbox for the next relay (the running matcher's).
 async fn publishing<T>(
     db: &doudi::db::Database,

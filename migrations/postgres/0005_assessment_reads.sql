@@ -1,5 +1,5 @@
--- Cheaper reads and updates for re-evaluating many households (issue 7, BENCHMARKS.md
--- "Assessment reads").
+-- Cheaper reads and updates for re-evaluating many households (issue 7, BENCHMARKS.md "Publishing
+-- beside the re-evaluation, fewer reads and in-place updates").
 
 -- The facts an assessment reads: a person's current facts other than the registration (which is
 -- read with the household). Looked up through `facts_by_person`, every member's registration row
