@@ -290,26 +290,36 @@ fn main() {
         );
         match wal_used {
             Some(w) => println!(
-                "WAL written by the re-evaluation: {:.0} MB in {} records, {} of them full-page images; {} checkpoints started meanwhile.",
+                "WAL written by the re-evaluation: {:.0} MB in {} records, {} of them full-page images; {} checkpoints started meanwhile. Blocks read: {} in shared buffers, {} from outside them.",
                 w.bytes / 1e6,
                 w.records,
                 w.full_pages,
-                w.checkpoints
+                w.checkpoints,
+                w.hits,
+                w.reads
             ),
-            None => println!("WAL written by the re-evaluation: not available on this server (pg_stat_wal, pg_stat_bgwriter)."),
+            None => println!("WAL written by the re-evaluation: not available on this server (pg_stat_wal, pg_stat_bgwriter, pg_stat_database)."),
         }
         drop(db);
         if std::env::var_os("DOUDI_BENCH_KEEP_DATABASE").is_some() {
             println!("Database {name} kept (DOUDI_BENCH_KEEP_DATABASE).");
         } else {
-            // A connection of its own: one kept open through a long run may have been closed.
-            let dropped = match sqlx::PgConnection::connect(&base).await {
-                Ok(mut admin) => sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                    .execute(&mut admin)
-                    .await
-                    .map(|_| ()),
-                Err(e) => Err(e),
-            };
+            // Without FORCE: terminating other sessions needs a privilege doudi's user lacks, and
+            // the sessions left (the pool closing, autovacuum) end by themselves or are ended by the
+            // server. Tried again for a while.
+            let mut dropped = Ok(());
+            for _ in 0..30 {
+                dropped = match sqlx::PgConnection::connect(&base).await {
+                    Ok(mut admin) => {
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut admin).await.map(|_| ())
+                    }
+                    Err(e) => Err(e),
+                };
+                if dropped.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
             if let Err(e) = dropped {
                 println!("Database {name} not dropped ({e}): drop it by hand.");
             }
@@ -324,6 +334,9 @@ struct Wal {
     full_pages: i64,
     bytes: f64,
     checkpoints: i64,
+    /// Blocks this database found in shared buffers, and read from outside them (the OS).
+    hits: i64,
+    reads: i64,
 }
 
 impl Wal {
@@ -333,6 +346,8 @@ impl Wal {
             full_pages: self.full_pages - before.full_pages,
             bytes: self.bytes - before.bytes,
             checkpoints: self.checkpoints - before.checkpoints,
+            hits: self.hits - before.hits,
+            reads: self.reads - before.reads,
         }
     }
 }
@@ -341,8 +356,8 @@ impl Wal {
 /// counters moved to `pg_stat_checkpointer`).
 async fn wal(pool: &sqlx::AnyPool) -> Option<Wal> {
     let row = sqlx::query(
-        "SELECT w.wal_records, w.wal_fpi, w.wal_bytes::float8 AS wal_bytes, b.checkpoints_timed + b.checkpoints_req AS checkpoints \
-         FROM pg_stat_wal w, pg_stat_bgwriter b",
+        "SELECT w.wal_records, w.wal_fpi, w.wal_bytes::float8 AS wal_bytes, b.checkpoints_timed + b.checkpoints_req AS checkpoints, \
+         d.blks_hit, d.blks_read FROM pg_stat_wal w, pg_stat_bgwriter b, pg_stat_database d WHERE d.datname = current_database()",
     )
     .fetch_one(pool)
     .await
@@ -352,6 +367,8 @@ async fn wal(pool: &sqlx::AnyPool) -> Option<Wal> {
         full_pages: row.try_get("wal_fpi").ok()?,
         bytes: row.try_get("wal_bytes").ok()?,
         checkpoints: row.try_get("checkpoints").ok()?,
+        hits: row.try_get("blks_hit").ok()?,
+        reads: row.try_get("blks_read").ok()?,
     })
 }
 
