@@ -439,6 +439,87 @@ async fn clean_reference(x: &Exchange) -> (Vec<String>, Vec<String>, i64) {
     final_state(&clean.settings.url).await
 }
 
+/// `doudi policy apply` on PostgreSQL with a broker: households decided under the standards before
+/// 2020-07-01 are re-evaluated under policy/jilin.toml, and every delta it writes is published by
+/// the command itself (beside the re-evaluation), each once, with nothing left queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_apply_publishes_every_delta_it_writes() {
+    const HOUSEHOLDS: u32 = 300;
+    let x = Exchange::new().await;
+    // policy/jilin.toml without the prefectures' 2020-07-01 standards, as the version before it.
+    let shipped = std::fs::read_to_string(root().join("policy/jilin.toml")).unwrap();
+    let mut before = String::new();
+    let mut block = String::new();
+    let keep = |block: &str, before: &mut String| {
+        let changed =
+            block.starts_with("[[dibao_standard]]") && block.contains("from = \"2020-07-01\"") && !block.contains("region = \"220000\"");
+        if !changed {
+            before.push_str(block);
+        }
+    };
+    for line in shipped.split_inclusive('\n') {
+        if line.starts_with('[') {
+            keep(&block, &mut before);
+            block.clear();
+        }
+        block.push_str(line);
+    }
+    keep(&block, &mut before);
+    let before = before.replace("version = \"2020-07-01.1\"", "version = \"2019-07-01.1\"");
+    assert!(before.len() < shipped.len(), "the 2020-07-01 standards were taken out");
+    let dir = tempfile::tempdir().unwrap();
+    let before_path = dir.path().join("jilin-before-2020-07.toml");
+    std::fs::write(&before_path, before).unwrap();
+
+    produce_synthetic(&x, HOUSEHOLDS).await;
+    let mut args = x.match_args("apply");
+    args.extend(["--policy".to_string(), before_path.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = x.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _, stderr) = common::run_doudi_env(&args, &env);
+    assert_eq!(code, 0, "doudi match failed: {stderr}");
+    x.deltas().await;
+
+    let suffix = format!(".{}", x.suffix);
+    let policy = root().join("policy/jilin.toml").display().to_string();
+    let schemas = root().join("schemas").display().to_string();
+    let apply = [
+        "policy",
+        "apply",
+        "--policy",
+        &policy,
+        "--topic-prefix",
+        "test.",
+        "--topic-suffix",
+        &suffix,
+        "--schemas",
+        &schemas,
+        "--chunk-size",
+        "50",
+    ];
+    let (code, stdout, stderr) = common::run_doudi_env(&apply, &env);
+    assert_eq!(code, 0, "doudi policy apply failed: {stderr}");
+    let summary: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("summary is JSON ({e}): {stdout}"));
+    assert_eq!(summary["households"], HOUSEHOLDS, "{summary}");
+    let outbox = summary["outbox"].as_u64().unwrap();
+    assert!(outbox > 0, "the new standards change decisions: {summary}");
+    assert_eq!(summary["published"].as_u64().unwrap(), outbox, "the command publishes what it wrote: {summary}");
+
+    let db = doudi::db::Database::connect(&x.pg.settings).await.unwrap();
+    assert_eq!(unsent(&db).await, 0, "nothing left queued");
+    let (_, records) = x.deltas().await;
+    let ce_ids: BTreeSet<&String> = records.iter().filter_map(|r| r.headers.get("ce_id")).collect();
+    assert_eq!(records.len() as u64, outbox, "each delta arrives");
+    assert_eq!(ce_ids.len(), records.len(), "each once");
+
+    // Applied again: nothing to re-evaluate, nothing published.
+    let (code, stdout, stderr) = common::run_doudi_env(&apply, &env);
+    assert_eq!(code, 0, "{stderr}");
+    let again: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(again["published"], 0, "{again}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_partitions_and_apply_each_event_once() {
     const HOUSEHOLDS: u32 = 400;
