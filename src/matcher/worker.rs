@@ -210,7 +210,7 @@ pub async fn run(
                     }
                     continue;
                 }
-                if caught_up(&consumer, &owned)? && pending_outbox(db).await? == 0 {
+                if caught_up(&consumer, &owned)? && !queued_at_least(db, 1).await? {
                     break;
                 }
             }
@@ -502,11 +502,6 @@ async fn queued_at_least(db: &Database, n: i64) -> Result<bool, MatchError> {
     Ok(row.try_get::<i64, _>("n")? >= n)
 }
 
-async fn pending_outbox(db: &Database) -> Result<i64, MatchError> {
-    let row = sqlx::query("SELECT COUNT(*) AS n FROM outbox_pending").fetch_one(db.pool()).await?;
-    Ok(row.try_get("n")?)
-}
-
 /// Advisory lock key of the outbox relay (PostgreSQL): one relay publishes at a time, so that two
 /// matcher instances, `policy apply` and `review` never interleave their copies of the same rows
 /// and per-household order holds.
@@ -634,8 +629,7 @@ pub async fn relay_during<T>(
             // Read before the run: the run after the work ended is the last one.
             let last = done.load(std::sync::atomic::Ordering::SeqCst);
             // SQLite has one writer: its relay waits for the work's last chunk.
-            let midway = db.backend() == Backend::Postgres && !last;
-            if last || (midway && queued_at_least(db, RELAY_ROUND).await?) {
+            if last || (db.backend() == Backend::Postgres && queued_at_least(db, RELAY_ROUND).await?) {
                 published += relay(db, producer).await?;
             }
             if last {
