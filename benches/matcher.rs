@@ -33,6 +33,11 @@
 //! each through the matcher first; the copies are vacuumed and analysed before the clock starts.
 //! Above 100,000 households the same-rows baseline (every table read back twice into memory) is
 //! left out.
+//!
+//! To measure the policy change again without deciding and copying the households each time:
+//! `DOUDI_BENCH_SAVE_AS=NAME` keeps a copy of the database as it is just before the policy change
+//! (a PostgreSQL template), and a later run with `DOUDI_BENCH_FROM=NAME` starts from a file copy of
+//! it (PostgreSQL 15 or later) and measures the policy change only. Drop NAME by hand when done.
 
 #![allow(clippy::float_arithmetic)] // rates and durations in a benchmark report, never money
 
@@ -56,11 +61,16 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async move {
         let name = format!("doudi_bench_{}", uuid::Uuid::new_v4().simple());
+        // DOUDI_BENCH_FROM: a database saved by an earlier run (DOUDI_BENCH_SAVE_AS) with its
+        // households decided under the earlier parameters; only the policy change is measured.
+        let from = std::env::var("DOUDI_BENCH_FROM").ok();
+        let template = from.as_ref().map(|t| format!(" TEMPLATE {t} STRATEGY FILE_COPY")).unwrap_or_default();
         let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.expect("create database");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}{template}"))).execute(&mut admin).await.expect("create database");
         drop(admin);
         let url = format!("{}/{name}", base.rsplit_once('/').map(|x| x.0).unwrap_or(&base));
-        let db = Database::connect(&DatabaseSettings { url, ..DatabaseSettings::default() }).await.expect("database");
+        let settings = DatabaseSettings { url, ..DatabaseSettings::default() };
+        let mut db = Database::connect(&settings).await.expect("database");
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut before = doudi::policy::Params::shipped().expect("policy");
         let july = chrono::NaiveDate::from_ymd_opt(2020, 7, 1).expect("date");
@@ -74,114 +84,23 @@ fn main() {
             outbound: Outbound::with_affixes(&prefix, ""),
             today: chrono::Local::now().date_naive(),
         };
-        let mut events = Vec::with_capacity(households as usize * 2);
-        for (feed, make) in
-            [(Feed::Household, synthetic::household as fn(u32) -> serde_json::Value), (Feed::Employment, synthetic::employment)]
-        {
-            for n in 0..households {
-                let offset = events.len() as i64;
-                events.push(Inbound {
-                    topic: feed.topic().into(),
-                    feed,
-                    partition: 0,
-                    offset,
-                    ce_id: uuid::Uuid::new_v4().to_string(),
-                    recorded_at: "2020-01-10T00:00:00.000Z".into(),
-                    source_file: Some("bench".into()),
-                    source_row: Some(n.to_string()),
-                    payload: make(n),
-                });
+        let households = match from {
+            Some(_) => {
+                let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM households").fetch_one(db.pool()).await.expect("count").get("n");
+                println!("Database copied from {}: {n} households decided under the earlier parameters.", from.as_deref().unwrap_or_default());
+                u32::try_from(n).expect("count")
             }
+            None => seed(&db, &ctx, &before, households).await,
+        };
+        if let Ok(save) = std::env::var("DOUDI_BENCH_SAVE_AS") {
+            // A template may have no other session: the pool is closed while it is copied.
+            db.pool().close().await;
+            let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {save} TEMPLATE {name}"))).execute(&mut admin).await.expect("save");
+            drop(admin);
+            db = Database::connect(&settings).await.expect("database");
+            println!("Saved as {save} (DOUDI_BENCH_FROM={save} measures the policy change again from there).");
         }
-
-        // Raw batched upsert of the same rows.
-        sqlx::raw_sql("CREATE TABLE raw_events (ce_id TEXT PRIMARY KEY, id_number TEXT NOT NULL, payload TEXT NOT NULL)")
-            .execute(db.pool())
-            .await
-            .expect("table");
-        let started = Instant::now();
-        for chunk in events.chunks(BATCH) {
-            let mut conn = db.pool().acquire().await.expect("conn");
-            let mut tx = conn.begin().await.expect("begin");
-            let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
-            let sql = format!(
-                "INSERT INTO raw_events (ce_id, id_number, payload) VALUES {} ON CONFLICT (ce_id) DO UPDATE SET payload = excluded.payload",
-                values.join(", ")
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for e in chunk {
-                let id = e
-                    .payload
-                    .get("id_number")
-                    .or_else(|| e.payload.pointer("/members/0/id_number"))
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string();
-                q = q.bind(e.ce_id.clone()).bind(id).bind(e.payload.to_string());
-            }
-            q.execute(&mut *tx).await.expect("upsert");
-            tx.commit().await.expect("commit");
-        }
-        let raw = started.elapsed();
-
-        // The matcher's apply path.
-        let empty = snapshot(db.pool()).await;
-        let started = Instant::now();
-        let mut decisions = 0;
-        let mut outbox = 0;
-        for chunk in events.chunks(BATCH) {
-            let mut conn = db.pool().acquire().await.expect("conn");
-            let mut tx = conn.begin().await.expect("begin");
-            let outcome = apply_batch(&mut tx, &ctx, chunk).await.expect("apply");
-            tx.commit().await.expect("commit");
-            decisions += outcome.decisions;
-            outbox += outcome.outbox;
-        }
-        let matcher = started.elapsed();
-        let written = snapshot(db.pool()).await;
-        let same = SameRows::prepare(db.pool(), "apply", &empty, &written).await;
-        let same_raw = same.upsert(db.pool(), events.len().div_ceil(BATCH), 1).await;
-        let n = events.len() as f64;
-        let events_rate = n / raw.as_secs_f64();
-        let same_rate = n / same_raw.as_secs_f64();
-        let matcher_rate = n / matcher.as_secs_f64();
-        println!(
-            "| events | matcher apply | raw upsert of the events | raw upsert of the same {} rows | matcher events/s | same rows raw, events/s | ratio | goal |",
-            same.rows()
-        );
-        println!("|---|---|---|---|---|---|---|---|");
-        println!(
-            "| {} | {:.2} s | {:.2} s ({:.0}/s) | {:.2} s | {:.0} | {:.0} | {:.3} | ≥ 20,000/s and ≥ 0.5 — {} |",
-            events.len(),
-            matcher.as_secs_f64(),
-            raw.as_secs_f64(),
-            events_rate,
-            same_raw.as_secs_f64(),
-            matcher_rate,
-            same_rate,
-            matcher_rate / same_rate,
-            if matcher_rate >= 20_000.0 && matcher_rate / same_rate >= 0.5 { "met" } else { "not met" }
-        );
-        println!(
-            "\n{households} households: {decisions} decisions, {outbox} outbox rows; batches of {BATCH} events, one transaction each.\nRows written per table: {}.",
-            same.per_table()
-        );
-
-        // A policy change: every household re-evaluated as of 2020-07-01.
-        sqlx::raw_sql("DELETE FROM outbox_pending").execute(db.pool()).await.expect("mark sent");
-        let copies: u32 = std::env::var("DOUDI_BENCH_COPIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1).clamp(1, 50);
-        if copies > 1 {
-            let started = Instant::now();
-            let rows = clone_households(db.pool(), &ctx.keys, copies).await;
-            println!(
-                "\nThe {households} decided households copied {} more times under new household ids and ID numbers ({rows} rows) in {:.0} s: {} households.",
-                copies - 1,
-                started.elapsed().as_secs_f64(),
-                u64::from(households) * u64::from(copies)
-            );
-        }
-        let households = households * copies;
-        doudi::matcher::policy_change::establish(&db, before.clone()).await.expect("establish");
         let new_ctx = Context { params: Arc::new(doudi::policy::Params::shipped().expect("policy")), ..ctx.clone() };
         // The same-rows baseline needs every table in memory twice: measured up to 100,000 households.
         let same_rows = households <= 100_000;
@@ -326,6 +245,119 @@ fn main() {
             }
         }
     });
+}
+
+/// Registers and decides `households` through the matcher (with the baselines of the first table),
+/// copies them as DOUDI_BENCH_COPIES asks, and records `before` as the version in force. Returns
+/// the number of households.
+async fn seed(db: &Database, ctx: &Context, before: &doudi::policy::Params, households: u32) -> u32 {
+    let mut events = Vec::with_capacity(households as usize * 2);
+    for (feed, make) in [(Feed::Household, synthetic::household as fn(u32) -> serde_json::Value), (Feed::Employment, synthetic::employment)]
+    {
+        for n in 0..households {
+            let offset = events.len() as i64;
+            events.push(Inbound {
+                topic: feed.topic().into(),
+                feed,
+                partition: 0,
+                offset,
+                ce_id: uuid::Uuid::new_v4().to_string(),
+                recorded_at: "2020-01-10T00:00:00.000Z".into(),
+                source_file: Some("bench".into()),
+                source_row: Some(n.to_string()),
+                payload: make(n),
+            });
+        }
+    }
+
+    // Raw batched upsert of the same rows.
+    sqlx::raw_sql("CREATE TABLE raw_events (ce_id TEXT PRIMARY KEY, id_number TEXT NOT NULL, payload TEXT NOT NULL)")
+        .execute(db.pool())
+        .await
+        .expect("table");
+    let started = Instant::now();
+    for chunk in events.chunks(BATCH) {
+        let mut conn = db.pool().acquire().await.expect("conn");
+        let mut tx = conn.begin().await.expect("begin");
+        let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+        let sql = format!(
+            "INSERT INTO raw_events (ce_id, id_number, payload) VALUES {} ON CONFLICT (ce_id) DO UPDATE SET payload = excluded.payload",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            let id = e
+                .payload
+                .get("id_number")
+                .or_else(|| e.payload.pointer("/members/0/id_number"))
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string();
+            q = q.bind(e.ce_id.clone()).bind(id).bind(e.payload.to_string());
+        }
+        q.execute(&mut *tx).await.expect("upsert");
+        tx.commit().await.expect("commit");
+    }
+    let raw = started.elapsed();
+
+    // The matcher's apply path.
+    let empty = snapshot(db.pool()).await;
+    let started = Instant::now();
+    let mut decisions = 0;
+    let mut outbox = 0;
+    for chunk in events.chunks(BATCH) {
+        let mut conn = db.pool().acquire().await.expect("conn");
+        let mut tx = conn.begin().await.expect("begin");
+        let outcome = apply_batch(&mut tx, ctx, chunk).await.expect("apply");
+        tx.commit().await.expect("commit");
+        decisions += outcome.decisions;
+        outbox += outcome.outbox;
+    }
+    let matcher = started.elapsed();
+    let written = snapshot(db.pool()).await;
+    let same = SameRows::prepare(db.pool(), "apply", &empty, &written).await;
+    let same_raw = same.upsert(db.pool(), events.len().div_ceil(BATCH), 1).await;
+    let n = events.len() as f64;
+    let events_rate = n / raw.as_secs_f64();
+    let same_rate = n / same_raw.as_secs_f64();
+    let matcher_rate = n / matcher.as_secs_f64();
+    println!(
+        "| events | matcher apply | raw upsert of the events | raw upsert of the same {} rows | matcher events/s | same rows raw, events/s | ratio | goal |",
+        same.rows()
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {:.2} s | {:.2} s ({:.0}/s) | {:.2} s | {:.0} | {:.0} | {:.3} | ≥ 20,000/s and ≥ 0.5 — {} |",
+        events.len(),
+        matcher.as_secs_f64(),
+        raw.as_secs_f64(),
+        events_rate,
+        same_raw.as_secs_f64(),
+        matcher_rate,
+        same_rate,
+        matcher_rate / same_rate,
+        if matcher_rate >= 20_000.0 && matcher_rate / same_rate >= 0.5 { "met" } else { "not met" }
+    );
+    println!(
+        "\n{households} households: {decisions} decisions, {outbox} outbox rows; batches of {BATCH} events, one transaction each.\nRows written per table: {}.",
+        same.per_table()
+    );
+
+    // A policy change: every household re-evaluated as of 2020-07-01.
+    sqlx::raw_sql("DELETE FROM outbox_pending").execute(db.pool()).await.expect("mark sent");
+    let copies: u32 = std::env::var("DOUDI_BENCH_COPIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1).clamp(1, 50);
+    if copies > 1 {
+        let started = Instant::now();
+        let rows = clone_households(db.pool(), &ctx.keys, copies).await;
+        println!(
+            "\nThe {households} decided households copied {} more times under new household ids and ID numbers ({rows} rows) in {:.0} s: {} households.",
+            copies - 1,
+            started.elapsed().as_secs_f64(),
+            u64::from(households) * u64::from(copies)
+        );
+    }
+    doudi::matcher::policy_change::establish(db, before.clone()).await.expect("establish");
+    households * copies
 }
 
 /// The server's write-ahead log so far (`pg_stat_wal`, `pg_stat_bgwriter`): cluster-wide, so it
