@@ -114,7 +114,7 @@ impl IdNumber {
     }
 
     fn birth_date_checked(&self) -> Result<NaiveDate, IdError> {
-        NaiveDate::parse_from_str(&self.0[6..14], "%Y%m%d").map_err(|_| IdError::BirthDate)
+        crate::dates::compact(&self.0[6..14]).ok_or(IdError::BirthDate)
     }
 
     /// Birth date (characters 7–14).
@@ -164,6 +164,19 @@ impl std::fmt::Display for Masked<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::fmt::Write as _;
         let raw = self.0.trim();
+        // An ID number is ASCII: masked in a buffer and written at once (a decision masks every
+        // member; one write per character went through the serializer's escaping each time).
+        const ASCII_AT_MOST: usize = 32;
+        if raw.is_ascii() && raw.len() <= ASCII_AT_MOST {
+            let n = raw.len();
+            let mut out = [b'*'; ASCII_AT_MOST];
+            for (i, c) in raw.bytes().enumerate() {
+                if n > 8 && (i < 4 || i >= n - 4) {
+                    out[i] = c;
+                }
+            }
+            return f.write_str(std::str::from_utf8(&out[..n]).map_err(|_| std::fmt::Error)?);
+        }
         let n = raw.chars().count();
         for (i, c) in raw.chars().enumerate() {
             let kept = n > 8 && (i < 4 || i >= n - 4);

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod connect;
+pub mod dates;
 pub mod db;
 pub mod deliver;
 pub mod division;

@@ -103,7 +103,7 @@ fn opt_text<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
 }
 
 fn date(v: &Value, field: &str) -> Result<NaiveDate, FactError> {
-    NaiveDate::parse_from_str(text(v, field)?, "%Y-%m-%d").map_err(|_| err(field, "is not a date YYYY-MM-DD"))
+    crate::dates::ymd(text(v, field)?).ok_or_else(|| err(field, "is not a date YYYY-MM-DD"))
 }
 
 fn opt_date(v: &Value, field: &str) -> Result<Option<NaiveDate>, FactError> {
