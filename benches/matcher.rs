@@ -84,10 +84,10 @@ fn main() {
             outbound: Outbound::with_affixes(&prefix, ""),
             today: chrono::Local::now().date_naive(),
         };
-        let households = match from {
-            Some(_) => {
+        let households = match &from {
+            Some(saved) => {
                 let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM households").fetch_one(db.pool()).await.expect("count").get("n");
-                println!("Database copied from {}: {n} households decided under the earlier parameters.", from.as_deref().unwrap_or_default());
+                println!("Database copied from {saved}: {n} households decided under the earlier parameters.");
                 u32::try_from(n).expect("count")
             }
             None => seed(&db, &ctx, &before, households).await,

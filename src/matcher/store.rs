@@ -165,8 +165,9 @@ fn values_list(rows: usize, width: usize) -> String {
     out
 }
 
-/// [`values_list`] of each shape used so far on PostgreSQL (at most eight per width): a statement of 128 rows of 13 values has 1,664
-/// placeholders, and writing them for every statement was 2 % of a re-evaluation's CPU.
+/// [`values_list`] of each shape used so far on PostgreSQL (at most eight per width): a statement
+/// of 128 rows of 13 values has 1,664 placeholders, and writing them for every statement was 2 % of
+/// a re-evaluation's CPU.
 fn placeholders(rows: usize, width: usize) -> std::sync::Arc<str> {
     type Shapes = std::collections::HashMap<(usize, usize), std::sync::Arc<str>>;
     static SHAPES: std::sync::LazyLock<std::sync::Mutex<Shapes>> = std::sync::LazyLock::new(Default::default);
