@@ -65,9 +65,7 @@ fn main() {
         // households decided under the earlier parameters; only the policy change is measured.
         let from = std::env::var("DOUDI_BENCH_FROM").ok();
         let template = from.as_ref().map(|t| format!(" TEMPLATE {t} STRATEGY FILE_COPY")).unwrap_or_default();
-        let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}{template}"))).execute(&mut admin).await.expect("create database");
-        drop(admin);
+        admin(&base, format!("CREATE DATABASE {name}{template}")).await.expect("create database");
         let url = format!("{}/{name}", base.rsplit_once('/').map(|x| x.0).unwrap_or(&base));
         let settings = DatabaseSettings { url, ..DatabaseSettings::default() };
         let mut db = Database::connect(&settings).await.expect("database");
@@ -95,9 +93,7 @@ fn main() {
         if let Ok(save) = std::env::var("DOUDI_BENCH_SAVE_AS") {
             // A template may have no other session: the pool is closed while it is copied.
             db.pool().close().await;
-            let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {save} TEMPLATE {name}"))).execute(&mut admin).await.expect("save");
-            drop(admin);
+            admin(&base, format!("CREATE DATABASE {save} TEMPLATE {name}")).await.expect("save");
             db = Database::connect(&settings).await.expect("database");
             println!("Saved as {save} (DOUDI_BENCH_FROM={save} measures the policy change again from there).");
         }
@@ -106,8 +102,9 @@ fn main() {
         let same_rows = households <= 100_000;
         let decided = if same_rows { snapshot(db.pool()).await } else { Snapshot::new() };
         // The relay publishes beside the re-evaluation, as `doudi policy apply` does: a round
-        // whenever 5,000 deltas are committed, the rest at the end. Its producer is made, and knows its topics, before the clock
-        // starts: fetching metadata is not part of publishing a policy change's deltas.
+        // whenever 5,000 deltas are committed, the rest at the end. Its producer is made, and knows
+        // its topics, before the clock starts: fetching metadata is not part of publishing a policy
+        // change's deltas.
         let producer = match std::env::var("DOUDI_KAFKA_BOOTSTRAP_SERVERS") {
             Ok(bootstrap) => {
                 let kafka = doudi::config::KafkaSettings { bootstrap_servers: bootstrap, ..Default::default() };
@@ -229,12 +226,7 @@ fn main() {
             // server. Tried again for a while.
             let mut dropped = Ok(());
             for _ in 0..30 {
-                dropped = match sqlx::PgConnection::connect(&base).await {
-                    Ok(mut admin) => {
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut admin).await.map(|_| ())
-                    }
-                    Err(e) => Err(e),
-                };
+                dropped = admin(&base, format!("DROP DATABASE IF EXISTS {name}")).await;
                 if dropped.is_ok() {
                     break;
                 }
@@ -245,6 +237,14 @@ fn main() {
             }
         }
     });
+}
+
+/// Runs one statement of this benchmark's own text on a connection of its own to the server's
+/// default database (creating, saving and dropping the run's database), closed right after.
+async fn admin(base: &str, sql: String) -> Result<(), sqlx::Error> {
+    let mut conn = sqlx::PgConnection::connect(base).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;
+    conn.close().await
 }
 
 /// Registers and decides `households` through the matcher (with the baselines of the first table),

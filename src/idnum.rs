@@ -164,6 +164,8 @@ impl std::fmt::Display for Masked<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::fmt::Write as _;
         let raw = self.0.trim();
+        // Of `n` characters, the first four and the last four are shown when there are more than 8.
+        let kept = |i: usize, n: usize| n > 8 && (i < 4 || i >= n - 4);
         // An ID number is ASCII: masked in a buffer and written at once (a decision masks every
         // member; one write per character went through the serializer's escaping each time).
         const ASCII_AT_MOST: usize = 32;
@@ -171,7 +173,7 @@ impl std::fmt::Display for Masked<'_> {
             let n = raw.len();
             let mut out = [b'*'; ASCII_AT_MOST];
             for (i, c) in raw.bytes().enumerate() {
-                if n > 8 && (i < 4 || i >= n - 4) {
+                if kept(i, n) {
                     out[i] = c;
                 }
             }
@@ -179,8 +181,7 @@ impl std::fmt::Display for Masked<'_> {
         }
         let n = raw.chars().count();
         for (i, c) in raw.chars().enumerate() {
-            let kept = n > 8 && (i < 4 || i >= n - 4);
-            f.write_char(if kept { c } else { '*' })?;
+            f.write_char(if kept(i, n) { c } else { '*' })?;
         }
         Ok(())
     }

@@ -1042,8 +1042,9 @@ fn reevaluation_context(
 }
 
 /// Runs `work` (a re-evaluation) while publishing what it writes to the outbox, a round at a time as
-/// its chunks commit and the rest at the end, unless told not to. Returns the work's output and how many rows were published; a
-/// failure to publish leaves the rest in the outbox for the next relay (the running matcher's).
+/// its chunks commit and the rest at the end, unless told not to. Returns the work's output and how
+/// many rows were published; a failure to publish leaves the rest in the outbox for the next relay
+/// (the running matcher's).
 async fn publishing<T>(
     db: &doudi::db::Database,
     args: &ReevaluateArgs,

@@ -176,10 +176,6 @@ fn placeholders(rows: usize, width: usize) -> std::sync::Arc<str> {
     shapes.entry((rows, width)).or_insert_with(|| values_list(rows, width).into()).clone()
 }
 
-fn parse_date(s: &str) -> Option<NaiveDate> {
-    crate::dates::ymd(s)
-}
-
 /// A value bound into a multi-row statement.
 #[derive(Clone, Debug)]
 pub(super) enum Bind {
@@ -552,7 +548,7 @@ async fn load_for_events(
         b.current.insert(
             (r.try_get("id_number")?, feed.topic(), r.try_get("field")?),
             Current {
-                effective: r.try_get::<Option<String>, _>("effective_date")?.as_deref().and_then(parse_date),
+                effective: r.try_get::<Option<String>, _>("effective_date")?.as_deref().and_then(crate::dates::ymd),
                 recorded_at: r.try_get("recorded_at")?,
                 offset: r.try_get("kafka_offset")?,
                 db_id: Some(r.try_get("id")?),
@@ -615,7 +611,7 @@ async fn load_households(conn: &mut AnyConnection, b: &mut Batch, household_ids:
             r.try_get("household_id")?,
             HouseholdRow {
                 region: r.try_get("region")?,
-                as_of: parse_date(&r.try_get::<String, _>("as_of")?).unwrap_or_default(),
+                as_of: crate::dates::ymd(&r.try_get::<String, _>("as_of")?).unwrap_or_default(),
                 base: r.try_get("base")?,
                 version,
                 summary: r
@@ -623,8 +619,8 @@ async fn load_households(conn: &mut AnyConnection, b: &mut Batch, household_ids:
                     .and_then(|s| serde_json::from_str::<StoredSummary<Summary>>(s).ok())
                     .filter(|s| s.version == version)
                     .map(|s| s.summary),
-                reevaluated_on: r.try_get::<Option<String>, _>("reevaluated_on")?.as_deref().and_then(parse_date),
-                next_review_on: r.try_get::<Option<String>, _>("next_review_on")?.as_deref().and_then(parse_date),
+                reevaluated_on: r.try_get::<Option<String>, _>("reevaluated_on")?.as_deref().and_then(crate::dates::ymd),
+                next_review_on: r.try_get::<Option<String>, _>("next_review_on")?.as_deref().and_then(crate::dates::ymd),
                 dirty: Dirty::Clean,
             },
         );
@@ -741,7 +737,7 @@ fn apply_person(
             .iter()
             .filter_map(|f| f.effective)
             .max()
-            .or_else(|| event.recorded_at.get(..10).and_then(parse_date))
+            .or_else(|| event.recorded_at.get(..10).and_then(crate::dates::ymd))
             .unwrap_or(ctx.today);
         raise_identity_conflict(b, ctx, id, household.as_ref().map(|h| h.0.as_str()), &region, on, event, outcome)?;
         tracing::warn!(topic = %event.topic, partition = event.partition, offset = event.offset,
@@ -1271,7 +1267,7 @@ async fn households_state(conn: &mut AnyConnection, household_ids: &[String]) ->
                 id_number,
                 field,
                 value: serde_json::from_str(r.try_get::<Option<&str>, _>("value")?.unwrap_or("null")).unwrap_or_default(),
-                effective: r.try_get::<Option<String>, _>("effective_date")?.as_deref().and_then(parse_date),
+                effective: r.try_get::<Option<String>, _>("effective_date")?.as_deref().and_then(crate::dates::ymd),
             });
         }
     }
