@@ -306,9 +306,8 @@ async fn seed(db: &Database, ctx: &Context, before: &doudi::policy::Params, hous
     let mut decisions = 0;
     let mut outbox = 0;
     for chunk in events.chunks(BATCH) {
-        let mut conn = db.pool().acquire().await.expect("conn");
-        let mut tx = conn.begin().await.expect("begin");
-        let outcome = apply_batch(&mut tx, ctx, chunk).await.expect("apply");
+        let mut tx = doudi::matcher::Tx::begin(db).await.expect("begin");
+        let outcome = apply_batch(&mut tx.conn(), ctx, chunk).await.expect("apply");
         tx.commit().await.expect("commit");
         decisions += outcome.decisions;
         outbox += outcome.outbox;

@@ -3,7 +3,9 @@
 //! Guarantees: [`Database::connect`] applies every pending migration of the backend in use before it
 //! returns (`migrations/sqlite` or `migrations/postgres`, kept equivalent table for table), so a handle
 //! always sees the current schema. Queries use `$1`-style placeholders, which both backends accept
-//! through sqlx's `Any` driver. Timestamps are stored as RFC 3339 UTC text, money as decimal text.
+//! through sqlx's `Any` driver; on PostgreSQL a second, native pool serves the matcher's bulk
+//! transactions ([`Database::postgres_pool`]). Timestamps are stored as RFC 3339 UTC text, money as
+//! decimal text.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -47,6 +49,10 @@ pub enum DbError {
 #[derive(Clone, Debug)]
 pub struct Database {
     pool: AnyPool,
+    /// On PostgreSQL, a second pool through the native driver, for the bulk paths (the policy
+    /// change and the calendar review): the `Any` driver converts every row read and every value
+    /// bound. Each pool opens at most `max_connections`.
+    native: Option<sqlx::PgPool>,
     backend: Backend,
 }
 
@@ -94,7 +100,18 @@ impl Database {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&pool).await.map_err(|source| DbError::Migrate { url: redact_url(&url), source })?;
-        Ok(Self { pool, backend })
+        let native = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(settings.max_connections)
+                    .acquire_timeout(Duration::from_secs(settings.connect_timeout_secs))
+                    .connect(&url)
+                    .await
+                    .map_err(connect_error)?,
+            ),
+        };
+        Ok(Self { pool, native, backend })
     }
 
     pub fn backend(&self) -> Backend {
@@ -103,6 +120,11 @@ impl Database {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The native PostgreSQL pool (`None` on SQLite).
+    pub fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
+        self.native.as_ref()
     }
 
     /// The number of migrations applied, for `doudi doctor` and readiness.

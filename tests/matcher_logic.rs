@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use doudi::config::DatabaseSettings;
 use doudi::db::Database;
-use doudi::matcher::{BatchOutcome, Context, Feed, Inbound, Outbound, apply_batch};
+use doudi::matcher::{BatchOutcome, Context, Feed, Inbound, Outbound, Tx, apply_batch};
 use serde_json::{Value, json};
-use sqlx::{Acquire, Row};
+use sqlx::Row;
 
 fn context() -> Context {
     context_with(doudi::policy::Params::shipped().unwrap())
@@ -61,9 +61,8 @@ impl Feeder {
 }
 
 async fn apply(db: &Database, ctx: &Context, events: &[Inbound]) -> BatchOutcome {
-    let mut conn = db.pool().acquire().await.unwrap();
-    let mut tx = conn.begin().await.unwrap();
-    let outcome = apply_batch(&mut tx, ctx, events).await.unwrap();
+    let mut tx = Tx::begin(db).await.unwrap();
+    let outcome = apply_batch(&mut tx.conn(), ctx, events).await.unwrap();
     tx.commit().await.unwrap();
     outcome
 }

@@ -15,9 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::NaiveDate;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::{Acquire, Row};
+use sqlx::Row;
 
-use super::store::{ApplyError, BatchOutcome, Context, reevaluate};
+use super::store::{ApplyError, BatchOutcome, Context, Tx, reevaluate};
 use crate::db::{Database, DbError, now_rfc3339};
 use crate::policy::Params;
 
@@ -277,17 +277,14 @@ async fn reevaluate_chunk(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut conn = db.pool().acquire().await.map_err(DbError::Query)?;
-        let mut tx = conn.begin().await.map_err(DbError::Query)?;
-        match reevaluate(&mut tx, ctx, chunk, on, trigger, reviews).await {
-            Ok(outcome) => {
-                tx.commit().await.map_err(DbError::Query)?;
-                return Ok(outcome);
-            }
-            Err(e) if attempt < 3 => {
-                tracing::warn!("Re-evaluating a chunk of households failed and is retried: {e}");
-                drop(tx);
-            }
+        let mut tx = Tx::begin(db).await.map_err(DbError::Query)?;
+        let done = reevaluate(&mut tx.conn(), ctx, chunk, on, trigger, reviews).await;
+        if done.is_ok() {
+            tx.commit().await.map_err(DbError::Query)?;
+        }
+        match done {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) if attempt < 3 => tracing::warn!("Re-evaluating a chunk of households failed and is retried: {e}"),
             Err(e) => return Err(e.into()),
         }
     }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use super::assemble::assemble;
-use super::store::{ApplyError, household_state};
+use super::store::{ApplyError, Conn, household_state};
 use crate::db::{Database, now_rfc3339};
 use crate::idnum::{IdNumber, mask};
 use crate::policy::Params;
@@ -64,7 +64,7 @@ pub async fn report(db: &Database, params: &Params, id: &IdNumber, unmasked: boo
         let region: String = m.try_get("region")?;
         let as_of: String = m.try_get("as_of")?;
         let version: i64 = m.try_get("decision_version")?;
-        let (members, facts) = household_state(&mut conn, &household_id).await?;
+        let (members, facts) = household_state(&mut Conn::Any(&mut conn), &household_id).await?;
         let mut listed = Vec::new();
         for member in &members {
             let name: Option<String> = sqlx::query("SELECT name FROM persons WHERE id_number = $1")

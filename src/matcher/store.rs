@@ -176,9 +176,9 @@ fn placeholders(rows: usize, width: usize) -> std::sync::Arc<str> {
     shapes.entry((rows, width)).or_insert_with(|| values_list(rows, width).into()).clone()
 }
 
-/// A value bound into a multi-row statement.
+/// A value bound into a statement.
 #[derive(Clone, Debug)]
-pub(super) enum Bind {
+pub enum Bind {
     Text(Option<String>),
     Int(i64),
     OptInt(Option<i64>),
@@ -192,11 +192,40 @@ fn ot(s: Option<impl Into<String>>) -> Bind {
     Bind::Text(s.map(Into::into))
 }
 
+/// The connection the store works through: the `Any` driver's (SQLite, and PostgreSQL where the
+/// caller has no other), or PostgreSQL's own. The statements are the same; the native driver saves
+/// converting every row read and every value bound, about a quarter of doudi's CPU in a
+/// re-evaluation (BENCHMARKS.md), and sends a multi-row statement's values as one array per column.
+pub enum Conn<'c> {
+    Any(&'c mut AnyConnection),
+    Pg(&'c mut sqlx::PgConnection),
+}
+
+/// A row read through a [`Conn`].
+pub enum Record {
+    Any(sqlx::any::AnyRow),
+    Pg(sqlx::postgres::PgRow),
+}
+
+impl Record {
+    /// The value of a column, as [`sqlx::Row::try_get`] on either driver.
+    pub fn try_get<'r, T, I>(&'r self, index: I) -> Result<T, sqlx::Error>
+    where
+        T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any> + sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+        I: sqlx::ColumnIndex<sqlx::any::AnyRow> + sqlx::ColumnIndex<sqlx::postgres::PgRow>,
+    {
+        match self {
+            Record::Any(r) => r.try_get(index),
+            Record::Pg(r) => r.try_get(index),
+        }
+    }
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
 /// Binds one value, moving it into the statement.
-fn bind_owned<'q>(
-    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    b: Bind,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+fn bind_any(q: AnyQuery<'_>, b: Bind) -> AnyQuery<'_> {
     // The `Any` driver's `Option<String>` clones its text when bound (its `encode` goes through
     // `encode_by_ref`); a present value is bound as a `String`, which is moved.
     match b {
@@ -207,32 +236,96 @@ fn bind_owned<'q>(
     }
 }
 
-/// Binds one value.
-fn bind<'q>(
-    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    b: &Bind,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+/// Binds one value, moving it into the statement.
+fn bind_pg(q: PgQuery<'_>, b: Bind) -> PgQuery<'_> {
     match b {
-        Bind::Text(Some(v)) => q.bind(v.clone()),
-        Bind::Text(None) => q.bind(None::<String>),
-        Bind::Int(v) => q.bind(*v),
-        Bind::OptInt(v) => q.bind(*v),
+        Bind::Text(v) => q.bind(v),
+        Bind::Int(v) => q.bind(v),
+        Bind::OptInt(v) => q.bind(v),
+    }
+}
+
+/// A transaction on the store's connection: PostgreSQL's own driver where the database has it. It
+/// is rolled back when dropped uncommitted.
+pub enum Tx {
+    Any(sqlx::Transaction<'static, sqlx::Any>),
+    Pg(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl Tx {
+    /// Begins a transaction on a pooled connection of `db`.
+    pub async fn begin(db: &crate::db::Database) -> Result<Self, sqlx::Error> {
+        Ok(match db.postgres_pool() {
+            Some(pool) => Tx::Pg(pool.begin().await?),
+            None => Tx::Any(db.pool().begin().await?),
+        })
+    }
+
+    /// The transaction's connection.
+    pub fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Tx::Any(tx) => Conn::Any(tx),
+            Tx::Pg(tx) => Conn::Pg(tx),
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Any(tx) => tx.commit().await,
+            Tx::Pg(tx) => tx.commit().await,
+        }
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Any(tx) => tx.rollback().await,
+            Tx::Pg(tx) => tx.rollback().await,
+        }
+    }
+}
+
+impl Conn<'_> {
+    /// sqlx's name for the PostgreSQL driver behind an `Any` connection is "PostgreSQL".
+    fn is_postgres(&self) -> bool {
+        match self {
+            Conn::Any(c) => c.backend_name().eq_ignore_ascii_case("postgresql"),
+            Conn::Pg(_) => true,
+        }
+    }
+
+    /// The rows of `sql` with `binds`.
+    pub async fn fetch(&mut self, sql: String, binds: Vec<Bind>) -> Result<Vec<Record>, ApplyError> {
+        Ok(match self {
+            Conn::Any(c) => {
+                let q = binds.into_iter().fold(sqlx::query(sqlx::AssertSqlSafe(sql)), bind_any);
+                q.fetch_all(&mut **c).await?.into_iter().map(Record::Any).collect()
+            }
+            Conn::Pg(c) => {
+                let q = binds.into_iter().fold(sqlx::query(sqlx::AssertSqlSafe(sql)), bind_pg);
+                q.fetch_all(&mut **c).await?.into_iter().map(Record::Pg).collect()
+            }
+        })
+    }
+
+    /// Executes `sql` with `binds`; the number of rows it affected.
+    pub async fn execute(&mut self, sql: String, binds: Vec<Bind>) -> Result<u64, ApplyError> {
+        Ok(match self {
+            Conn::Any(c) => {
+                binds.into_iter().fold(sqlx::query(sqlx::AssertSqlSafe(sql)), bind_any).execute(&mut **c).await?.rows_affected()
+            }
+            Conn::Pg(c) => binds.into_iter().fold(sqlx::query(sqlx::AssertSqlSafe(sql)), bind_pg).execute(&mut **c).await?.rows_affected(),
+        })
     }
 }
 
 /// Most values bound in one SQLite statement (it allows 32,766).
 const MAX_BINDS: usize = 30_000;
 
-/// sqlx's name for the PostgreSQL driver behind an `Any` connection is "PostgreSQL".
-fn is_postgres(conn: &AnyConnection) -> bool {
-    conn.backend_name().eq_ignore_ascii_case("postgresql")
-}
-
 /// The set of a JSON array of strings bound as the parameter `$n`, for `… IN (set)`: one statement
 /// of fixed text whatever the number of keys, so it is prepared once per connection (an `IN` list
 /// of thousands of parameters is planned again at every execution).
-fn json_set(conn: &AnyConnection, n: usize, integers: bool) -> String {
-    match (is_postgres(conn), integers) {
+fn json_set(conn: &Conn<'_>, n: usize, integers: bool) -> String {
+    match (conn.is_postgres(), integers) {
         (true, false) => format!("SELECT json_array_elements_text(CAST(${n} AS json))"),
         (true, true) => format!("SELECT CAST(json_array_elements_text(CAST(${n} AS json)) AS BIGINT)"),
         (false, _) => format!("SELECT value FROM json_each(${n})"),
@@ -241,8 +334,8 @@ fn json_set(conn: &AnyConnection, n: usize, integers: bool) -> String {
 
 /// The (text, integer) pairs of a JSON array of two-element arrays bound as `$1`, for
 /// `(a, b) IN (pairs)`.
-fn json_pairs(conn: &AnyConnection) -> &'static str {
-    if is_postgres(conn) {
+fn json_pairs(conn: &Conn<'_>) -> &'static str {
+    if conn.is_postgres() {
         "SELECT k->>0, CAST(k->>1 AS BIGINT) FROM json_array_elements(CAST($1 AS json)) k"
     } else {
         "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($1)"
@@ -279,22 +372,83 @@ fn push_json(out: &mut Vec<u8>, b: &Bind) {
     };
 }
 
-/// Rows per multi-row `VALUES` statement on PostgreSQL.
+/// Rows per multi-row `VALUES` statement on PostgreSQL through the `Any` driver.
 const PG_VALUES_ROWS: usize = 128;
 
-/// Executes `statement(values)` for `rows`, where `values` is a chunk's `($1, $2), ($3, $4)` list of
-/// placeholders, with the rows moved into the binds. On PostgreSQL in chunks of 128 rows and the
-/// rest in chunks of 64, 32, …, 1: at most eight statement texts, each prepared once per
-/// connection, and every value arrives as itself (the same rows sent as one JSON text cost
-/// PostgreSQL more to parse than to write; BENCHMARKS.md). On SQLite, in as few statements as its
-/// bind limit allows.
+/// The values of one column of a multi-row statement, sent to PostgreSQL as one array.
+enum Column {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+}
+
+/// `rows` as one array per column, and the `SELECT * FROM UNNEST(…)` that reads them back as rows.
+/// Every row must have `width` values, each column of one kind (text or integer).
+fn unnest(width: usize, rows: Vec<Vec<Bind>>) -> Result<(String, Vec<Column>), ApplyError> {
+    let n = rows.len();
+    let mut columns: Vec<Option<Column>> = (0..width).map(|_| None).collect();
+    let misfit = || ApplyError::Encoding("a multi-row statement's column".to_string());
+    for row in rows {
+        if row.len() != width {
+            return Err(misfit());
+        }
+        for (column, b) in columns.iter_mut().zip(row) {
+            let column = column.get_or_insert_with(|| match b {
+                Bind::Text(_) => Column::Text(Vec::with_capacity(n)),
+                Bind::Int(_) | Bind::OptInt(_) => Column::Int(Vec::with_capacity(n)),
+            });
+            match (column, b) {
+                (Column::Text(values), Bind::Text(v)) => values.push(v),
+                (Column::Int(values), Bind::Int(v)) => values.push(Some(v)),
+                (Column::Int(values), Bind::OptInt(v)) => values.push(v),
+                _ => return Err(misfit()),
+            }
+        }
+    }
+    let columns: Vec<Column> = columns.into_iter().flatten().collect();
+    let arrays: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match c {
+            Column::Text(_) => format!("CAST(${} AS text[])", i + 1),
+            Column::Int(_) => format!("CAST(${} AS bigint[])", i + 1),
+        })
+        .collect();
+    Ok((format!("SELECT * FROM UNNEST({})", arrays.join(", ")), columns))
+}
+
+/// Executes `statement(rows)` for `rows`, where `rows` is a row source: `VALUES ($1, $2), …` or
+/// `SELECT * FROM UNNEST(…)`, with the rows moved into the binds.
+/// - On PostgreSQL's own driver, one statement for all rows, each column bound as one array.
+/// - On PostgreSQL through the `Any` driver, in chunks of 128 rows and the rest in chunks of 64,
+///   32, …, 1: at most eight statement texts, each prepared once per connection, and every value
+///   arrives as itself (the same rows sent as one JSON text cost PostgreSQL more to parse than to
+///   write; BENCHMARKS.md).
+/// - On SQLite, in as few statements as its bind limit allows.
 async fn execute_values(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     width: usize,
     rows: Vec<Vec<Bind>>,
     statement: impl Fn(&str) -> String,
 ) -> Result<(), ApplyError> {
-    let postgres = is_postgres(conn);
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let conn = match conn {
+        Conn::Pg(c) => {
+            let (source, columns) = unnest(width, rows)?;
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(statement(&source)));
+            for column in columns {
+                q = match column {
+                    Column::Text(v) => q.bind(v),
+                    Column::Int(v) => q.bind(v),
+                };
+            }
+            q.execute(&mut **c).await?;
+            return Ok(());
+        }
+        Conn::Any(c) => c,
+    };
+    let postgres = conn.backend_name().eq_ignore_ascii_case("postgresql");
     let most = if postgres { PG_VALUES_ROWS } else { (MAX_BINDS / width.max(1)).max(1) };
     let mut left = rows.len();
     let mut rows = rows.into_iter();
@@ -302,40 +456,35 @@ async fn execute_values(
         let n = if postgres { most.min(1 << (usize::BITS - 1 - left.leading_zeros())) } else { most.min(left) };
         // PostgreSQL's eight shapes per table are kept; SQLite's vary with the rows left.
         let list = if postgres { placeholders(n, width) } else { values_list(n, width).into() };
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(statement(&list)));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(statement(&format!("VALUES {list}"))));
         for row in rows.by_ref().take(n) {
             for b in row {
-                q = bind_owned(q, b);
+                q = bind_any(q, b);
             }
         }
-        q.execute(&mut *conn).await?;
+        q.execute(&mut **conn).await?;
         left -= n;
     }
     Ok(())
 }
 
-/// `INSERT INTO table (cols) VALUES … suffix` of many rows (see [`execute_values`]).
-async fn insert_rows(conn: &mut AnyConnection, table: &str, cols: &[&str], rows: Vec<Vec<Bind>>, suffix: &str) -> Result<(), ApplyError> {
+/// `INSERT INTO table (cols) … suffix` of many rows (see [`execute_values`]).
+async fn insert_rows(conn: &mut Conn<'_>, table: &str, cols: &[&str], rows: Vec<Vec<Bind>>, suffix: &str) -> Result<(), ApplyError> {
     let list = cols.join(", ");
-    execute_values(conn, cols.len(), rows, |values| format!("INSERT INTO {table} ({list}) VALUES {values} {suffix}")).await
+    execute_values(conn, cols.len(), rows, |source| format!("INSERT INTO {table} ({list}) {source} {suffix}")).await
 }
 
 /// Rows of `sql_prefix (keys) sql_suffix`, where the prefix ends in `… IN`.
-async fn select_in(
-    conn: &mut AnyConnection,
-    sql_prefix: &str,
-    sql_suffix: &str,
-    keys: &[String],
-) -> Result<Vec<sqlx::any::AnyRow>, ApplyError> {
+async fn select_in(conn: &mut Conn<'_>, sql_prefix: &str, sql_suffix: &str, keys: &[String]) -> Result<Vec<Record>, ApplyError> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
     let sql = format!("{sql_prefix} ({}) {sql_suffix}", json_set(conn, 1, false));
-    Ok(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(json_array(keys)).fetch_all(&mut *conn).await?)
+    conn.fetch(sql, vec![t(json_array(keys))]).await
 }
 
 /// `UPDATE …` or `DELETE … WHERE key IN (keys)` with fixed leading binds.
-pub(super) async fn execute_in(conn: &mut AnyConnection, sql_prefix: &str, leading: &[Bind], keys: &[Bind]) -> Result<(), ApplyError> {
+pub(super) async fn execute_in(conn: &mut Conn<'_>, sql_prefix: &str, leading: &[Bind], keys: &[Bind]) -> Result<(), ApplyError> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -343,11 +492,9 @@ pub(super) async fn execute_in(conn: &mut AnyConnection, sql_prefix: &str, leadi
     let integers = keys.iter().all(|k| matches!(k, Bind::Int(_) | Bind::OptInt(Some(_))));
     let set = json_list(keys, "a key set", push_json)?;
     let sql = format!("{sql_prefix} ({})", json_set(conn, leading.len() + 1, integers));
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for b in leading {
-        q = bind(q, b);
-    }
-    q.bind(set).execute(&mut *conn).await?;
+    let mut binds = leading.to_vec();
+    binds.push(t(set));
+    conn.execute(sql, binds).await?;
     Ok(())
 }
 
@@ -468,7 +615,7 @@ struct Batch {
 
 /// Applies `events` in order, then re-evaluates every household they touched. Reads are a few
 /// statements for the whole batch; writes are multi-row statements.
-pub async fn apply_batch(conn: &mut AnyConnection, ctx: &Context, events: &[Inbound]) -> Result<BatchOutcome, ApplyError> {
+pub async fn apply_batch(conn: &mut Conn<'_>, ctx: &Context, events: &[Inbound]) -> Result<BatchOutcome, ApplyError> {
     let mut outcome = BatchOutcome::default();
     let mut b = Batch::default();
     let extracted: Vec<Result<Extracted, super::facts::FactError>> =
@@ -508,7 +655,7 @@ pub async fn apply_batch(conn: &mut AnyConnection, ctx: &Context, events: &[Inbo
 
 /// One round of bulk reads: what the batch's events need to be applied.
 async fn load_for_events(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     b: &mut Batch,
     events: &[Inbound],
     extracted: &[Result<Extracted, super::facts::FactError>],
@@ -603,7 +750,7 @@ struct StoredSummary<S> {
 }
 
 /// Reads the stored rows of `household_ids` into the batch.
-async fn load_households(conn: &mut AnyConnection, b: &mut Batch, household_ids: &[String]) -> Result<(), ApplyError> {
+async fn load_households(conn: &mut Conn<'_>, b: &mut Batch, household_ids: &[String]) -> Result<(), ApplyError> {
     let sql = "SELECT household_id, region, as_of, base, decision_version, decision_summary, reevaluated_on, next_review_on FROM households WHERE household_id IN";
     for r in select_in(conn, sql, "", household_ids).await? {
         let version: i64 = r.try_get("decision_version")?;
@@ -976,7 +1123,7 @@ fn write_outbox(
 }
 
 /// Writes what the events changed: persons, facts, households and memberships.
-async fn flush_events(conn: &mut AnyConnection, ctx: &Context, b: &mut Batch, events: &[Inbound]) -> Result<(), ApplyError> {
+async fn flush_events(conn: &mut Conn<'_>, ctx: &Context, b: &mut Batch, events: &[Inbound]) -> Result<(), ApplyError> {
     let now = now_rfc3339();
     let mut new_persons = Vec::new();
     for (id_number, p) in &b.persons {
@@ -995,12 +1142,11 @@ async fn flush_events(conn: &mut AnyConnection, ctx: &Context, b: &mut Batch, ev
                 t(&now),
             ]);
         } else if p.renamed {
-            sqlx::query("UPDATE persons SET name = $1, name_source = $2 WHERE id_number = $3")
-                .bind(p.name.clone())
-                .bind(p.name_source.clone())
-                .bind(id_number)
-                .execute(&mut *conn)
-                .await?;
+            conn.execute(
+                "UPDATE persons SET name = $1, name_source = $2 WHERE id_number = $3".into(),
+                vec![ot(p.name.clone()), ot(p.name_source.clone()), t(id_number)],
+            )
+            .await?;
         }
     }
     insert_rows(
@@ -1100,11 +1246,11 @@ async fn flush_events(conn: &mut AnyConnection, ctx: &Context, b: &mut Batch, ev
     Ok(())
 }
 
-async fn flush_households(conn: &mut AnyConnection, b: &mut Batch) -> Result<(), ApplyError> {
+async fn flush_households(conn: &mut Conn<'_>, b: &mut Batch) -> Result<(), ApplyError> {
     let now = now_rfc3339();
     // On PostgreSQL an existing row whose decision alone moved is updated in those columns only
     // (a re-evaluation touches every household of a region); elsewhere every dirty row is upserted.
-    let narrow = is_postgres(conn);
+    let narrow = conn.is_postgres();
     let mut whole = Vec::new();
     let mut decided = Vec::new();
     for (id, h) in &b.households {
@@ -1147,7 +1293,7 @@ async fn flush_households(conn: &mut AnyConnection, b: &mut Batch) -> Result<(),
         format!(
             "UPDATE households h SET decision_version = r.decision_version, decision_summary = r.decision_summary, \
              reevaluated_on = r.reevaluated_on, next_review_on = r.next_review_on, updated_at = r.updated_at \
-             FROM (VALUES {values}) AS r (household_id, decision_version, decision_summary, reevaluated_on, next_review_on, updated_at) \
+             FROM ({values}) AS r (household_id, decision_version, decision_summary, reevaluated_on, next_review_on, updated_at) \
              WHERE h.household_id = r.household_id"
         )
     })
@@ -1158,7 +1304,7 @@ async fn flush_households(conn: &mut AnyConnection, b: &mut Batch) -> Result<(),
 
 /// Writes decisions' consequences: households' versions, review tasks, the outbox and the
 /// processed ids.
-async fn flush_derived(conn: &mut AnyConnection, b: &mut Batch) -> Result<(), ApplyError> {
+async fn flush_derived(conn: &mut Conn<'_>, b: &mut Batch) -> Result<(), ApplyError> {
     flush_households(conn, b).await?;
     let now = now_rfc3339();
     let tasks: Vec<Vec<Bind>> = b
@@ -1229,7 +1375,7 @@ async fn flush_derived(conn: &mut AnyConnection, b: &mut Batch) -> Result<(), Ap
 
 /// The current members of a household and their current facts (registrations left out), in a
 /// stable order.
-pub async fn household_state(conn: &mut AnyConnection, household_id: &str) -> Result<(Vec<StoredMember>, Vec<StoredFact>), ApplyError> {
+pub async fn household_state(conn: &mut Conn<'_>, household_id: &str) -> Result<(Vec<StoredMember>, Vec<StoredFact>), ApplyError> {
     let mut state = households_state(conn, &[household_id.to_string()]).await?;
     Ok(state.remove(household_id).unwrap_or_default())
 }
@@ -1238,7 +1384,7 @@ pub async fn household_state(conn: &mut AnyConnection, household_id: &str) -> Re
 type HouseholdStates = BTreeMap<String, (Vec<StoredMember>, Vec<StoredFact>)>;
 
 /// As [`household_state`], for many households in one statement.
-async fn households_state(conn: &mut AnyConnection, household_ids: &[String]) -> Result<HouseholdStates, ApplyError> {
+async fn households_state(conn: &mut Conn<'_>, household_ids: &[String]) -> Result<HouseholdStates, ApplyError> {
     let mut out: HouseholdStates = BTreeMap::new();
     // One row per current member and current fact (registrations left out), or per member without
     // facts: the memberships are read once for both.
@@ -1304,7 +1450,7 @@ struct EntitlementUpdate {
 }
 
 /// Re-assesses every affected household on its current facts and queues what changed.
-async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Batch, outcome: &mut BatchOutcome) -> Result<(), ApplyError> {
+async fn evaluate_households(conn: &mut Conn<'_>, ctx: &Context, b: &mut Batch, outcome: &mut BatchOutcome) -> Result<(), ApplyError> {
     let affected: Vec<String> = b.affected.keys().cloned().collect();
     if affected.is_empty() {
         return Ok(());
@@ -1323,14 +1469,12 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
     let decided = if unsummarised.is_empty() {
         Vec::new()
     } else {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        let sql = format!(
             "SELECT d.household_id, d.version, d.category, d.basis, d.size, d.per_capita_income, d.monthly_payment, d.policy_version, d.rules \
              FROM decisions d WHERE (d.household_id, d.version) IN ({})",
             json_pairs(conn)
-        )))
-        .bind(serde_json::to_string(&unsummarised).unwrap_or_else(|_| "[]".into()))
-        .fetch_all(&mut *conn)
-        .await?
+        );
+        conn.fetch(sql, vec![t(serde_json::to_string(&unsummarised).unwrap_or_else(|_| "[]".into()))]).await?
     };
     for r in decided {
         summaries.insert(
@@ -1597,26 +1741,20 @@ async fn evaluate_households(conn: &mut AnyConnection, ctx: &Context, b: &mut Ba
         .await?;
     }
     for (household_id, kind, person) in &cleared {
-        sqlx::query(
-            "UPDATE review_tasks SET state = 'cleared' WHERE household_id = $1 AND kind = $2 AND id_number = $3 AND state = 'open'",
+        conn.execute(
+            "UPDATE review_tasks SET state = 'cleared' WHERE household_id = $1 AND kind = $2 AND id_number = $3 AND state = 'open'".into(),
+            vec![t(household_id), t(kind), t(person)],
         )
-        .bind(household_id)
-        .bind(kind)
-        .bind(person)
-        .execute(&mut *conn)
         .await?;
     }
     execute_in(conn, "DELETE FROM assessment_problems WHERE household_id IN", &[], &solved).await?;
     for (household_id, problem, trigger) in problems {
-        sqlx::query(
+        conn.execute(
             "INSERT INTO assessment_problems (household_id, problem, ce_id, recorded_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (household_id) DO UPDATE SET problem = excluded.problem, ce_id = excluded.ce_id, recorded_at = excluded.recorded_at",
+             ON CONFLICT (household_id) DO UPDATE SET problem = excluded.problem, ce_id = excluded.ce_id, recorded_at = excluded.recorded_at"
+                .into(),
+            vec![t(household_id), t(problem), t(trigger), t(&now)],
         )
-        .bind(&household_id)
-        .bind(&problem)
-        .bind(&trigger)
-        .bind(&now)
-        .execute(&mut *conn)
         .await?;
     }
     Ok(())
@@ -1635,7 +1773,7 @@ pub struct ReviewDue {
 /// outbound events' identities, so that running it twice derives the same `ce_id`s. Households in
 /// `reviews` also get a `periodic_review_due` task and their next review date.
 pub async fn reevaluate(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     ctx: &Context,
     household_ids: &[String],
     on: Option<NaiveDate>,
@@ -1710,5 +1848,22 @@ mod tests {
         assert_eq!(values_list(1, 1), "($1)");
         assert_eq!(values_list(2, 3), "($1, $2, $3), ($4, $5, $6)");
         assert_eq!(values_list(0, 3), "");
+    }
+
+    #[test]
+    fn rows_go_to_postgres_as_one_array_per_column() {
+        let rows = vec![
+            vec![t("a"), Bind::Int(1), Bind::OptInt(None)],
+            vec![ot(None::<String>), Bind::Int(2), Bind::OptInt(Some(3))],
+        ];
+        let Ok((sql, columns)) = unnest(3, rows) else { panic!("the rows fit") };
+        assert_eq!(sql, "SELECT * FROM UNNEST(CAST($1 AS text[]), CAST($2 AS bigint[]), CAST($3 AS bigint[]))");
+        let [Column::Text(a), Column::Int(b), Column::Int(c)] = &columns[..] else { panic!("text, integer, integer") };
+        assert_eq!(a, &[Some("a".to_string()), None]);
+        assert_eq!(b, &[Some(1), Some(2)]);
+        assert_eq!(c, &[None, Some(3)]);
+        // A column of text and numbers, or a row of the wrong width, is refused, not sent.
+        assert!(unnest(2, vec![vec![t("a"), Bind::Int(1)], vec![Bind::Int(1), t("a")]]).is_err());
+        assert!(unnest(2, vec![vec![t("a")]]).is_err());
     }
 }

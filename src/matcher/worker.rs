@@ -29,7 +29,7 @@ use rdkafka::types::RDKafkaRespErr;
 use sqlx::{Acquire, Row};
 
 use super::facts::Feed;
-use super::store::{ApplyError, BatchOutcome, Context, Inbound, MATCHER_SOURCE, apply_batch};
+use super::store::{ApplyError, BatchOutcome, Bind, Conn, Context, Inbound, MATCHER_SOURCE, Tx, apply_batch};
 use crate::config::KafkaSettings;
 use crate::db::{Backend, Database, DbError, now_rfc3339};
 use crate::envelope::{Envelope, binary_mode_headers};
@@ -313,8 +313,7 @@ async fn apply(
     positions: &Mutex<BTreeMap<(String, i32), i64>>,
     batch: Vec<BorrowedMessage<'_>>,
 ) -> Result<Option<BatchOutcome>, MatchError> {
-    let mut pool_conn = db.pool().acquire().await?;
-    let mut tx = pool_conn.begin().await?;
+    let mut tx = Tx::begin(db).await?;
     // Lock and read the stored offsets of the batch's partitions; check the epochs.
     let mut partitions: BTreeMap<(String, i32), (i64, Option<i64>)> = BTreeMap::new();
     for m in &batch {
@@ -327,14 +326,15 @@ async fn apply(
             continue;
         };
         let lock = if db.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT next_offset, epoch FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3{lock}"
-        )))
-        .bind(&options.group)
-        .bind(&tp.0)
-        .bind(i64::from(tp.1))
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = tx
+            .conn()
+            .fetch(
+                format!("SELECT next_offset, epoch FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3{lock}"),
+                vec![Bind::Text(Some(options.group.clone())), Bind::Text(Some(tp.0.clone())), Bind::Int(i64::from(tp.1))],
+            )
+            .await?
+            .into_iter()
+            .next();
         let (next, epoch) = match row {
             Some(r) => (r.try_get::<i64, _>("next_offset")?, r.try_get::<i64, _>("epoch")?),
             None => (-1, -1),
@@ -365,22 +365,26 @@ async fn apply(
             }
         }
     }
-    let outcome = apply_batch(&mut tx, ctx, &events).await?;
+    let outcome = apply_batch(&mut tx.conn(), ctx, &events).await?;
     let now = now_rfc3339();
     for (tp, offset) in &next {
         let Some((epoch, _)) = partitions.get(tp) else { continue };
-        let updated = sqlx::query(
-            "UPDATE consumer_offsets SET next_offset = $1, updated_at = $2 WHERE consumer_group = $3 AND topic = $4 AND kafka_partition = $5 AND epoch = $6",
-        )
-        .bind(offset)
-        .bind(&now)
-        .bind(&options.group)
-        .bind(&tp.0)
-        .bind(i64::from(tp.1))
-        .bind(epoch)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
+        let updated = tx
+            .conn()
+            .execute(
+                "UPDATE consumer_offsets SET next_offset = $1, updated_at = $2 WHERE consumer_group = $3 AND topic = $4 AND kafka_partition = $5 AND epoch = $6"
+                    .into(),
+                vec![
+                    Bind::Int(*offset),
+                    Bind::Text(Some(now.clone())),
+                    Bind::Text(Some(options.group.clone())),
+                    Bind::Text(Some(tp.0.clone())),
+                    Bind::Int(i64::from(tp.1)),
+                    Bind::Int(*epoch),
+                ],
+            )
+            .await?;
+        if updated != 1 {
             tx.rollback().await?;
             owned.remove(tp);
             tracing::warn!(topic = %tp.0, partition = tp.1, "The batch was rolled back: another matcher instance claimed one of its partitions.");
@@ -722,6 +726,6 @@ pub async fn prune_outbox(db: &Database, retention: Duration) -> Result<u64, Mat
 /// Marks rows sent: takes them off the relay's queue.
 async fn mark_sent(db: &Database, ids: &[super::store::Bind]) -> Result<(), MatchError> {
     let mut conn = db.pool().acquire().await.map_err(DbError::Query)?;
-    super::store::execute_in(&mut conn, "DELETE FROM outbox_pending WHERE id IN", &[], ids).await?;
+    super::store::execute_in(&mut Conn::Any(&mut conn), "DELETE FROM outbox_pending WHERE id IN", &[], ids).await?;
     Ok(())
 }
