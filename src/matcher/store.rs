@@ -479,13 +479,53 @@ async fn select_in(conn: &mut Conn<'_>, sql_prefix: &str, sql_suffix: &str, keys
     if keys.is_empty() {
         return Ok(Vec::new());
     }
+    if let Conn::Pg(c) = conn
+        && let Some(column) = sql_prefix.strip_suffix(" IN")
+    {
+        let sql = format!("{column} = ANY(CAST($1 AS text[])) {sql_suffix}");
+        return Ok(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(keys).fetch_all(&mut **c).await?.into_iter().map(Record::Pg).collect());
+    }
     let sql = format!("{sql_prefix} ({}) {sql_suffix}", json_set(conn, 1, false));
     conn.fetch(sql, vec![t(json_array(keys))]).await
+}
+
+/// The keys of [`execute_in`] as one PostgreSQL array, when they are all of one kind.
+enum KeyArray {
+    Text(Vec<String>),
+    Int(Vec<i64>),
+}
+
+impl KeyArray {
+    fn of(keys: &[Bind]) -> Option<Self> {
+        if let Some(ints) = keys.iter().map(|k| if let Bind::Int(v) | Bind::OptInt(Some(v)) = k { Some(*v) } else { None }).collect() {
+            return Some(KeyArray::Int(ints));
+        }
+        keys.iter().map(|k| if let Bind::Text(Some(v)) = k { Some(v.clone()) } else { None }).collect::<Option<_>>().map(KeyArray::Text)
+    }
 }
 
 /// `UPDATE …` or `DELETE … WHERE key IN (keys)` with fixed leading binds.
 pub(super) async fn execute_in(conn: &mut Conn<'_>, sql_prefix: &str, leading: &[Bind], keys: &[Bind]) -> Result<(), ApplyError> {
     if keys.is_empty() {
+        return Ok(());
+    }
+    // On PostgreSQL's own driver, the keys are one array: `key = ANY($n)`, read as an index scan of
+    // the keys (the JSON set is parsed and hashed first).
+    if let Conn::Pg(c) = conn
+        && let Some(column) = sql_prefix.strip_suffix(" IN")
+        && let Some(array) = KeyArray::of(keys)
+    {
+        let cast = match array {
+            KeyArray::Text(_) => "text[]",
+            KeyArray::Int(_) => "bigint[]",
+        };
+        let sql = format!("{column} = ANY(CAST(${} AS {cast}))", leading.len() + 1);
+        let q = leading.iter().cloned().fold(sqlx::query(sqlx::AssertSqlSafe(sql)), bind_pg);
+        let q = match array {
+            KeyArray::Text(v) => q.bind(v),
+            KeyArray::Int(v) => q.bind(v),
+        };
+        q.execute(&mut **c).await?;
         return Ok(());
     }
     // Integer keys (row ids) travel as JSON numbers, text keys as JSON strings.
@@ -1852,10 +1892,7 @@ mod tests {
 
     #[test]
     fn rows_go_to_postgres_as_one_array_per_column() {
-        let rows = vec![
-            vec![t("a"), Bind::Int(1), Bind::OptInt(None)],
-            vec![ot(None::<String>), Bind::Int(2), Bind::OptInt(Some(3))],
-        ];
+        let rows = vec![vec![t("a"), Bind::Int(1), Bind::OptInt(None)], vec![ot(None::<String>), Bind::Int(2), Bind::OptInt(Some(3))]];
         let Ok((sql, columns)) = unnest(3, rows) else { panic!("the rows fit") };
         assert_eq!(sql, "SELECT * FROM UNNEST(CAST($1 AS text[]), CAST($2 AS bigint[]), CAST($3 AS bigint[]))");
         let [Column::Text(a), Column::Int(b), Column::Int(c)] = &columns[..] else { panic!("text, integer, integer") };
