@@ -15,7 +15,8 @@
 //!
 //! Then a policy change (issue 7): the households were decided under the parameters before the
 //! 2020-07-01 standards of the four prefectures; `policy_change::apply` records the shipped version
-//! and re-evaluates every household as of 2020-07-01 in chunks of 1,000, writing decisions,
+//! and re-evaluates every household as of 2020-07-01 in chunks of 1,000 (`DOUDI_BENCH_CHUNK`, as
+//! `policy apply --chunk-size`), writing decisions,
 //! entitlement changes, outbox rows and deliveries; with DOUDI_KAFKA_BOOTSTRAP_SERVERS set, the
 //! relay publishes the deltas to topics of this run (`bench.<id>.exchange.*`) beside the
 //! re-evaluation, a round whenever 5,000 are committed, as `doudi policy apply` does
@@ -57,6 +58,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let households: u32 = std::env::var("DOUDI_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
+    // Households per transaction of the policy change (`doudi policy apply --chunk-size`).
+    let chunk_size: usize = std::env::var("DOUDI_BENCH_CHUNK").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(1_000);
     let base = std::env::var("DOUDI_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://doudi:doudi@127.0.0.1:5432/doudi".into());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async move {
@@ -92,7 +95,7 @@ fn main() {
         };
         if let Ok(save) = std::env::var("DOUDI_BENCH_SAVE_AS") {
             // A template may have no other session: the pool is closed while it is copied.
-            db.pool().close().await;
+            db.close().await;
             admin(&base, format!("CREATE DATABASE {save} TEMPLATE {name}")).await.expect("save");
             db = Database::connect(&settings).await.expect("database");
             println!("Saved as {save} (DOUDI_BENCH_FROM={save} measures the policy change again from there).");
@@ -129,7 +132,7 @@ fn main() {
         let cpu_before = cpu_seconds();
         let started = Instant::now();
         let reevaluation = async {
-            let summary = doudi::matcher::policy_change::apply(&db, &new_ctx, 1_000).await.expect("apply");
+            let summary = doudi::matcher::policy_change::apply(&db, &new_ctx, chunk_size).await.expect("apply");
             (summary, started.elapsed())
         };
         let ((summary, reevaluated), published) = match &producer {
@@ -158,8 +161,8 @@ fn main() {
         let mut per_table = String::from("not read back at this size");
         if same_rows {
             let same = SameRows::prepare(db.pool(), "policy", &decided, &reevaluated_rows).await;
-            let chunks = (households as usize).div_ceil(1_000);
-            let raw_same = same.upsert(db.pool(), chunks, 3).await;
+            let chunks = (households as usize).div_ceil(chunk_size);
+            let raw_same = same.upsert(db.postgres_pool().expect("the benchmark runs on PostgreSQL"), chunks, 3).await;
             let raw_rate = f64::from(households) / raw_same.as_secs_f64();
             println!(
                 "\n| households re-evaluated | re-evaluation | publishing, beside it | households/s end to end | raw upsert of the same {} rows | raw households/s | re-evaluation / raw | 1,000,000 at the end-to-end rate | goal |",
@@ -217,7 +220,7 @@ fn main() {
             ),
             None => println!("WAL written by the re-evaluation: not available on this server (pg_stat_wal, pg_stat_bgwriter, pg_stat_database)."),
         }
-        drop(db);
+        db.close().await;
         if std::env::var_os("DOUDI_BENCH_KEEP_DATABASE").is_some() {
             println!("Database {name} kept (DOUDI_BENCH_KEEP_DATABASE).");
         } else {
@@ -276,9 +279,10 @@ async fn seed(db: &Database, ctx: &Context, before: &doudi::policy::Params, hous
         .await
         .expect("table");
     let started = Instant::now();
+    // On the native driver, as the matcher's own transactions are.
+    let native = db.postgres_pool().expect("the benchmark runs on PostgreSQL");
     for chunk in events.chunks(BATCH) {
-        let mut conn = db.pool().acquire().await.expect("conn");
-        let mut tx = conn.begin().await.expect("begin");
+        let mut tx = native.begin().await.expect("begin");
         let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
         let sql = format!(
             "INSERT INTO raw_events (ce_id, id_number, payload) VALUES {} ON CONFLICT (ce_id) DO UPDATE SET payload = excluded.payload",
@@ -315,7 +319,7 @@ async fn seed(db: &Database, ctx: &Context, before: &doudi::policy::Params, hous
     let matcher = started.elapsed();
     let written = snapshot(db.pool()).await;
     let same = SameRows::prepare(db.pool(), "apply", &empty, &written).await;
-    let same_raw = same.upsert(db.pool(), events.len().div_ceil(BATCH), 1).await;
+    let same_raw = same.upsert(native, events.len().div_ceil(BATCH), 1).await;
     let n = events.len() as f64;
     let events_rate = n / raw.as_secs_f64();
     let same_rate = n / same_raw.as_secs_f64();
@@ -636,7 +640,7 @@ impl SameRows {
 
     /// Upserts the rows in `transactions` transactions (each holding its share of every table),
     /// `parallel` at a time; returns the time taken.
-    async fn upsert(&self, pool: &sqlx::AnyPool, transactions: usize, parallel: usize) -> std::time::Duration {
+    async fn upsert(&self, pool: &sqlx::PgPool, transactions: usize, parallel: usize) -> std::time::Duration {
         let transactions = transactions.max(1);
         let work: Arc<Vec<Vec<(String, String)>>> = Arc::new(
             (0..transactions)

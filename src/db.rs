@@ -122,6 +122,14 @@ impl Database {
         &self.pool
     }
 
+    /// Closes every connection of both pools.
+    pub async fn close(&self) {
+        self.pool.close().await;
+        if let Some(native) = &self.native {
+            native.close().await;
+        }
+    }
+
     /// The native PostgreSQL pool (`None` on SQLite).
     pub fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
         self.native.as_ref()

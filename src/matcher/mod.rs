@@ -17,5 +17,5 @@ pub mod synthetic;
 pub mod worker;
 
 pub use facts::Feed;
-pub use store::{BatchOutcome, Bind, Conn, Context, Inbound, Outbound, Record, Tx, apply_batch};
+pub use store::{BatchOutcome, Bind, Conn, Context, Inbound, Outbound, Pooled, Record, Tx, apply_batch};
 pub use worker::{MatchOptions, RunSummary, prune_outbox, relay, relay_during, run};

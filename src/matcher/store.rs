@@ -284,6 +284,28 @@ impl Tx {
     }
 }
 
+/// A pooled connection outside a transaction: PostgreSQL's own driver where the database has it.
+pub enum Pooled {
+    Any(sqlx::pool::PoolConnection<sqlx::Any>),
+    Pg(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+impl Pooled {
+    pub async fn acquire(db: &crate::db::Database) -> Result<Self, sqlx::Error> {
+        Ok(match db.postgres_pool() {
+            Some(pool) => Pooled::Pg(pool.acquire().await?),
+            None => Pooled::Any(db.pool().acquire().await?),
+        })
+    }
+
+    pub fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Pooled::Any(c) => Conn::Any(c),
+            Pooled::Pg(c) => Conn::Pg(c),
+        }
+    }
+}
+
 impl Conn<'_> {
     /// sqlx's name for the PostgreSQL driver behind an `Any` connection is "PostgreSQL".
     fn is_postgres(&self) -> bool {

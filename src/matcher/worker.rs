@@ -29,7 +29,7 @@ use rdkafka::types::RDKafkaRespErr;
 use sqlx::{Acquire, Row};
 
 use super::facts::Feed;
-use super::store::{ApplyError, BatchOutcome, Bind, Conn, Context, Inbound, MATCHER_SOURCE, Tx, apply_batch};
+use super::store::{ApplyError, BatchOutcome, Bind, Context, Inbound, MATCHER_SOURCE, Pooled, Tx, apply_batch};
 use crate::config::KafkaSettings;
 use crate::db::{Backend, Database, DbError, now_rfc3339};
 use crate::envelope::{Envelope, binary_mode_headers};
@@ -561,8 +561,9 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
     let mut after = 0_i64;
     let mut previous: Option<Vec<InFlight>> = None;
     let mut marking: Option<tokio::task::JoinHandle<Result<(), MatchError>>> = None;
+    let mut reader = Pooled::acquire(db).await.map_err(DbError::Query)?;
     loop {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(round_sql.as_str())).bind(after).bind(RELAY_ROUND).fetch_all(db.pool()).await?;
+        let rows = reader.conn().fetch(round_sql.clone(), vec![Bind::Int(after), Bind::Int(RELAY_ROUND)]).await?;
         let mut current = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: i64 = r.try_get("id")?;
@@ -725,7 +726,7 @@ pub async fn prune_outbox(db: &Database, retention: Duration) -> Result<u64, Mat
 
 /// Marks rows sent: takes them off the relay's queue.
 async fn mark_sent(db: &Database, ids: &[super::store::Bind]) -> Result<(), MatchError> {
-    let mut conn = db.pool().acquire().await.map_err(DbError::Query)?;
-    super::store::execute_in(&mut Conn::Any(&mut conn), "DELETE FROM outbox_pending WHERE id IN", &[], ids).await?;
+    let mut conn = Pooled::acquire(db).await.map_err(DbError::Query)?;
+    super::store::execute_in(&mut conn.conn(), "DELETE FROM outbox_pending WHERE id IN", &[], ids).await?;
     Ok(())
 }
