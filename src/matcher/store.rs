@@ -501,11 +501,16 @@ async fn select_in(conn: &mut Conn<'_>, sql_prefix: &str, sql_suffix: &str, keys
     if keys.is_empty() {
         return Ok(Vec::new());
     }
+    // Planned at each execution (not kept as a prepared statement): a plan kept from a
+    // connection's first executions, made while the tables were small, was kept as they grew. A
+    // matcher loading an empty database read members and facts in 387 ms per batch instead of
+    // about 5 ms, and applied half as many events per second (BENCHMARKS.md).
     if let Conn::Pg(c) = conn
         && let Some(column) = sql_prefix.strip_suffix(" IN")
     {
         let sql = format!("{column} = ANY(CAST($1 AS text[])) {sql_suffix}");
-        return Ok(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(keys).fetch_all(&mut **c).await?.into_iter().map(Record::Pg).collect());
+        let q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(keys).persistent(false);
+        return Ok(q.fetch_all(&mut **c).await?.into_iter().map(Record::Pg).collect());
     }
     let sql = format!("{sql_prefix} ({}) {sql_suffix}", json_set(conn, 1, false));
     conn.fetch(sql, vec![t(json_array(keys))]).await
