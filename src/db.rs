@@ -49,9 +49,9 @@ pub enum DbError {
 #[derive(Clone, Debug)]
 pub struct Database {
     pool: AnyPool,
-    /// On PostgreSQL, a second pool through the native driver, for the bulk paths (the policy
-    /// change and the calendar review): the `Any` driver converts every row read and every value
-    /// bound. Each pool opens at most `max_connections`.
+    /// On PostgreSQL, a second pool through the native driver, for the matcher's transactions
+    /// (inbound batches, the policy change, the calendar review) and its relay: the `Any` driver
+    /// converts every row read and every value bound. Each pool opens at most `max_connections`.
     native: Option<sqlx::PgPool>,
     backend: Backend,
 }
