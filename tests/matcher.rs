@@ -711,6 +711,36 @@ async fn relay_publishes_every_round_in_order_and_marks_it_sent() {
     }
 }
 
+/// On SQLite (the demo's database, a pool of one connection) the relay gives its connection back
+/// between rounds, so that marking a round sent does not wait for it: more than one round is
+/// published and marked sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_on_sqlite_publishes_more_than_a_round_with_one_connection() {
+    let (settings, _dir) = common::sqlite();
+    let db = doudi::db::Database::connect(&settings).await.unwrap();
+    let topic = common::unique("test.relay.sqlite");
+    doudi::kafka::ensure_topic(&common::kafka(), &topic, 1, 1).await.unwrap();
+    let reader = common::Reader::new(&[topic.as_str()]);
+    let rows: Vec<Value> = (0..6_000)
+        .map(|i| json!({"topic": topic, "key": format!("person-{}", i % 40), "ce_id": uuid::Uuid::new_v4().to_string(), "payload": json!({"n": i}).to_string()}))
+        .collect();
+    sqlx::query(
+        "INSERT INTO outbox (topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at) \
+         SELECT json_extract(value, '$.topic'), json_extract(value, '$.key'), json_extract(value, '$.ce_id'), 'test.relay', 'urn:test', \
+         json_extract(value, '$.payload'), '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z' FROM json_each($1)",
+    )
+    .bind(Value::Array(rows).to_string())
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
+
+    let published = tokio::time::timeout(Duration::from_secs(60), doudi::matcher::relay(&db, &producer)).await;
+    assert_eq!(published.expect("the relay does not wait for its own connection").unwrap(), 6_000);
+    assert_eq!(unsent(&db).await, 0, "every acknowledged row is marked sent");
+    assert_eq!(reader.until_quiet(Duration::from_secs(5)).await.len(), 6_000, "each row once");
+}
+
 /// Beside a re-evaluation (`policy apply`, `review`), the relay publishes once a round is queued,
 /// and after the work ends publishes what its last chunk wrote: every row once, in id order per
 /// key, none left queued.

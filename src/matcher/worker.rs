@@ -561,9 +561,14 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
     let mut after = 0_i64;
     let mut previous: Option<Vec<InFlight>> = None;
     let mut marking: Option<tokio::task::JoinHandle<Result<(), MatchError>>> = None;
-    let mut reader = Pooled::acquire(db).await.map_err(DbError::Query)?;
     loop {
-        let rows = reader.conn().fetch(round_sql.clone(), vec![Bind::Int(after), Bind::Int(RELAY_ROUND)]).await?;
+        // A connection per round, given back before the round is marked: SQLite's pool has one.
+        let rows = Pooled::acquire(db)
+            .await
+            .map_err(DbError::Query)?
+            .conn()
+            .fetch(round_sql.clone(), vec![Bind::Int(after), Bind::Int(RELAY_ROUND)])
+            .await?;
         let mut current = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: i64 = r.try_get("id")?;
