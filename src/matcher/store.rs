@@ -165,17 +165,6 @@ fn values_list(rows: usize, width: usize) -> String {
     out
 }
 
-/// [`values_list`] of each shape used so far on PostgreSQL (at most eight per width): a statement
-/// of 128 rows of 13 values has 1,664 placeholders, and writing them for every statement was 2 % of
-/// a re-evaluation's CPU.
-fn placeholders(rows: usize, width: usize) -> std::sync::Arc<str> {
-    type Shapes = std::collections::HashMap<(usize, usize), std::sync::Arc<str>>;
-    static SHAPES: std::sync::LazyLock<std::sync::Mutex<Shapes>> = std::sync::LazyLock::new(Default::default);
-    // A panic elsewhere while holding the lock leaves the map intact: its entries are complete.
-    let mut shapes = SHAPES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    shapes.entry((rows, width)).or_insert_with(|| values_list(rows, width).into()).clone()
-}
-
 /// A value bound into a statement.
 #[derive(Clone, Debug)]
 pub enum Bind {
@@ -394,9 +383,6 @@ fn push_json(out: &mut Vec<u8>, b: &Bind) {
     };
 }
 
-/// Rows per multi-row `VALUES` statement on PostgreSQL through the `Any` driver.
-const PG_VALUES_ROWS: usize = 128;
-
 /// The values of one column of a multi-row statement, sent to PostgreSQL as one array.
 enum Column {
     Text(Vec<Option<String>>),
@@ -441,11 +427,8 @@ fn unnest(width: usize, rows: Vec<Vec<Bind>>) -> Result<(String, Vec<Column>), A
 /// Executes `statement(rows)` for `rows`, where `rows` is a row source: `VALUES ($1, $2), …` or
 /// `SELECT * FROM UNNEST(…)`, with the rows moved into the binds.
 /// - On PostgreSQL's own driver, one statement for all rows, each column bound as one array.
-/// - On PostgreSQL through the `Any` driver, in chunks of 128 rows and the rest in chunks of 64,
-///   32, …, 1: at most eight statement texts, each prepared once per connection, and every value
-///   arrives as itself (the same rows sent as one JSON text cost PostgreSQL more to parse than to
-///   write; BENCHMARKS.md).
-/// - On SQLite, in as few statements as its bind limit allows.
+/// - Through the `Any` driver (SQLite; PostgreSQL's writes always go through its own), in as few
+///   `VALUES` statements as SQLite's bind limit allows.
 async fn execute_values(
     conn: &mut Conn<'_>,
     width: usize,
@@ -470,15 +453,12 @@ async fn execute_values(
         }
         Conn::Any(c) => c,
     };
-    let postgres = conn.backend_name().eq_ignore_ascii_case("postgresql");
-    let most = if postgres { PG_VALUES_ROWS } else { (MAX_BINDS / width.max(1)).max(1) };
+    let most = (MAX_BINDS / width.max(1)).max(1);
     let mut left = rows.len();
     let mut rows = rows.into_iter();
     while left > 0 {
-        let n = if postgres { most.min(1 << (usize::BITS - 1 - left.leading_zeros())) } else { most.min(left) };
-        // PostgreSQL's eight shapes per table are kept; SQLite's vary with the rows left.
-        let list = if postgres { placeholders(n, width) } else { values_list(n, width).into() };
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(statement(&format!("VALUES {list}"))));
+        let n = most.min(left);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(statement(&format!("VALUES {}", values_list(n, width)))));
         for row in rows.by_ref().take(n) {
             for b in row {
                 q = bind_any(q, b);
