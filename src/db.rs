@@ -102,14 +102,22 @@ impl Database {
         migrator.run(&pool).await.map_err(|source| DbError::Migrate { url: redact_url(&url), source })?;
         let native = match backend {
             Backend::Sqlite => None,
-            Backend::Postgres => Some(
-                sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(settings.max_connections)
-                    .acquire_timeout(Duration::from_secs(settings.connect_timeout_secs))
-                    .connect(&url)
-                    .await
-                    .map_err(connect_error)?,
-            ),
+            Backend::Postgres => {
+                // The matcher's statements read and write a chunk's rows by key. A parallel plan
+                // forks a worker process per statement for them, and on a small server that costs
+                // more than it saves (BENCHMARKS.md, "No parallel workers for the matcher").
+                let options = sqlx::postgres::PgConnectOptions::from_str(&url)
+                    .map_err(connect_error)?
+                    .options([("max_parallel_workers_per_gather", "0")]);
+                Some(
+                    sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(settings.max_connections)
+                        .acquire_timeout(Duration::from_secs(settings.connect_timeout_secs))
+                        .connect_with(options)
+                        .await
+                        .map_err(connect_error)?,
+                )
+            }
         };
         Ok(Self { pool, native, backend })
     }

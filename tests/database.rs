@@ -43,6 +43,23 @@ async fn postgres_write_and_read() {
 }
 
 #[tokio::test]
+async fn postgres_matcher_connections_plan_without_parallel_workers() {
+    let pg = common::fresh_postgres().await;
+    let db = Database::connect(&pg.settings).await.expect("connect and migrate");
+    let native = db.postgres_pool().expect("a native pool on PostgreSQL");
+    let setting: String = sqlx::query_scalar("SHOW max_parallel_workers_per_gather").fetch_one(native).await.expect("show");
+    assert_eq!(setting, "0", "the matcher's key lookups fork no parallel workers");
+    // Other connections (reports, `doudi show`) keep the server's setting.
+    let other: String = sqlx::query_scalar("SHOW max_parallel_workers_per_gather").fetch_one(db.pool()).await.expect("show");
+    let server: String = sqlx::query_scalar("SELECT boot_val FROM pg_settings WHERE name = 'max_parallel_workers_per_gather'")
+        .fetch_one(db.pool())
+        .await
+        .expect("boot value");
+    assert_eq!(other, server);
+    db.close().await;
+}
+
+#[tokio::test]
 async fn unreachable_database_is_a_clear_error_without_the_password() {
     let settings = DatabaseSettings {
         url: "postgres://doudi:s3cret@127.0.0.1:1/doudi".into(),
