@@ -60,6 +60,31 @@ async fn postgres_matcher_connections_plan_without_parallel_workers() {
 }
 
 #[tokio::test]
+async fn postgres_outbox_skips_an_event_derived_again_with_or_without_a_household() {
+    let pg = common::fresh_postgres().await;
+    let db = Database::connect(&pg.settings).await.expect("connect and migrate");
+    // The matcher's insert (store.rs), on the key of migration 0007.
+    let insert = |household: Option<&'static str>, ce_id: &'static str| {
+        sqlx::query(
+            "INSERT INTO outbox (topic, message_key, ce_id, ce_type, dataschema, payload, household_id, source_time, created_at) \
+             VALUES ('t', 'k', $1, 'x', 's', '{}', $2, 'now', 'now') ON CONFLICT (household_id, ce_id) DO NOTHING",
+        )
+        .bind(ce_id)
+        .bind(household)
+        .execute(db.pool())
+    };
+    for _ in 0..2 {
+        insert(Some("H1"), "e1").await.expect("insert");
+        insert(None, "e2").await.expect("insert");
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(db.pool()).await.expect("count");
+    assert_eq!(rows, 2, "each event is queued once, with or without a household");
+    let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox_pending").fetch_one(db.pool()).await.expect("count");
+    assert_eq!(queued, 2, "a skipped duplicate is not queued again");
+    db.close().await;
+}
+
+#[tokio::test]
 async fn unreachable_database_is_a_clear_error_without_the_password() {
     let settings = DatabaseSettings {
         url: "postgres://doudi:s3cret@127.0.0.1:1/doudi".into(),

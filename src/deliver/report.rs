@@ -111,7 +111,7 @@ pub struct ControlTotals {
 pub async fn reconcile(db: &Database, date: NaiveDate, published: Option<&BTreeSet<String>>) -> Result<Vec<ControlTotals>, DeliverError> {
     let rows = sqlx::query(
         "SELECT d.ce_id, d.agency, d.kind, d.change, d.amount, d.state, p.id AS pending_id FROM deliveries d \
-         LEFT JOIN outbox o ON o.ce_id = d.ce_id LEFT JOIN outbox_pending p ON p.id = o.id \
+         LEFT JOIN outbox o ON o.household_id = d.household_id AND o.ce_id = d.ce_id LEFT JOIN outbox_pending p ON p.id = o.id \
          WHERE d.created_on = $1 ORDER BY d.agency, d.kind, d.change",
     )
     .bind(date.to_string())

@@ -1385,7 +1385,8 @@ async fn flush_derived(conn: &mut Conn<'_>, b: &mut Batch) -> Result<(), ApplyEr
         "outbox",
         &["topic", "message_key", "ce_id", "ce_type", "dataschema", "payload", "household_id", "source_time", "created_at"],
         std::mem::take(&mut b.outbox),
-        "ON CONFLICT (ce_id) DO NOTHING",
+        // PostgreSQL checks an event id beside its household (migration 0007), SQLite on its own.
+        if conn.is_postgres() { "ON CONFLICT (household_id, ce_id) DO NOTHING" } else { "ON CONFLICT (ce_id) DO NOTHING" },
     )
     .await?;
     insert_rows(
