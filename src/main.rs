@@ -1183,9 +1183,16 @@ async fn review(date: Option<chrono::NaiveDate>, args: &ReevaluateArgs, settings
     let work = async {
         let due = doudi::matcher::calendar::due_on(&db, &ctx.params, date).await?;
         let households: Vec<String> = due.households.keys().cloned().collect();
-        let totals =
-            policy_change::reevaluate_all(&db, &ctx, &households, Some(date), &format!("review:{date}"), &due.reviews, args.chunk_size)
-                .await?;
+        let totals = policy_change::reevaluate_all(
+            &db,
+            &ctx,
+            &households,
+            Some(date),
+            &format!("review:{date}"),
+            &due.reviews,
+            policy_change::Chunking { size: args.chunk_size, by_range: false },
+        )
+        .await?;
         Ok::<_, policy_change::PolicyChangeError>((due, totals))
     };
     let (result, published) = publishing(&db, args, settings, work).await;

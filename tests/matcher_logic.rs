@@ -341,21 +341,27 @@ async fn a_policy_change_publishes_exactly_the_deltas_it_causes() {
         for m in near["members"].as_array_mut().unwrap() {
             m["income"]["transfer"] = json!("630");
         }
+        // A 白城 household whose id sorts between two 长春 ones: a chunk of the change read by its id
+        // range (on PostgreSQL) reads it too, and must leave it alone.
+        let mut between = household("JL-220802-2019-000507");
+        between["household_id"] = json!("JL-220102-2019-0001235");
         let events = vec![
             f.event(Feed::Household, household("JL-220102-2019-000123")),
             f.event(Feed::Household, household("JL-220102-2019-000124")),
             f.event(Feed::Household, near),
             f.event(Feed::Household, household("JL-220202-2019-000310")),
+            f.event(Feed::Household, between),
         ];
         apply(&db, &old, &events).await;
         assert_eq!(category(&db, "JL-220104-2019-000201").await, ("low_income".to_string(), "0.00".to_string()));
         assert_eq!(category(&db, "JL-220102-2019-000124").await.1, "904.50", "POLICY.md worked case 1");
         let before_吉林 = decisions_count(&db, "JL-220202-2019-000310").await;
+        let before_between = decisions_count(&db, "JL-220102-2019-0001235").await;
 
         // The summaries the matcher keeps on each household row are what migration 0004's backfill
         // builds from the decisions.
         let written = stored_summaries(&db).await;
-        assert_eq!(written.len(), 4);
+        assert_eq!(written.len(), 5);
         sqlx::query("UPDATE households SET decision_summary = NULL").execute(db.pool()).await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(summary_backfill(&db))).execute(db.pool()).await.unwrap();
         assert_eq!(stored_summaries(&db).await, written);
@@ -415,6 +421,7 @@ async fn a_policy_change_publishes_exactly_the_deltas_it_causes() {
         // Worked case 1 under 650: (650 − 335) × 3 = 945.00 and its add-ons move with the standard.
         assert_ne!(category(&db, "JL-220102-2019-000124").await.1, "904.50");
         assert_eq!(decisions_count(&db, "JL-220202-2019-000310").await, before_吉林, "other regions are not touched");
+        assert_eq!(decisions_count(&db, "JL-220102-2019-0001235").await, before_between, "nor a household of another region inside a chunk's id range");
         // Deliveries follow every entitlement event.
         let deliveries: i64 = sqlx::query("SELECT COUNT(*) AS n FROM deliveries d JOIN outbox o ON o.ce_id = d.ce_id WHERE o.id > $1 AND d.state = 'pending'")
             .bind(mark)
@@ -475,9 +482,17 @@ async fn review_on(db: Database, ctx: Context, date: &str) -> doudi::matcher::ca
     let date: chrono::NaiveDate = date.parse().unwrap();
     let due = doudi::matcher::calendar::due_on(&db, &ctx.params, date).await.unwrap();
     let households: Vec<String> = due.households.keys().cloned().collect();
-    doudi::matcher::policy_change::reevaluate_all(&db, &ctx, &households, Some(date), &format!("review:{date}"), &due.reviews, 100)
-        .await
-        .unwrap();
+    doudi::matcher::policy_change::reevaluate_all(
+        &db,
+        &ctx,
+        &households,
+        Some(date),
+        &format!("review:{date}"),
+        &due.reviews,
+        doudi::matcher::policy_change::Chunking { size: 100, by_range: false },
+    )
+    .await
+    .unwrap();
     due
 }
 

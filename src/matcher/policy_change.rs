@@ -234,6 +234,17 @@ pub async fn households_in(db: &Database, regions: &BTreeSet<String>) -> Result<
 /// (BENCHMARKS.md). SQLite has one writer.
 const PARALLEL_CHUNKS: usize = 3;
 
+/// How [`reevaluate_all`] splits its households into transactions.
+#[derive(Clone, Copy, Debug)]
+pub struct Chunking {
+    /// Households per transaction.
+    pub size: usize,
+    /// The households are every household of their regions, in id order (a policy change): a
+    /// chunk is read by its id range when that range holds at most twice as many households.
+    /// Households picked one by one (the calendar review) are read by their ids.
+    pub by_range: bool,
+}
+
 /// Re-evaluates `households` in chunks, one transaction each; returns the totals.
 pub async fn reevaluate_all(
     db: &Database,
@@ -242,12 +253,12 @@ pub async fn reevaluate_all(
     on: Option<NaiveDate>,
     trigger: &str,
     reviews: &BTreeMap<String, super::store::ReviewDue>,
-    chunk_size: usize,
+    chunking: Chunking,
 ) -> Result<BatchOutcome, PolicyChangeError> {
     let mut totals = BatchOutcome::default();
     let parallel = if db.backend() == crate::db::Backend::Postgres { PARALLEL_CHUNKS } else { 1 };
     let mut running = tokio::task::JoinSet::new();
-    for chunk in households.chunks(chunk_size.max(1)) {
+    for chunk in households.chunks(chunking.size.max(1)) {
         if running.len() >= parallel
             && let Some(done) = running.join_next().await
         {
@@ -256,7 +267,8 @@ pub async fn reevaluate_all(
         let chunk_reviews: BTreeMap<String, super::store::ReviewDue> =
             chunk.iter().filter_map(|h| reviews.get(h).map(|r| (h.clone(), r.clone()))).collect();
         let (db, ctx, chunk, trigger) = (db.clone(), ctx.clone(), chunk.to_vec(), trigger.to_string());
-        running.spawn(async move { reevaluate_chunk(&db, &ctx, &chunk, on, &trigger, &chunk_reviews).await });
+        let by_range = chunking.by_range;
+        running.spawn(async move { reevaluate_chunk(&db, &ctx, &chunk, on, &trigger, &chunk_reviews, by_range).await });
     }
     while let Some(done) = running.join_next().await {
         totals.add(&done.map_err(|e| PolicyChangeError::Task(e.to_string()))??);
@@ -273,12 +285,13 @@ async fn reevaluate_chunk(
     on: Option<NaiveDate>,
     trigger: &str,
     reviews: &BTreeMap<String, super::store::ReviewDue>,
+    by_range: bool,
 ) -> Result<BatchOutcome, PolicyChangeError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let mut tx = Tx::begin(db).await.map_err(DbError::Query)?;
-        let done = reevaluate(&mut tx.conn(), ctx, chunk, on, trigger, reviews).await;
+        let done = reevaluate(&mut tx.conn(), ctx, chunk, on, trigger, reviews, by_range).await;
         if done.is_ok() {
             tx.commit().await.map_err(DbError::Query)?;
         }
@@ -331,7 +344,8 @@ pub async fn apply(db: &Database, ctx: &Context, chunk_size: usize) -> Result<Ap
     let households = households_in(db, &change.regions).await?;
     summary.households = households.len() as u64;
     let trigger = format!("policy:{}", new.policy.version);
-    let totals = reevaluate_all(db, ctx, &households, change.effective_date, &trigger, &BTreeMap::new(), chunk_size).await?;
+    let chunking = Chunking { size: chunk_size, by_range: true };
+    let totals = reevaluate_all(db, ctx, &households, change.effective_date, &trigger, &BTreeMap::new(), chunking).await?;
     summary.decisions = totals.decisions;
     summary.outbox = totals.outbox;
     summary.review_tasks = totals.review_tasks;
