@@ -844,8 +844,9 @@ async fn pruning_the_outbox_keeps_unsent_and_recent_rows_and_the_reconciliation(
     let old = doudi::db::rfc3339(now - chrono::Duration::days(40));
     let recent = doudi::db::rfc3339(now - chrono::Duration::days(1));
     // Every row was written 40 days ago but 10,006, written yesterday; all were sent but 10,003 and
-    // 10,008.
-    sqlx::query("UPDATE outbox SET created_at = CASE WHEN id = $1 THEN $2 ELSE $3 END")
+    // 10,008. Each is an entitlement event of household JL-1, as the matcher writes them (the
+    // reconciliation finds a delivery's outbox row by household and event id).
+    sqlx::query("UPDATE outbox SET household_id = 'JL-1', created_at = CASE WHEN id = $1 THEN $2 ELSE $3 END")
         .bind(first + 10_006)
         .bind(&recent)
         .bind(&old)

@@ -1,11 +1,12 @@
--- The outbox's duplicate check, kept beside the household (issue 7, BENCHMARKS.md "Event ids
--- checked beside their household").
+-- The outbox's duplicate check, kept beside the household (issue 7, BENCHMARKS.md "No parallel
+-- workers, event ids beside their household, chunks read by range").
 --
 -- An outbox row's `ce_id` is derived from what caused it (its identity starts with the household
 -- id) and its content, so that deriving the same event again gives the same id and the insert is
 -- skipped. The check was a unique index on `ce_id` alone. Those ids are hashes: each insert went to
--- a random page of an index as large as the outbox (15 million rows at a million households), which
--- was seldom in memory and, after each checkpoint, was written whole to the log again.
+-- a random page of an index over every row the outbox keeps (a policy change over a million
+-- households alone adds 632,450), which was seldom in memory and, after each checkpoint, was
+-- written whole to the log again.
 --
 -- The same check on (household_id, ce_id) finds the same duplicates: an event is only ever derived
 -- again for the same household, and rows without a household compare equal on the NULL

@@ -676,8 +676,8 @@ struct Span {
 }
 
 /// Rows of `sql_prefix (keys) sql_suffix` as [`select_in`], read by `span` on PostgreSQL when
-/// given and `keys` are sorted. Each row's `household_id` column must be one of `keys`; rows of
-/// other households of the range are dropped.
+/// given and `keys` are sorted and inside it (otherwise by the keys). The rows must have a
+/// `household_id` column; rows of other households of the range are dropped.
 async fn select_households(
     conn: &mut Conn<'_>,
     span: Option<&Span>,
@@ -689,13 +689,16 @@ async fn select_households(
         && let Conn::Pg(c) = conn
         && let Some(column) = sql_prefix.strip_suffix(" IN")
         && keys.is_sorted()
+        && keys.first().is_some_and(|k| *k >= span.first)
+        && keys.last().is_some_and(|k| *k <= span.last)
     {
         // Planned at each execution, as the key sets in `select_in`.
         let sql = format!("{column} BETWEEN ($1 COLLATE \"C\") AND ($2 COLLATE \"C\") {sql_suffix}");
         let q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&span.first).bind(&span.last).persistent(false);
         let mut out = Vec::new();
         for r in q.fetch_all(&mut **c).await? {
-            if keys.binary_search_by(|k| k.as_str().cmp(r.try_get::<&str, _>("household_id").unwrap_or_default())).is_ok() {
+            let household_id: &str = sqlx::Row::try_get(&r, "household_id")?;
+            if keys.binary_search_by(|k| k.as_str().cmp(household_id)).is_ok() {
                 out.push(Record::Pg(r));
             }
         }
@@ -840,9 +843,10 @@ struct StoredSummary<S> {
     summary: S,
 }
 
-/// Reads the stored rows of `household_ids` into the batch.
+/// The columns of a household row the matcher reads.
 const HOUSEHOLD_COLUMNS: &str = "household_id, region, as_of, base, decision_version, decision_summary, reevaluated_on, next_review_on";
 
+/// Reads the stored rows of `household_ids` into the batch.
 async fn load_households(conn: &mut Conn<'_>, b: &mut Batch, household_ids: &[String]) -> Result<(), ApplyError> {
     let sql = format!("SELECT {HOUSEHOLD_COLUMNS} FROM households WHERE household_id IN");
     for r in select_in(conn, &sql, "", household_ids).await? {
@@ -881,7 +885,7 @@ async fn load_households_by_range(conn: &mut Conn<'_>, b: &mut Batch, household_
     Ok(None)
 }
 
-/// A household row as read by [`HOUSEHOLD_COLUMNS`].
+/// A household row read with [`HOUSEHOLD_COLUMNS`].
 fn household_row(r: &Record) -> Result<(String, HouseholdRow), ApplyError> {
     let version: i64 = r.try_get("decision_version")?;
     Ok((
