@@ -1180,21 +1180,7 @@ async fn review(date: Option<chrono::NaiveDate>, args: &ReevaluateArgs, settings
         Err(code) => return code,
     };
     let started = std::time::Instant::now();
-    let work = async {
-        let due = doudi::matcher::calendar::due_on(&db, &ctx.params, date).await?;
-        let households: Vec<String> = due.households.keys().cloned().collect();
-        let totals = policy_change::reevaluate_all(
-            &db,
-            &ctx,
-            &households,
-            Some(date),
-            &format!("review:{date}"),
-            &due.reviews,
-            policy_change::Chunking { size: args.chunk_size, by_range: false },
-        )
-        .await?;
-        Ok::<_, policy_change::PolicyChangeError>((due, totals))
-    };
+    let work = doudi::matcher::calendar::review(&db, &ctx, date, args.chunk_size);
     let (result, published) = publishing(&db, args, settings, work).await;
     let (due, totals) = match result {
         Ok(x) => x,

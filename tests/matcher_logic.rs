@@ -480,20 +480,7 @@ fn summary_backfill(db: &Database) -> String {
 /// What `doudi review --date D` does: the households due on D, re-evaluated as of D.
 async fn review_on(db: Database, ctx: Context, date: &str) -> doudi::matcher::calendar::Due {
     let date: chrono::NaiveDate = date.parse().unwrap();
-    let due = doudi::matcher::calendar::due_on(&db, &ctx.params, date).await.unwrap();
-    let households: Vec<String> = due.households.keys().cloned().collect();
-    doudi::matcher::policy_change::reevaluate_all(
-        &db,
-        &ctx,
-        &households,
-        Some(date),
-        &format!("review:{date}"),
-        &due.reviews,
-        doudi::matcher::policy_change::Chunking { size: 100, by_range: false },
-    )
-    .await
-    .unwrap();
-    due
+    doudi::matcher::calendar::review(&db, &ctx, date, 100).await.unwrap().0
 }
 
 #[tokio::test]

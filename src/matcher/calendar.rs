@@ -103,6 +103,22 @@ pub fn review_interval(decision: &Value) -> u32 {
     if able { 6 } else { 12 }
 }
 
+/// What `doudi review --date D` does: the households due on `date`, re-evaluated as of it in
+/// chunks of `chunk_size` (read by their ids: they are picked one by one).
+pub async fn review(
+    db: &Database,
+    ctx: &super::store::Context,
+    date: NaiveDate,
+    chunk_size: usize,
+) -> Result<(Due, super::store::BatchOutcome), PolicyChangeError> {
+    let due = due_on(db, &ctx.params, date).await?;
+    let households: Vec<String> = due.households.keys().cloned().collect();
+    let chunking = super::policy_change::Chunking { size: chunk_size, by_range: false };
+    let totals =
+        super::policy_change::reevaluate_all(db, ctx, &households, Some(date), &format!("review:{date}"), &due.reviews, chunking).await?;
+    Ok((due, totals))
+}
+
 /// Every household due on `date`.
 pub async fn due_on(db: &Database, params: &Params, date: NaiveDate) -> Result<Due, PolicyChangeError> {
     let mut due = Due::default();
