@@ -105,7 +105,8 @@ impl Database {
             Backend::Postgres => {
                 // The matcher's statements read and write a chunk's rows by key. A parallel plan
                 // forks a worker process per statement for them, and on a small server that costs
-                // more than it saves (BENCHMARKS.md, "No parallel workers, event ids beside their household, chunks read by range").
+                // more than it saves (BENCHMARKS.md, "No parallel workers, event ids beside their
+                // household, chunks read by range").
                 let options = sqlx::postgres::PgConnectOptions::from_str(&url)
                     .map_err(connect_error)?
                     .options([("max_parallel_workers_per_gather", "0")]);

@@ -692,19 +692,32 @@ async fn select_households(
         && keys.first().is_some_and(|k| *k >= span.first)
         && keys.last().is_some_and(|k| *k <= span.last)
     {
-        // Planned at each execution, as the key sets in `select_in`.
-        let sql = format!("{column} BETWEEN ($1 COLLATE \"C\") AND ($2 COLLATE \"C\") {sql_suffix}");
-        let q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&span.first).bind(&span.last).persistent(false);
         let mut out = Vec::new();
-        for r in q.fetch_all(&mut **c).await? {
-            let household_id: &str = sqlx::Row::try_get(&r, "household_id")?;
-            if keys.binary_search_by(|k| k.as_str().cmp(household_id)).is_ok() {
+        for r in rows_in_span(c, column, span, sql_suffix).await? {
+            if among(keys, r.try_get("household_id")?) {
                 out.push(Record::Pg(r));
             }
         }
         return Ok(out);
     }
     select_in(conn, sql_prefix, sql_suffix, keys).await
+}
+
+/// Rows of `{sql_prefix} BETWEEN first AND last {sql_suffix}`, the prefix ending in the compared
+/// column, in byte order ([`Span`]). Planned at each execution, as the key sets in [`select_in`].
+async fn rows_in_span(
+    c: &mut sqlx::PgConnection,
+    sql_prefix: &str,
+    span: &Span,
+    sql_suffix: &str,
+) -> Result<Vec<sqlx::postgres::PgRow>, ApplyError> {
+    let sql = format!("{sql_prefix} BETWEEN ($1 COLLATE \"C\") AND ($2 COLLATE \"C\") {sql_suffix}");
+    Ok(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&span.first).bind(&span.last).persistent(false).fetch_all(c).await?)
+}
+
+/// Whether `id` is one of the sorted `keys`.
+fn among(keys: &[String], id: &str) -> bool {
+    keys.binary_search_by(|k| k.as_str().cmp(id)).is_ok()
 }
 
 /// Applies `events` in order, then re-evaluates every household they touched. Reads are a few
@@ -864,21 +877,19 @@ async fn load_households_by_range(conn: &mut Conn<'_>, b: &mut Batch, household_
         && let (Some(first), Some(last)) = (household_ids.first(), household_ids.last())
         && household_ids.is_sorted()
     {
-        let limit = i64::try_from(2 * household_ids.len()).unwrap_or(i64::MAX);
-        let sql = format!(
-            "SELECT {HOUSEHOLD_COLUMNS} FROM households WHERE household_id BETWEEN ($1 COLLATE \"C\") AND ($2 COLLATE \"C\") ORDER BY household_id LIMIT $3"
-        );
-        let rows =
-            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(first).bind(last).bind(limit + 1).persistent(false).fetch_all(&mut **c).await?;
-        if i64::try_from(rows.len()).unwrap_or(i64::MAX) <= limit {
+        let span = Span { first: first.clone(), last: last.clone() };
+        let limit = 2 * household_ids.len();
+        let select = format!("SELECT {HOUSEHOLD_COLUMNS} FROM households WHERE household_id");
+        let rows = rows_in_span(c, &select, &span, &format!("ORDER BY household_id LIMIT {}", limit + 1)).await?;
+        if rows.len() <= limit {
             for r in rows {
                 let r = Record::Pg(r);
                 let (id, row) = household_row(&r)?;
-                if household_ids.binary_search(&id).is_ok() {
+                if among(household_ids, &id) {
                     b.households.insert(id, row);
                 }
             }
-            return Ok(Some(Span { first: first.clone(), last: last.clone() }));
+            return Ok(Some(span));
         }
     }
     load_households(conn, b, household_ids).await?;
