@@ -44,24 +44,46 @@ pub enum EnvelopeError {
     Invalid(&'static str, String),
 }
 
-/// The deterministic event id of a record: same source, identity and content, same id.
+/// The deterministic event id of a record: same source, identity and content, same id. The data is
+/// hashed as [`event_id_for_payload`] hashes its serialisation, written straight into the hash
+/// instead of into a string first.
 pub fn event_id(source: &str, record_identity: &str, data: &Value) -> String {
-    event_id_for_payload(source, record_identity, serde_json::to_string(data).unwrap_or_default().as_bytes())
+    let mut hash = HashWriter(<Sha256 as sha2::Digest>::new());
+    // Writing into a hash cannot fail, and a `Value` always serialises.
+    let _ = serde_json::to_writer(&mut hash, data);
+    id_from_digest(source, record_identity, &sha2::Digest::finalize(hash.0))
 }
 
 /// As [`event_id`], from the serialised data. serde_json writes object keys in sorted order (its
 /// map is ordered), so the serialisation is canonical and equal data gives equal bytes.
 pub fn event_id_for_payload(source: &str, record_identity: &str, payload: &[u8]) -> String {
-    // The v5 name is `<source>\n<identity>\n<lower-hex SHA-256 of the payload>`, built in one buffer.
-    let digest = <Sha256 as sha2::Digest>::digest(payload);
+    id_from_digest(source, record_identity, &<Sha256 as sha2::Digest>::digest(payload))
+}
+
+/// The v5 id of `<source>\n<identity>\n<lower-hex SHA-256 of the payload>`, built in one buffer.
+fn id_from_digest(source: &str, record_identity: &str, digest: &[u8]) -> String {
     let mut name = Vec::with_capacity(source.len() + record_identity.len() + 2 + 2 * digest.len());
     name.extend_from_slice(source.as_bytes());
     name.push(b'\n');
     name.extend_from_slice(record_identity.as_bytes());
     name.push(b'\n');
-    push_lower_hex(&mut name, &digest);
+    push_lower_hex(&mut name, digest);
     let id = uuid::Uuid::new_v5(&EVENT_NAMESPACE, &name);
     id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
+}
+
+/// Serialised bytes fed to a SHA-256 as they are written.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.0, buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Appends `bytes` in lower-case hex (what `hex::encode` gives, without its per-character iterator).
@@ -219,6 +241,9 @@ mod tests {
         let name = format!("doudi://connector/vital\nabc:row-3\n{digest}");
         let expected = uuid::Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes()).to_string();
         assert_eq!(event_id_for_payload("doudi://connector/vital", "abc:row-3", payload), expected);
+        // The same data as a value, hashed as it is serialised.
+        let data = json!({"id_number": "220102195003070015", "event": "death"});
+        assert_eq!(event_id("doudi://connector/vital", "abc:row-3", &data), expected);
         assert_eq!(lower_hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
     }
 

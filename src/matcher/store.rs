@@ -23,7 +23,7 @@ use super::assemble::{StoredFact, StoredMember, assemble};
 use super::facts::{Extracted, Feed, HouseholdRecord, PersonFact, extract};
 use super::outbound::{Change, EntitlementRow, Summary, diff, entitlement_payload, entitlements_of, status_payload, task_detail};
 use crate::db::{DbError, now_rfc3339};
-use crate::envelope::{KeyDeriver, event_id_for_payload, event_type};
+use crate::envelope::{KeyDeriver, event_id, event_type};
 use crate::idnum::IdNumber;
 use crate::policy::Params;
 use crate::schema::Registry;
@@ -669,10 +669,18 @@ struct Batch {
 /// ids are sorted. A chunk of a policy change is usually every household of its
 /// range (ids sort by region), so its rows are read with one range scan of each index instead of
 /// an index descent per household; rows of other households in the range are dropped as read.
+///
+/// `exact`: when the chunk's household rows were read, the range held the chunk's households and no
+/// other. The chunk's other reads then keep every row without looking its household up among the
+/// chunk's ids (a binary search per row of members, facts and entitlements: 6 % of doudi's CPU in a
+/// policy change, BENCHMARKS.md). A household inserted into the range by another transaction after
+/// that read could still bring rows in; they are ignored, as every row read is used through the
+/// chunk's ids (`state.remove(id)`, `in_force.remove(id)`, `open_tasks.remove(id)`).
 #[derive(Clone, Debug)]
 struct Span {
     first: String,
     last: String,
+    exact: bool,
 }
 
 /// Rows of `sql_prefix (keys) sql_suffix` as [`select_in`], read by `span` on PostgreSQL when
@@ -694,7 +702,7 @@ async fn select_households(
     {
         let mut out = Vec::new();
         for r in rows_in_span(c, column, span, sql_suffix).await? {
-            if among(keys, r.try_get("household_id")?) {
+            if span.exact || among(keys, r.try_get("household_id")?) {
                 out.push(Record::Pg(r));
             }
         }
@@ -877,18 +885,21 @@ async fn load_households_by_range(conn: &mut Conn<'_>, b: &mut Batch, household_
         && let (Some(first), Some(last)) = (household_ids.first(), household_ids.last())
         && household_ids.is_sorted()
     {
-        let span = Span { first: first.clone(), last: last.clone() };
+        let mut span = Span { first: first.clone(), last: last.clone(), exact: false };
         let limit = 2 * household_ids.len();
         let select = format!("SELECT {HOUSEHOLD_COLUMNS} FROM households WHERE household_id");
         let rows = rows_in_span(c, &select, &span, &format!("ORDER BY household_id LIMIT {}", limit + 1)).await?;
         if rows.len() <= limit {
+            let (read, mut kept) = (rows.len(), 0);
             for r in rows {
                 let r = Record::Pg(r);
                 let (id, row) = household_row(&r)?;
                 if among(household_ids, &id) {
                     b.households.insert(id, row);
+                    kept += 1;
                 }
             }
+            span.exact = kept == read;
             return Ok(Some(span));
         }
     }
@@ -1221,7 +1232,7 @@ fn write_outbox(
     household_id: Option<&str>,
     source_time: &str,
 ) -> Result<String, ApplyError> {
-    let ce_id = event_id_for_payload(MATCHER_SOURCE, identity, payload.to_string().as_bytes());
+    let ce_id = event_id(MATCHER_SOURCE, identity, &payload);
     if let Some(obj) = payload.as_object_mut() {
         obj.insert(id_field.into(), json!(ce_id));
     }
