@@ -1,4 +1,4 @@
--- Reconciliation's index of deliveries by day (issue 7, BENCHMARKS.md "Fewer reads per row"), as a
+-- Reconciliation's index of deliveries by day (issue 7, BENCHMARKS.md "Fewer lookups and copies per row"), as a
 -- block-range index. Deliveries are inserted in time order, so a day's rows sit in neighbouring
 -- blocks, and `doudi reconcile --date D` reads those blocks. As a B-tree, every delivery inserted
 -- took a descent and an entry in it: about 3 µs of the 20 µs a delivery row cost a policy change.
