@@ -685,7 +685,8 @@ struct Span {
 
 /// Rows of `sql_prefix (keys) sql_suffix` as [`select_in`], read by `span` on PostgreSQL when
 /// given and `keys` are sorted and inside it (otherwise by the keys). The rows must have a
-/// `household_id` column; rows of other households of the range are dropped.
+/// `household_id` column; rows of other households of the range are dropped, unless the range
+/// held only the chunk's households when they were read (`Span::exact`).
 async fn select_households(
     conn: &mut Conn<'_>,
     span: Option<&Span>,
