@@ -39,6 +39,9 @@
 //! `DOUDI_BENCH_SAVE_AS=NAME` keeps a copy of the database as it is just before the policy change
 //! (a PostgreSQL template), and a later run with `DOUDI_BENCH_FROM=NAME` starts from a file copy of
 //! it (PostgreSQL 15 or later) and measures the policy change only. Drop NAME by hand when done.
+//! A saved database holds the migrations of the binary that saved it: after a migration is added
+//! or edited, a later binary adds the new ones to its copy before the clock starts, and refuses a
+//! copy whose applied migrations differ from its own (save it again then).
 
 #![allow(clippy::float_arithmetic)] // rates and durations in a benchmark report, never money
 
@@ -71,7 +74,19 @@ fn main() {
         admin(&base, format!("CREATE DATABASE {name}{template}")).await.expect("create database");
         let url = format!("{}/{name}", base.rsplit_once('/').map(|x| x.0).unwrap_or(&base));
         let settings = DatabaseSettings { url, ..DatabaseSettings::default() };
-        let mut db = Database::connect(&settings).await.expect("database");
+        let mut db = match Database::connect(&settings).await {
+            Ok(db) => db,
+            Err(e) => {
+                // A saved database made by a binary with other migrations is refused here (sqlx
+                // compares each applied migration's checksum): the copy is dropped, not left behind.
+                let _ = admin(&base, format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                let hint = from.as_ref().map_or(String::new(), |saved| {
+                    format!(" If {saved} was saved by an older doudi, save it again with DOUDI_BENCH_SAVE_AS.")
+                });
+                eprintln!("The benchmark's database could not be opened: {e}.{hint}");
+                std::process::exit(2);
+            }
+        };
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut before = doudi::policy::Params::shipped().expect("policy");
         let july = chrono::NaiveDate::from_ymd_opt(2020, 7, 1).expect("date");
