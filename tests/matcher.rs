@@ -441,7 +441,8 @@ async fn clean_reference(x: &Exchange) -> (Vec<String>, Vec<String>, i64) {
 
 /// `doudi policy apply` on PostgreSQL with a broker: households decided under the standards before
 /// 2020-07-01 are re-evaluated under policy/jilin.toml, and every delta it writes is published by
-/// the command itself (beside the re-evaluation), each once, with nothing left queued.
+/// the command itself (beside the re-evaluation), each once, with nothing left queued. Then
+/// `doudi review` a year on, the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_apply_publishes_every_delta_it_writes() {
     const HOUSEHOLDS: u32 = 300;
@@ -515,6 +516,42 @@ async fn policy_apply_publishes_every_delta_it_writes() {
 
     // Applied again: nothing to re-evaluate, nothing published.
     let (code, stdout, stderr) = common::run_doudi_env(&apply, &env);
+    assert_eq!(code, 0, "{stderr}");
+    let again: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(again["published"], 0, "{again}");
+
+    // The daily calendar review (`doudi review`, the chart's CronJob) on the same database, a year
+    // on: the households whose periodic review fell due get a task each, and the command publishes
+    // what it wrote, each event once, with nothing left queued.
+    let review = [
+        "review",
+        "--date",
+        "2021-07-01",
+        "--topic-prefix",
+        "test.",
+        "--topic-suffix",
+        &suffix,
+        "--schemas",
+        &schemas,
+        "--chunk-size",
+        "50",
+    ];
+    let (code, stdout, stderr) = common::run_doudi_env(&review, &env);
+    assert_eq!(code, 0, "doudi review failed: {stderr}");
+    let reviewed: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("summary is JSON ({e}): {stdout}"));
+    let written = reviewed["outbox"].as_u64().unwrap();
+    assert!(reviewed["periodic_reviews"].as_u64().unwrap() > 0, "a year on, reviews are due: {reviewed}");
+    assert!(written > 0, "{reviewed}");
+    assert_eq!(reviewed["published"].as_u64().unwrap(), written, "the command publishes what it wrote: {reviewed}");
+    assert_eq!(unsent(&db).await, 0, "nothing left queued after the review");
+    let (lines, records) = x.deltas().await;
+    let ce_ids: BTreeSet<&String> = records.iter().filter_map(|r| r.headers.get("ce_id")).collect();
+    assert_eq!(records.len() as u64, written, "each event of the review arrives");
+    assert_eq!(ce_ids.len(), records.len(), "each once");
+    let tasks = lines.iter().filter(|l| l.starts_with("task periodic_review_due ")).count() as u64;
+    assert_eq!(tasks, reviewed["periodic_reviews"].as_u64().unwrap(), "a review task per household due: {lines:?}");
+    // The same day again: the tasks are open already, nothing new is published.
+    let (code, stdout, stderr) = common::run_doudi_env(&review, &env);
     assert_eq!(code, 0, "{stderr}");
     let again: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(again["published"], 0, "{again}");
