@@ -485,20 +485,13 @@ async fn policy_apply_publishes_every_delta_it_writes() {
     let suffix = format!(".{}", x.suffix);
     let policy = root().join("policy/jilin.toml").display().to_string();
     let schemas = root().join("schemas").display().to_string();
-    let apply = [
-        "policy",
-        "apply",
-        "--policy",
-        &policy,
-        "--topic-prefix",
-        "test.",
-        "--topic-suffix",
-        &suffix,
-        "--schemas",
-        &schemas,
-        "--chunk-size",
-        "50",
-    ];
+    // A re-evaluating command (`policy apply`, `review`) on this exchange's topics.
+    let reevaluating = |command: &[&str]| -> Vec<String> {
+        let common = ["--topic-prefix", "test.", "--topic-suffix", &suffix, "--schemas", &schemas, "--chunk-size", "50"];
+        command.iter().chain(common.iter()).map(|s| s.to_string()).collect()
+    };
+    let apply = reevaluating(&["policy", "apply", "--policy", &policy]);
+    let apply: Vec<&str> = apply.iter().map(String::as_str).collect();
     let (code, stdout, stderr) = common::run_doudi_env(&apply, &env);
     assert_eq!(code, 0, "doudi policy apply failed: {stderr}");
     let summary: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("summary is JSON ({e}): {stdout}"));
@@ -523,19 +516,8 @@ async fn policy_apply_publishes_every_delta_it_writes() {
     // The daily calendar review (`doudi review`, the chart's CronJob) on the same database, a year
     // on: the households whose periodic review fell due get a task each, and the command publishes
     // what it wrote, each event once, with nothing left queued.
-    let review = [
-        "review",
-        "--date",
-        "2021-07-01",
-        "--topic-prefix",
-        "test.",
-        "--topic-suffix",
-        &suffix,
-        "--schemas",
-        &schemas,
-        "--chunk-size",
-        "50",
-    ];
+    let review = reevaluating(&["review", "--date", "2021-07-01"]);
+    let review: Vec<&str> = review.iter().map(String::as_str).collect();
     let (code, stdout, stderr) = common::run_doudi_env(&review, &env);
     assert_eq!(code, 0, "doudi review failed: {stderr}");
     let reviewed: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("summary is JSON ({e}): {stdout}"));
