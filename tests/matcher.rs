@@ -487,8 +487,8 @@ async fn policy_apply_publishes_every_delta_it_writes() {
     let schemas = root().join("schemas").display().to_string();
     // A re-evaluating command (`policy apply`, `review`) on this exchange's topics.
     let reevaluating = |command: &[&str]| -> Vec<String> {
-        let common = ["--topic-prefix", "test.", "--topic-suffix", &suffix, "--schemas", &schemas, "--chunk-size", "50"];
-        command.iter().chain(common.iter()).map(|s| s.to_string()).collect()
+        let shared = ["--topic-prefix", "test.", "--topic-suffix", &suffix, "--schemas", &schemas, "--chunk-size", "50"];
+        command.iter().chain(shared.iter()).map(|s| s.to_string()).collect()
     };
     let apply = reevaluating(&["policy", "apply", "--policy", &policy]);
     let apply: Vec<&str> = apply.iter().map(String::as_str).collect();
