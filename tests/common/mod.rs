@@ -123,10 +123,9 @@ impl Drop for FreshPostgres {
         let _ = std::thread::spawn(move || {
             use sqlx::Connection;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            // A failure was ignored before, and a test run now and then left its database behind
-            // (cause not found). A transient one (the server's connection limit reached by test
-            // binaries running side by side, a session still closing) is now tried again, and
-            // the last one is printed with the database's name.
+            // A failed drop (the server's connection limit reached by test binaries running side
+            // by side, a session still closing) is tried again for 10 s; a last failure is printed
+            // with the database's name, never ignored.
             rt.block_on(async move {
                 let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
                 let mut last = None;
