@@ -420,3 +420,74 @@ async fn the_table_sink_keeps_the_latest_event_of_each_entitlement() {
     assert_eq!(rows[1].2, "senior_secondary");
     assert!(x.states().await.values().all(|s| s.0 == "delivered"));
 }
+
+/// The value of one series in a Prometheus text exposition (`name{labels}`), if present.
+fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The delivery gauges count and date the open deliveries of each agency, from the open rows
+/// alone; applied deliveries are not read and have no gauge.
+#[tokio::test]
+async fn the_delivery_gauges_come_from_the_open_deliveries() {
+    let pg = common::fresh_postgres().await;
+    let db = Database::connect(&pg.settings).await.unwrap();
+    let now = chrono::Utc::now();
+    let minutes_ago = |m: i32| doudi::db::rfc3339(now - chrono::Duration::minutes(i64::from(m)));
+    let rows = [
+        ("medical", "pending", minutes_ago(120)),
+        ("medical", "pending", minutes_ago(60)),
+        ("medical", "delivered", minutes_ago(180)),
+        ("medical", "applied", minutes_ago(600)),
+        ("medical", "failed", minutes_ago(1200)),
+        ("education", "delivered", minutes_ago(30)),
+        ("education", "applied", minutes_ago(300)),
+    ];
+    for (i, (agency, state, at)) in rows.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO deliveries (ce_id, agency, kind, change, household_id, id_number, amount, effective_date, created_at, created_on, \
+             state, updated_at) VALUES ($1, $2, 'k', 'granted', 'JL-220102-2019-000123', '220102201106010037', NULL, '2020-07-01', $3, \
+             '2020-07-01', $4, $3)",
+        )
+        .bind(format!("ce-{i}"))
+        .bind(agency)
+        .bind(at)
+        .bind(state)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    }
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    {
+        // This test's runtime has one thread: the refresh runs where the recorder is installed.
+        let _local = metrics::set_default_local_recorder(&recorder);
+        doudi::deliver::acks::refresh_gauges(&db).await.unwrap();
+    }
+    let text = handle.render();
+    // The age in seconds, within a minute of the row's (the refresh ran after the rows were written).
+    let near = |name: &str, minutes: i32| {
+        let v = series(&text, name).unwrap_or_else(|| panic!("{name} missing from:\n{text}"));
+        assert!((f64::from(minutes * 60)..f64::from(minutes * 60 + 60)).contains(&v), "{name} = {v}, expected {minutes} min");
+    };
+    near("doudi_delivery_oldest_pending_seconds{agency=\"medical\"}", 120);
+    near("doudi_delivery_oldest_unapplied_seconds{agency=\"medical\"}", 180);
+    near("doudi_delivery_oldest_unapplied_seconds{agency=\"education\"}", 30);
+    assert_eq!(series(&text, "doudi_delivery_oldest_pending_seconds{agency=\"education\"}"), Some(0.0));
+    assert_eq!(series(&text, "doudi_delivery_oldest_unapplied_seconds{agency=\"housing\"}"), Some(0.0));
+    for (agency, state, n) in [
+        ("medical", "pending", 2.0),
+        ("medical", "delivered", 1.0),
+        ("medical", "failed", 1.0),
+        ("education", "delivered", 1.0),
+        ("housing", "pending", 0.0),
+    ] {
+        assert_eq!(
+            series(&text, &format!("doudi_deliveries{{agency=\"{agency}\",state=\"{state}\"}}")),
+            Some(n),
+            "{agency} {state}:\n{text}"
+        );
+    }
+    assert!(!text.contains("state=\"applied\""), "applied deliveries have no gauge:\n{text}");
+    db.close().await;
+}
