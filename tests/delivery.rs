@@ -1,7 +1,7 @@
 //! Delivery to agencies, against the real broker and a fresh PostgreSQL database: the HTTP sink
 //! against a test agency server that fails transiently, then permanently, then accepts; the daily
 //! file read back under GBK and as XLSX; the table sink; acknowledgements by topic and callback; the
-//! pending report; reconciliation.
+//! pending report; reconciliation; the delivery gauges.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
