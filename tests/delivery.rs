@@ -491,3 +491,63 @@ async fn the_delivery_gauges_come_from_the_open_deliveries() {
     assert!(!text.contains("state=\"applied\""), "applied deliveries have no gauge:\n{text}");
     db.close().await;
 }
+
+/// Settled events are marked and committed in groups: a run stopped while an event is being
+/// retried has marked and committed everything before that event, and the next run starts exactly
+/// at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stopped_during_retries_leaves_everything_before_settled_and_the_rest_for_the_next() {
+    let x = Exchange::new().await;
+    let fixed = json!({"yearly_amount": "150.00"});
+    let a = x.publish("medical", "220102195003070015", "premium_subsidy_fixed", "granted", fixed.clone()).await;
+    let b = x.publish("medical", "220102198506150029", "premium_subsidy_fixed", "granted", fixed.clone()).await;
+    let c = x.publish("medical", "220102198302110113", "premium_subsidy_fixed", "granted", fixed.clone()).await;
+    let (url, seen) = agency_server(HashMap::from([(c.clone(), VecDeque::from(vec![(503, "busy"); 1000]))])).await;
+    let name = format!("t-medical-{}", &x.suffix[1..9]);
+    let path = x.config(
+        "medical-out.toml",
+        &format!("[delivery]\nname = \"{name}\"\nagency = \"medical\"\ndepartment = \"医保\"\n[sink]\nkind = \"http\"\nurl = \"{url}\"\n"),
+    );
+    let config = doudi::deliver::config::DeliveryConfig::load(&path).unwrap();
+    doudi::deliver::sink::install_crypto_provider();
+    let sink = |url: &str| {
+        doudi::deliver::sink::Sink::Http(doudi::deliver::sink::HttpSink::new(url, None, None, std::time::Duration::from_secs(5)).unwrap())
+    };
+    let options = doudi::deliver::DeliverOptions {
+        topic: x.topic("medical"),
+        group: format!("t-deliver-{}", &x.suffix[1..9]),
+        until_idle: true,
+        idle_after: std::time::Duration::from_millis(500),
+        initial_backoff: std::time::Duration::from_millis(50),
+        max_backoff: std::time::Duration::from_millis(200),
+    };
+    // Stopped once the agency has refused c three times.
+    let refused = {
+        let (seen, c) = (seen.clone(), c.clone());
+        async move {
+            while seen.lock().unwrap().iter().filter(|s| s.0 == c).count() < 3 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let summary = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        doudi::deliver::run(&x.db, &common::kafka(), &config, &sink(&url), &options, refused),
+    )
+    .await
+    .expect("the run stops")
+    .unwrap();
+    assert_eq!((summary.read, summary.delivered), (3, 2));
+    let states = x.states().await;
+    assert_eq!(states[&a].0, "delivered");
+    assert_eq!(states[&b].0, "delivered");
+    assert_eq!(states[&c].0, "pending");
+    assert!(states[&c].1 >= 2, "c's failed attempts are recorded");
+
+    // The agency accepts now: the next run of the group reads c alone and delivers it.
+    let (url, seen) = agency_server(HashMap::new()).await;
+    let summary = doudi::deliver::run(&x.db, &common::kafka(), &config, &sink(&url), &options, std::future::pending()).await.unwrap();
+    assert_eq!((summary.read, summary.delivered), (1, 1));
+    assert_eq!(seen.lock().unwrap().iter().map(|s| s.0.clone()).collect::<Vec<_>>(), vec![c.clone()]);
+    assert_eq!(x.states().await[&c].0, "delivered");
+}
