@@ -137,7 +137,7 @@ fn main() {
             posted.as_secs_f64() / delivered.as_secs_f64()
         );
         println!(
-            "\n{marked} of {events} deliveries marked delivered; the agency saw {} requests.",
+            "\n{marked} of {events} deliveries marked delivered; the agency saw {} requests (both runs).",
             seen.load(std::sync::atomic::Ordering::Relaxed)
         );
         sqlx::query("DELETE FROM deliveries WHERE ce_id = ANY($1)").bind(&ids).execute(pool).await.expect("clean up");

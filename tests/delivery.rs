@@ -84,6 +84,13 @@ impl Exchange {
         ce_id
     }
 
+    /// Three medical premium-subsidy grants for three people, in this order on one partition.
+    async fn three_premium_subsidies(&self) -> (String, String, String) {
+        let fixed = json!({"yearly_amount": "150.00"});
+        let grant = |person: &'static str| self.publish("medical", person, "premium_subsidy_fixed", "granted", fixed.clone());
+        (grant("220102195003070015").await, grant("220102198506150029").await, grant("220102198302110113").await)
+    }
+
     fn doudi(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let mut all = vec![("DOUDI_DATABASE_URL", self.pg.settings.url.as_str())];
         all.extend_from_slice(env);
@@ -140,10 +147,7 @@ async fn agency_server(script: HashMap<String, VecDeque<(u16, &'static str)>>) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_retries_dead_letters_rejections_and_acknowledgements_close_the_loop() {
     let x = Exchange::new().await;
-    let fixed = json!({"yearly_amount": "150.00"});
-    let a = x.publish("medical", "220102195003070015", "premium_subsidy_fixed", "granted", fixed.clone()).await;
-    let b = x.publish("medical", "220102198506150029", "premium_subsidy_fixed", "granted", fixed.clone()).await;
-    let c = x.publish("medical", "220102198302110113", "premium_subsidy_fixed", "granted", fixed.clone()).await;
+    let (a, b, c) = x.three_premium_subsidies().await;
     let script = HashMap::from([
         (a.clone(), VecDeque::from([(503, "busy"), (503, "busy")])),
         (b.clone(), VecDeque::from([(422, r#"{"error": "person not insured here"}"#)])),
@@ -498,10 +502,7 @@ async fn the_delivery_gauges_come_from_the_open_deliveries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_stopped_during_retries_leaves_everything_before_settled_and_the_rest_for_the_next() {
     let x = Exchange::new().await;
-    let fixed = json!({"yearly_amount": "150.00"});
-    let a = x.publish("medical", "220102195003070015", "premium_subsidy_fixed", "granted", fixed.clone()).await;
-    let b = x.publish("medical", "220102198506150029", "premium_subsidy_fixed", "granted", fixed.clone()).await;
-    let c = x.publish("medical", "220102198302110113", "premium_subsidy_fixed", "granted", fixed.clone()).await;
+    let (a, b, c) = x.three_premium_subsidies().await;
     let (url, seen) = agency_server(HashMap::from([(c.clone(), VecDeque::from(vec![(503, "busy"); 1000]))])).await;
     let name = format!("t-medical-{}", &x.suffix[1..9]);
     let path = x.config(
