@@ -91,6 +91,16 @@ impl Exchange {
         (grant("220102195003070015").await, grant("220102198506150029").await, grant("220102198302110113").await)
     }
 
+    /// The config of a webhook delivery to medical insurance at `url`, with `more` of its sink's
+    /// settings.
+    fn medical_webhook(&self, url: &str, more: &str) -> std::path::PathBuf {
+        let name = format!("t-medical-{}", &self.suffix[1..9]);
+        self.config(
+            "medical-out.toml",
+            &format!("[delivery]\nname = \"{name}\"\nagency = \"medical\"\ndepartment = \"医保\"\n[sink]\nkind = \"http\"\nurl = \"{url}\"\n{more}"),
+        )
+    }
+
     fn doudi(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let mut all = vec![("DOUDI_DATABASE_URL", self.pg.settings.url.as_str())];
         all.extend_from_slice(env);
@@ -153,14 +163,7 @@ async fn webhook_retries_dead_letters_rejections_and_acknowledgements_close_the_
         (b.clone(), VecDeque::from([(422, r#"{"error": "person not insured here"}"#)])),
     ]);
     let (url, seen) = agency_server(script).await;
-    let name = format!("t-medical-{}", &x.suffix[1..9]);
-    let config = x.config(
-        "medical-out.toml",
-        &format!(
-            "[delivery]\nname = \"{name}\"\nagency = \"medical\"\ndepartment = \"医保\"\n[sink]\nkind = \"http\"\nurl = \"{url}\"\n\
-             token_env = \"T_MEDICAL_SINK_TOKEN\"\ninitial_backoff_ms = 50\nmax_backoff_secs = 1\n"
-        ),
-    );
+    let config = x.medical_webhook(&url, "token_env = \"T_MEDICAL_SINK_TOKEN\"\ninitial_backoff_ms = 50\nmax_backoff_secs = 1\n");
     let args = ["deliver", "--config", config.to_str().unwrap(), "--until-idle", "--topic-suffix", x.suffix.as_str()];
     let env = [("T_MEDICAL_SINK_TOKEN", "agency-token-0123456789")];
     let run = {
@@ -504,11 +507,7 @@ async fn a_run_stopped_during_retries_leaves_everything_before_settled_and_the_r
     let x = Exchange::new().await;
     let (a, b, c) = x.three_premium_subsidies().await;
     let (url, seen) = agency_server(HashMap::from([(c.clone(), VecDeque::from(vec![(503, "busy"); 1000]))])).await;
-    let name = format!("t-medical-{}", &x.suffix[1..9]);
-    let path = x.config(
-        "medical-out.toml",
-        &format!("[delivery]\nname = \"{name}\"\nagency = \"medical\"\ndepartment = \"医保\"\n[sink]\nkind = \"http\"\nurl = \"{url}\"\n"),
-    );
+    let path = x.medical_webhook(&url, "");
     let config = doudi::deliver::config::DeliveryConfig::load(&path).unwrap();
     doudi::deliver::sink::install_crypto_provider();
     let sink = |url: &str| {
