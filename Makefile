@@ -1,6 +1,7 @@
 # doudi — the two commands of the README, and the steps behind them.
 #   make demo   sets up what it needs and runs doudi on the sample feeds (embedded SQLite)
 #   make test   sets up Kafka and PostgreSQL and runs every test
+#   make unit   runs the tests that need no server (the library's, the binary's, the CLI's)
 # Build output is kept outside the clone so that rebuilds on the same machine are fast.
 
 SHELL := /bin/bash
@@ -9,7 +10,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 DOUDI := $(CARGO_TARGET_DIR)/release/doudi
 CARGO_TEST_FLAGS ?=
 
-.PHONY: demo test setup build services lint unit integration bench clean-demo stop
+.PHONY: demo test setup build services lint unit bench stop
 
 setup:
 	@scripts/setup
@@ -36,6 +37,12 @@ test: build services lint
 	DOUDI_TEST_DATABASE_URL=$$(scripts/postgres url) DOUDI_KAFKA_BOOTSTRAP_SERVERS=$$(scripts/kafka bootstrap) \
 	  cargo test --release --locked --no-fail-fast $(CARGO_TEST_FLAGS) -- --test-threads=2
 	scripts/chart-check
+
+# The tests that need neither the broker nor PostgreSQL.
+UNIT_TESTS := --lib --bins --test cli --test schemas --test ops_http
+
+unit: setup
+	cargo test --release --locked $(UNIT_TESTS) -- --test-threads=2
 
 bench: build services
 	scripts/bench

@@ -79,3 +79,13 @@ pub async fn run(settings: &Settings, with_kafka: bool) -> Vec<Check> {
     }
     checks
 }
+
+/// The checks as a table, one line each.
+pub fn render(checks: &[Check]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for check in checks {
+        let _ = writeln!(out, "{:<20} {:<4} {:>6} ms  {}", check.name, if check.ok { "ok" } else { "FAIL" }, check.millis, check.detail);
+    }
+    out
+}

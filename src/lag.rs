@@ -22,7 +22,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::KafkaSettings;
-use crate::connect::compacted::{EndAware, from_the_beginning};
+use crate::kafka::compacted::{EndAware, from_the_beginning};
 use crate::kafka::{KafkaError, client_config};
 
 /// Kafka's internal topic of group offset commits.
@@ -257,12 +257,10 @@ pub struct Follower {
 impl Follower {
     /// Starts reading from the beginning in a background task.
     pub fn start(settings: &KafkaSettings, window: usize) -> Result<Follower, KafkaError> {
-        let consumer: StreamConsumer<EndAware> = client_config(settings)
-            .set("group.id", format!("doudi-lag-{}", uuid::Uuid::new_v4().simple()))
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .create_with_context(EndAware)?;
+        let consumer: StreamConsumer<EndAware> =
+            crate::kafka::reader_config(settings, &format!("doudi-lag-{}", uuid::Uuid::new_v4().simple()))
+                .set("enable.partition.eof", "true")
+                .create_with_context(EndAware)?;
         let (partitions, assignment) = from_the_beginning(&consumer, OFFSETS_TOPIC)?;
         consumer.assign(&assignment)?;
         let log = Arc::new(Mutex::new(CommitLog::new(window)));

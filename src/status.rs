@@ -22,9 +22,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::config::{KafkaSettings, Settings};
-use crate::connect::compacted::EndAware;
 use crate::db::{Database, JobRun};
-use crate::kafka::{KafkaError, client_config};
+use crate::kafka::KafkaError;
+use crate::kafka::compacted::EndAware;
 use crate::lag::{Follower, Options, Report, Status, human_ms};
 
 /// What the page and the metrics show, refreshed every interval.
@@ -63,10 +63,7 @@ impl DeadLetterCounter {
     pub fn count(&mut self, settings: &KafkaSettings) -> Result<BTreeMap<String, u64>, KafkaError> {
         let consumer = match self.consumer.take() {
             Some(c) => c,
-            None => client_config(settings)
-                .set("group.id", format!("doudi-status-{}", uuid::Uuid::new_v4().simple()))
-                .set("isolation.level", "read_committed")
-                .set("enable.auto.commit", "false")
+            None => crate::kafka::reader_config(settings, &format!("doudi-status-{}", uuid::Uuid::new_v4().simple()))
                 .set("enable.partition.eof", "true")
                 .set("fetch.wait.max.ms", "10")
                 .create_with_context(EndAware)?,
@@ -81,7 +78,7 @@ impl DeadLetterCounter {
         let topics: Vec<(String, Vec<i32>)> = metadata
             .topics()
             .iter()
-            .filter(|t| t.name().starts_with("dlq."))
+            .filter(|t| t.name().starts_with(crate::topics::DEAD_LETTER_PREFIX))
             .map(|t| (t.name().to_string(), t.partitions().iter().map(|p| p.id()).collect()))
             .collect();
         // Every partition's log end in one request; a topic is re-read only when its ends moved.

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::KafkaSettings;
-use crate::kafka::{KafkaError, client_config};
+use crate::kafka::KafkaError;
 
 /// Masks every run of 15 to 18 ID-number characters in free text.
 pub fn mask_text(text: &str) -> String {
@@ -79,13 +79,11 @@ pub async fn read(
     follow: bool,
     emit: &mut dyn FnMut(Tapped),
 ) -> Result<usize, KafkaError> {
-    let consumer: StreamConsumer<crate::connect::compacted::EndAware> = client_config(settings)
-        .set("group.id", format!("doudi-tap-{}", uuid::Uuid::new_v4().simple()))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", if follow { "false" } else { "true" })
-        .create_with_context(crate::connect::compacted::EndAware)?;
-    let (partitions, mut assignment) = crate::connect::compacted::from_the_beginning(&consumer, topic)?;
+    let consumer: StreamConsumer<crate::kafka::compacted::EndAware> =
+        crate::kafka::reader_config(settings, &format!("doudi-tap-{}", uuid::Uuid::new_v4().simple()))
+            .set("enable.partition.eof", if follow { "false" } else { "true" })
+            .create_with_context(crate::kafka::compacted::EndAware)?;
+    let (partitions, mut assignment) = crate::kafka::compacted::from_the_beginning(&consumer, topic)?;
     if partitions.is_empty() {
         return Err(KafkaError::CreateTopic { topic: topic.into(), message: "no such topic".into() });
     }
@@ -129,10 +127,62 @@ pub async fn read(
     Ok(count)
 }
 
+/// The heading of [`dead_letter_line`]'s table.
+pub const DEAD_LETTER_HEADING: &str = "offset   row    error_code   stage      column         file                     reason";
+
+/// A dead letter as one line: a JSON object with `json`, else a row of the table under
+/// [`DEAD_LETTER_HEADING`]. Its headers are masked already ([`read`]).
+pub fn dead_letter_line(t: &Tapped, json: bool) -> String {
+    let h = |k: &str| t.headers.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    if json {
+        let record = serde_json::json!({
+            "topic": h("topic"), "error_code": h("error_code"), "stage": h("stage"), "reason": h("reason"),
+            "source": {"file": h("source_file"), "file_sha256": h("source_sha256"), "sheet": h("source_sheet"),
+                       "row": h("source_row").parse::<u64>().ok(), "column": h("source_column")},
+            "original": t.value,
+        });
+        return record.to_string();
+    }
+    let row = if h("source_sheet").is_empty() { h("source_row") } else { format!("{}!{}", h("source_sheet"), h("source_row")) };
+    format!(
+        "{:<8} {:<6} {:<12} {:<10} {:<14} {:<24} {}",
+        t.offset,
+        row,
+        h("error_code"),
+        h("stage"),
+        h("source_column"),
+        h("source_file"),
+        h("reason")
+    )
+}
+
+/// `--since`: RFC 3339, or an age such as `24h`, `7d`, `30m`; returns epoch milliseconds.
+pub fn parse_since(text: &str) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.timestamp_millis());
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: i64 = number.parse().map_err(|_| format!("`{text}` is neither RFC 3339 nor an age like 24h or 7d"))?;
+    let seconds = match unit {
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{text}`: the age unit must be m, h or d")),
+    };
+    Ok(chrono::Utc::now().timestamp_millis() - seconds * 1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_dead_letter_heading_matches_its_rows() {
+        let heading = format!("{:<8} {:<6} {:<12} {:<10} {:<14} {:<24} reason", "offset", "row", "error_code", "stage", "column", "file");
+        assert_eq!(heading, DEAD_LETTER_HEADING);
+        assert!(parse_since("7d").is_ok() && parse_since("2019-12-01T00:00:00Z").is_ok() && parse_since("7w").is_err());
+    }
 
     #[test]
     fn masks_ids_in_text_and_names() {

@@ -13,6 +13,17 @@ use crate::config::{LogFormat, LogSettings};
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The buckets of every histogram, in seconds: from a millisecond to five minutes.
+const DURATION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// Every component's metric descriptions: each `/metrics` carries a HELP line for every metric.
+fn describe_metrics() {
+    crate::connect::describe_metrics();
+    crate::matcher::describe_metrics();
+    crate::deliver::describe_metrics();
+    crate::lifecycle::describe_metrics();
+}
+
 /// Installs the global tracing subscriber. Safe to call more than once (later calls do nothing).
 pub fn init_logging(settings: &LogSettings) {
     let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -27,10 +38,18 @@ pub fn init_logging(settings: &LogSettings) {
 pub fn metrics_handle() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Durations are histograms (summable across replicas), never summaries.
+            let builder = PrometheusBuilder::new();
+            let builder = match builder.set_buckets(DURATION_BUCKETS) {
+                Ok(b) => b,
+                Err(_) => PrometheusBuilder::new(),
+            };
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (tests); the handle still renders ours.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                describe_metrics();
+            }
             handle
         })
         .clone()

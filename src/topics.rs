@@ -1,5 +1,10 @@
-//! `doudi topics apply`: creates the catalogue's topics with their partitions, cleanup policy and
-//! retention. Existing topics are left as they are (and reported), never deleted or shrunk.
+//! Topic names, defined once, and `doudi topics apply`.
+//!
+//! Every role builds the names of the topics it reads and writes from here: the outbound topics
+//! (status, review tasks, one entitlement topic per agency), the acknowledgement topic, and the
+//! dead-letter topic of any topic. A staging environment or a test adds a prefix and a suffix
+//! ([`Affixes`]). `apply` creates the catalogue's topics with their partitions, cleanup policy and
+//! retention; existing topics are left as they are (and reported), never deleted or shrunk.
 
 use std::time::Duration;
 
@@ -10,6 +15,60 @@ use crate::config::KafkaSettings;
 use crate::kafka::{KafkaError, admin};
 use crate::schema::Catalogue;
 use crate::schema::catalogue::Cleanup;
+
+/// Households' status changes.
+pub const STATUS_TOPIC: &str = "exchange.recipient.status.v1";
+/// Review tasks for caseworkers.
+pub const REVIEW_TOPIC: &str = "exchange.review-task.v1";
+/// Agencies' acknowledgements of entitlement events.
+pub const ACK_TOPIC: &str = "exchange.entitlement.ack.v1";
+
+/// Every agency's entitlement topic starts so.
+pub const ENTITLEMENT_TOPIC_PREFIX: &str = "exchange.entitlement.";
+
+/// The agencies with an entitlement topic.
+pub const AGENCIES: [&str; 5] = ["medical", "education", "housing", "hrss", "union"];
+
+/// Every dead-letter topic starts so.
+pub const DEAD_LETTER_PREFIX: &str = "dlq.";
+
+/// The catalogue topic of an agency's entitlements.
+pub fn agency_topic(agency: &str) -> String {
+    format!("{ENTITLEMENT_TOPIC_PREFIX}{agency}.v1")
+}
+
+/// Whether `name` is one of [`AGENCIES`].
+pub fn is_agency(name: &str) -> bool {
+    AGENCIES.contains(&name)
+}
+
+/// The dead-letter topic of `topic` (itself when it is one already).
+pub fn dead_letter_topic(topic: &str) -> String {
+    if topic.starts_with(DEAD_LETTER_PREFIX) { topic.to_string() } else { format!("{DEAD_LETTER_PREFIX}{topic}") }
+}
+
+/// The topic a dead-letter topic is for (`topic` itself when it is not one).
+pub fn original_topic(topic: &str) -> &str {
+    topic.strip_prefix(DEAD_LETTER_PREFIX).unwrap_or(topic)
+}
+
+/// Topic names of a staging environment or a test: `prefix + catalogue name + suffix`.
+#[derive(Clone, Debug, Default)]
+pub struct Affixes {
+    pub prefix: String,
+    pub suffix: String,
+}
+
+impl Affixes {
+    pub fn new(prefix: &str, suffix: &str) -> Self {
+        Affixes { prefix: prefix.to_string(), suffix: suffix.to_string() }
+    }
+
+    /// The actual name of the catalogue topic `catalogue`.
+    pub fn name(&self, catalogue: &str) -> String {
+        format!("{}{catalogue}{}", self.prefix, self.suffix)
+    }
+}
 
 /// What happened to each topic.
 #[derive(Debug, serde::Serialize)]

@@ -25,8 +25,8 @@ struct Exchange {
 impl Exchange {
     async fn new() -> Self {
         let suffix = format!(".{}", uuid::Uuid::new_v4().simple());
-        for agency in doudi::matcher::store::AGENCIES {
-            let topic = format!("{}{suffix}", doudi::matcher::store::agency_topic(agency));
+        for agency in doudi::topics::AGENCIES {
+            let topic = format!("{}{suffix}", doudi::topics::agency_topic(agency));
             doudi::kafka::ensure_topic(&common::kafka(), &topic, 3, 1).await.unwrap();
             doudi::kafka::ensure_topic(&common::kafka(), &format!("dlq.{topic}"), 1, 1).await.unwrap();
         }
@@ -37,7 +37,7 @@ impl Exchange {
     }
 
     fn topic(&self, agency: &str) -> String {
-        format!("{}{}", doudi::matcher::store::agency_topic(agency), self.suffix)
+        format!("{}{}", doudi::topics::agency_topic(agency), self.suffix)
     }
 
     /// Publishes an entitlement event as the relay does and records its pending delivery.
@@ -51,7 +51,7 @@ impl Exchange {
             payload[k] = v.clone();
         }
         let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
-        let catalogue = doudi::matcher::store::agency_topic(agency);
+        let catalogue = doudi::topics::agency_topic(agency);
         let now = doudi::db::now_rfc3339();
         let headers = doudi::envelope::binary_mode_headers(
             &ce_id,

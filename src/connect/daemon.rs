@@ -3,7 +3,7 @@
 //! Guarantees: a file moves to `done/` only after its last transaction committed, and to `failed/`
 //! (with a `.reason.txt` beside it) only when it cannot be read at all; a broker failure leaves the
 //! file in place to be retried. Each processed source is recorded as a job run in the database
-//! (its last successful run feeds the status page). SIGTERM / Ctrl-C stops between files.
+//! (its last successful run feeds the status page). SIGTERM or SIGINT stops between files.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,9 +12,10 @@ use super::config::Transport;
 use super::run::{ConnectError, Connector};
 use crate::config::Settings;
 use crate::db::Database;
+use crate::lifecycle::Shutdown;
 
 /// Runs the connector's transport until stopped.
-pub async fn run(connector: Connector, settings: &Settings) -> Result<(), ConnectError> {
+pub async fn run(connector: Connector, settings: &Settings, shutdown: Shutdown) -> Result<(), ConnectError> {
     let db = match Database::connect(&settings.database).await {
         Ok(db) => Some(db),
         Err(e) => {
@@ -23,13 +24,13 @@ pub async fn run(connector: Connector, settings: &Settings) -> Result<(), Connec
         }
     };
     match connector.config.transport.clone() {
-        Transport::Manual => Err(ConnectError::Schema("transport is `manual`: use --input FILE --once".into())),
-        Transport::DropFolder { path, pattern, poll_secs } => drop_folder(connector, db, &path, &pattern, poll_secs).await,
+        Transport::Manual => Err(ConnectError::Config("transport is `manual`: use --input FILE --once".into())),
+        Transport::DropFolder { path, pattern, poll_secs } => drop_folder(connector, db, &path, &pattern, poll_secs, shutdown).await,
         Transport::Http { bind, port, token_env, max_body_bytes } => {
-            super::push::serve(connector, db, &bind, port, &token_env, max_body_bytes).await
+            super::push::serve(connector, db, &bind, port, &token_env, max_body_bytes, shutdown).await
         }
         Transport::PostgresPoll { url_env, table, cursor_column, cursor_type, poll_secs, batch_rows } => {
-            super::poll::run(connector, db, &url_env, &table, &cursor_column, &cursor_type, poll_secs, batch_rows).await
+            super::poll::run(connector, db, &url_env, &table, &cursor_column, &cursor_type, poll_secs, batch_rows, shutdown).await
         }
     }
 }
@@ -80,10 +81,11 @@ async fn drop_folder(
     dir: &Path,
     pattern: &str,
     poll_secs: u64,
+    shutdown: Shutdown,
 ) -> Result<(), ConnectError> {
     let feed = connector.config.connector.name.clone();
     tracing::info!(connector = %feed, folder = %dir.display(), pattern, "watching the drop folder");
-    let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut stop = std::pin::pin!(shutdown.requested());
     loop {
         for file in files_to_process(dir, pattern) {
             let label = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

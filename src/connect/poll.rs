@@ -75,9 +75,10 @@ pub async fn run(
     cursor_type: &str,
     poll_secs: u64,
     batch_rows: usize,
+    shutdown: crate::lifecycle::Shutdown,
 ) -> Result<(), ConnectError> {
     let url = std::env::var(url_env)
-        .map_err(|_| ConnectError::Schema(format!("transport.url_env: environment variable {url_env} is not set")))?;
+        .map_err(|_| ConnectError::Config(format!("transport.url_env: environment variable {url_env} is not set")))?;
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .connect(&url)
@@ -86,12 +87,12 @@ pub async fn run(
     let query = batch_query(table, cursor_column, cursor_type);
     let feed = connector.config.connector.name.clone();
     tracing::info!(connector = %feed, table, cursor_column, "polling the source table");
-    let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut stop = std::pin::pin!(shutdown.clone().requested());
     loop {
         match poll_once(&mut connector, &pool, &query, batch_rows).await {
             Ok((n, summary)) if n > 0 => {
                 super::daemon::record_run(db.as_ref(), "connector", &feed, "ok", &serde_json::to_value(&summary).unwrap_or_default()).await;
-                if n as usize == batch_rows {
+                if n as usize == batch_rows && !shutdown.is_requested() {
                     continue; // more rows are waiting
                 }
             }

@@ -126,7 +126,7 @@ pub fn router(connector: Connector, token: &str, db: Option<Database>, max_body_
     Router::new().route("/v1/records", post(receive)).layer(DefaultBodyLimit::max(max_body_bytes)).with_state(state)
 }
 
-/// Serves push until Ctrl-C / SIGTERM.
+/// Serves push until `shutdown`; a request in progress is answered first.
 pub async fn serve(
     connector: Connector,
     db: Option<Database>,
@@ -134,21 +134,20 @@ pub async fn serve(
     port: u16,
     token_env: &str,
     max_body_bytes: usize,
+    shutdown: crate::lifecycle::Shutdown,
 ) -> Result<(), ConnectError> {
     let token = std::env::var(token_env).ok().filter(|t| t.len() >= 16).ok_or_else(|| {
-        ConnectError::Schema(format!(
+        ConnectError::Config(format!(
             "transport.token_env: environment variable {token_env} must hold the department's bearer token (at least 16 characters)"
         ))
     })?;
     let feed = connector.config.connector.name.clone();
     let app = router(connector, &token, db, max_body_bytes);
     let addr: std::net::SocketAddr =
-        format!("{bind}:{port}").parse().map_err(|e| ConnectError::Schema(format!("transport.bind/port: {e}")))?;
-    let (bound, task) = crate::http::serve(addr, app, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
-    .map_err(|e| ConnectError::Io { path: addr.to_string(), message: e.to_string() })?;
+        format!("{bind}:{port}").parse().map_err(|e| ConnectError::Config(format!("transport.bind/port: {e}")))?;
+    let (bound, task) = crate::http::serve(addr, app, shutdown.requested())
+        .await
+        .map_err(|e| ConnectError::Io { path: addr.to_string(), message: e.to_string() })?;
     tracing::info!(connector = %feed, address = %bound, "serving HTTP push at /v1/records");
     task.await
         .map_err(|e| ConnectError::Io { path: bound.to_string(), message: e.to_string() })?

@@ -17,7 +17,7 @@ use super::run::{ConnectError, Connector, Summary};
 /// The connector config in `dir` that writes `topic` (a `dlq.` prefix is ignored), or the one
 /// named `name` when several do.
 pub fn find_config(dir: &Path, schemas: &Path, topic: &str, name: Option<&str>) -> Result<PathBuf, String> {
-    let topic = topic.strip_prefix("dlq.").unwrap_or(topic);
+    let topic = crate::topics::original_topic(topic);
     let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     let mut paths: Vec<PathBuf> =
         entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();

@@ -25,7 +25,6 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::compacted::read_latest;
 use super::config::ConnectorConfig;
 use super::offline::snapshot_extra;
 use super::pipeline::{DeadLetter, Event, Outcome, Prepared, Ready, prepare, process, process_batch};
@@ -33,6 +32,7 @@ use super::snapshot::{self, StateEntry};
 use super::source::{self, Item};
 use crate::config::Settings;
 use crate::envelope::KeyDeriver;
+use crate::kafka::compacted::read_latest;
 use crate::kafka::{KafkaError, client_config};
 use crate::schema::Registry;
 use crate::schema::compat::fingerprint;
@@ -45,6 +45,9 @@ const MESSAGE_TIMEOUT_MS: &str = "45000";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The connector's configuration cannot run: a transport, a variable, an address.
+    #[error("{0}")]
+    Config(String),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
     #[error("Kafka transaction failed: {0}")]
@@ -327,7 +330,7 @@ impl Connector {
     /// commit waits for every record and fails if any was not delivered; a failed attempt is
     /// aborted and the whole batch sent again.
     async fn commit_batch(&mut self, batch: &Batch<'_>, positions: Vec<Position>) -> Result<(), ConnectError> {
-        let dlq_topic = format!("dlq.{}", self.config.connector.topic);
+        let dlq_topic = crate::topics::dead_letter_topic(&self.config.connector.topic);
         let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
@@ -519,7 +522,7 @@ impl Connector {
 
     /// A full roster snapshot: diff against the previous one, in one transaction.
     async fn process_snapshot(&mut self, path: &Path, file: &str, sha: &str, mut summary: Summary) -> Result<Summary, ConnectError> {
-        let snapshot = self.config.snapshot.clone().ok_or_else(|| ConnectError::Schema("not a snapshot connector".into()))?;
+        let snapshot = self.config.snapshot.clone().ok_or_else(|| ConnectError::Config("not a snapshot connector".into()))?;
         let extra = snapshot_extra(&self.config, sha);
         let schema = self.registry.for_topic(&self.config.connector.topic).map_err(|e| ConnectError::Schema(e.to_string()))?;
         let mut events = Vec::new();
@@ -664,7 +667,7 @@ impl Connector {
     /// emits `removed` for every held person still absent, with their state tombstones.
     pub async fn confirm_held(&mut self) -> Result<Summary, ConnectError> {
         let snapshot =
-            self.config.snapshot.clone().ok_or_else(|| ConnectError::Schema(format!("{} is not a snapshot connector", self.feed())))?;
+            self.config.snapshot.clone().ok_or_else(|| ConnectError::Config(format!("{} is not a snapshot connector", self.feed())))?;
         let held = self
             .position("held")
             .map(|p| (p.held.clone(), p.file.clone().unwrap_or_default(), p.cursor.clone().unwrap_or_default()))

@@ -23,8 +23,8 @@ use sqlx::Row;
 use super::DeliverError;
 use crate::config::KafkaSettings;
 use crate::db::{Database, now_rfc3339};
-use crate::matcher::store::AGENCIES;
 use crate::schema::Registry;
+use crate::topics::AGENCIES;
 
 /// The catalogue name of the acknowledgement topic.
 pub const ACK_TOPIC: &str = "exchange.entitlement.ack.v1";
@@ -192,6 +192,31 @@ pub struct CallbackState {
     pub tokens: Arc<BTreeMap<String, String>>,
 }
 
+/// The callback's tokens from `AGENCY=ENV_VAR` specifications (`--token`): each agency's bearer
+/// token is read from the variable named, and must be at least 16 characters.
+pub fn tokens_from_env(specs: &[String]) -> Result<BTreeMap<String, String>, DeliverError> {
+    let mut tokens = BTreeMap::new();
+    for spec in specs {
+        let Some((agency, var)) = spec.split_once('=') else {
+            return Err(DeliverError::Config(format!("--token: `{spec}` is not AGENCY=ENV_VAR")));
+        };
+        if !crate::topics::is_agency(agency) {
+            return Err(DeliverError::Config(format!("--token: `{agency}` is not an agency ({})", AGENCIES.join(", "))));
+        }
+        match std::env::var(var) {
+            Ok(token) if token.len() >= 16 => {
+                tokens.insert(agency.to_string(), token);
+            }
+            _ => {
+                return Err(DeliverError::Config(format!(
+                    "--token: the environment variable {var} must hold a token of at least 16 characters"
+                )));
+            }
+        }
+    }
+    Ok(tokens)
+}
+
 fn token_matches(headers: &HeaderMap, expected: &str) -> bool {
     use subtle::ConstantTimeEq;
     let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
@@ -234,6 +259,21 @@ pub async fn callback(State(state): State<CallbackState>, headers: HeaderMap, bo
 
 pub fn router(state: CallbackState) -> axum::Router {
     axum::Router::new().route("/v1/acks", axum::routing::post(callback)).with_state(state)
+}
+
+/// Refreshes the delivery gauges every `interval` until `shutdown`; a failure is logged and tried
+/// again at the next interval.
+pub async fn refresh_gauges_every(db: Database, interval: Duration, shutdown: crate::lifecycle::Shutdown) {
+    let mut stop = std::pin::pin!(shutdown.requested());
+    loop {
+        if let Err(e) = refresh_gauges(&db).await {
+            tracing::warn!("Refreshing the delivery gauges failed: {e}");
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
 }
 
 /// Sets the delivery gauges: per agency, the age of the oldest event not yet accepted

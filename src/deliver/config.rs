@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::matcher::store::{AGENCIES, agency_topic};
+use crate::topics::{AGENCIES, agency_topic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryConfigError {

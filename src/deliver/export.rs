@@ -148,6 +148,20 @@ fn xlsx_bytes(columns: &[Column], rows: &[Vec<Vec<u8>>]) -> Result<Vec<u8>, Deli
     book.save_to_buffer().map_err(err)
 }
 
+/// Exports `date`'s events of `topic` as the file delivery `config` says; `None` when `config`
+/// is not a file delivery.
+pub async fn export_config_day(
+    db: &Database,
+    kafka: &KafkaSettings,
+    config: &super::config::DeliveryConfig,
+    topic: &str,
+    date: NaiveDate,
+) -> Result<Option<ExportSummary>, DeliverError> {
+    let super::config::Sink::File { directory, format, encoding, file_prefix, columns } = &config.sink else { return Ok(None) };
+    let summary = export_day(db, kafka, &config.delivery.name, topic, date, directory, file_prefix, *format, *encoding, columns).await?;
+    Ok(Some(summary))
+}
+
 /// Exports `date`'s events of `topic` into `directory`, marks them delivered and dead-letters
 /// what cannot be written.
 #[allow(clippy::too_many_arguments)]

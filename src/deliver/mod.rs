@@ -39,6 +39,9 @@ use sink::{Event, SendError, Sink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
+    /// The delivery's configuration cannot run (a variable not set, a bad URL or certificate).
+    #[error("{0}")]
+    Config(String),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("Kafka: {0}")]
@@ -79,9 +82,45 @@ pub struct DeliverSummary {
     pub retries: u64,
 }
 
-/// The dead-letter topic of a delivered topic.
-pub fn dead_letter_topic(topic: &str) -> String {
-    format!("dlq.{topic}")
+pub use crate::topics::dead_letter_topic;
+
+/// The value of the environment variable a config's `field` names; a config error when unset.
+fn required_env(config: &DeliveryConfig, field: &str, var: &str) -> Result<String, DeliverError> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Ok(value),
+        _ => Err(DeliverError::Config(format!("{}: field `{field}`: the environment variable {var} is not set", config.path.display()))),
+    }
+}
+
+/// The sink of a webhook or table delivery, with the backoff between its retries. `None` for a
+/// file delivery, which is a batch run ([`export::export_config_day`]).
+pub async fn build_sink(config: &DeliveryConfig, db: &Database) -> Result<Option<(Sink, Duration, Duration)>, DeliverError> {
+    use config::Sink as SinkConfig;
+    match &config.sink {
+        SinkConfig::File { .. } => Ok(None),
+        SinkConfig::Http { url, token_env, ca_file, timeout_secs, initial_backoff_ms, max_backoff_secs, .. } => {
+            let token = token_env.as_deref().map(|var| required_env(config, "sink.token_env", var)).transpose()?;
+            let sink = sink::HttpSink::new(url, token, ca_file.as_deref(), Duration::from_secs(*timeout_secs))
+                .map_err(|e| DeliverError::Config(format!("{}: {e}", config.path.display())))?;
+            Ok(Some((Sink::Http(sink), Duration::from_millis(*initial_backoff_ms), Duration::from_secs(*max_backoff_secs))))
+        }
+        SinkConfig::Table { database_url_env, table, columns } => {
+            let pool = match database_url_env {
+                Some(var) => {
+                    let url = required_env(config, "sink.database_url_env", var)?;
+                    sqlx::any::install_default_drivers();
+                    sqlx::AnyPool::connect(&url)
+                        .await
+                        .map_err(|e| DeliverError::Sink(format!("connecting to the agency's database failed: {e}")))?
+                }
+                None => db.pool().clone(),
+            };
+            let sink = sink::TableSink::new(pool, table, columns)
+                .await
+                .map_err(|e| DeliverError::Sink(format!("creating the agency's table {table} failed: {e}")))?;
+            Ok(Some((Sink::Table(sink), Duration::from_millis(500), Duration::from_secs(60))))
+        }
+    }
 }
 
 /// Marks an event delivered by `sink` (from `pending` or after failed attempts; never over `applied`).
@@ -343,4 +382,21 @@ fn caught_up(consumer: &StreamConsumer) -> Result<bool, DeliverError> {
         }
     }
     Ok(true)
+}
+
+/// Describes delivery's metrics (the HELP lines of `/metrics`).
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!("doudi_delivery_events_total", "Entitlement events handled by a delivery, by outcome.");
+    describe_counter!("doudi_delivery_retries_total", "Attempts to send an event that are retried later.");
+    describe_counter!("doudi_delivery_acks_total", "Acknowledgements recorded, by agency and outcome.");
+    describe_gauge!("doudi_deliveries", "Entitlement events in each open delivery state, by agency.");
+    describe_gauge!(
+        "doudi_delivery_oldest_pending_seconds",
+        "Age of the agency's oldest event not yet accepted by its sink (0 when none)."
+    );
+    describe_gauge!(
+        "doudi_delivery_oldest_unapplied_seconds",
+        "Age of the agency's oldest event not yet acknowledged as applied (0 when none)."
+    );
 }

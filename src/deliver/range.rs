@@ -25,11 +25,7 @@ pub fn read_between(
     limit: Duration,
     mut each: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<(), DeliverError> {
-    let consumer: BaseConsumer = crate::kafka::client_config(kafka)
-        .set("group.id", format!("doudi-read-{}", uuid::Uuid::new_v4().simple()))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let consumer: BaseConsumer = crate::kafka::reader_config(kafka, &format!("doudi-read-{}", uuid::Uuid::new_v4().simple())).create()?;
     let timeout = Duration::from_secs(10);
     let mut starts = TopicPartitionList::new();
     let mut stops = TopicPartitionList::new();

@@ -168,3 +168,72 @@ pub fn published_ids(kafka: &crate::config::KafkaSettings, topics: &[String], da
     })?;
     Ok(ids)
 }
+
+/// The pending report as a table, one line per event (masked).
+pub fn render_pending(rows: &[Overdue]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<26} {:<8} {:<20} {:<24} {:<10} {:<9} {:>6} {:>8}  last error",
+        "agency", "kind", "change", "person", "household", "effective", "state", "age h", "attempts"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<26} {:<8} {:<20} {:<24} {:<10} {:<9} {:>6} {:>8}  {}",
+            r.agency,
+            r.kind,
+            r.change,
+            r.person,
+            r.household_id,
+            r.effective_date,
+            r.state,
+            r.age_hours,
+            r.attempts,
+            r.last_error.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// The control totals as a table, one line per agency, kind and change.
+pub fn render_reconcile(lines: &[ControlTotals]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<26} {:<8} {:>16} {:>16} {:>16} {:>16}  ",
+        "agency", "kind", "change", "database", "published", "delivered", "acknowledged"
+    );
+    let cell = |t: &Total| format!("{} / {}", t.count, t.amount);
+    for l in lines {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<26} {:<8} {:>16} {:>16} {:>16} {:>16}  {}",
+            l.agency,
+            l.kind,
+            l.change,
+            cell(&l.database),
+            cell(&l.published),
+            cell(&l.delivered),
+            cell(&l.acknowledged),
+            if l.agrees { "ok" } else { "MISMATCH" }
+        );
+    }
+    out
+}
+
+/// The ids of `date`'s entitlement events on every agency's topic (named with `affixes`), read
+/// back from Kafka.
+pub async fn published_ids_of_agencies(
+    kafka: &crate::config::KafkaSettings,
+    affixes: &crate::topics::Affixes,
+    date: NaiveDate,
+) -> Result<BTreeSet<String>, DeliverError> {
+    let topics: Vec<String> = crate::topics::AGENCIES.iter().map(|a| affixes.name(&crate::topics::agency_topic(a))).collect();
+    let kafka = kafka.clone();
+    tokio::task::spawn_blocking(move || published_ids(&kafka, &topics, date))
+        .await
+        .map_err(|e| DeliverError::Sink(format!("reading the agencies' topics stopped: {e}")))?
+}

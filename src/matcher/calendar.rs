@@ -15,8 +15,8 @@ use chrono::{Datelike, Months, NaiveDate};
 use serde_json::Value;
 use sqlx::Row;
 
+use super::ReviewDue;
 use super::policy_change::PolicyChangeError;
-use super::store::ReviewDue;
 use crate::db::Database;
 use crate::policy::Params;
 
@@ -44,6 +44,27 @@ pub struct Due {
 impl Due {
     fn add(&mut self, household_id: String, why: Boundary) {
         self.households.entry(household_id).or_default().insert(why);
+    }
+
+    /// The summary `doudi review` prints: what was due on `date` and what re-evaluating it did.
+    pub fn summary(&self, date: NaiveDate, totals: &super::BatchOutcome, published: u64, seconds: u64) -> Value {
+        let by_boundary: BTreeMap<String, usize> = self
+            .counts()
+            .into_iter()
+            .map(|(k, v)| (serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(), v))
+            .collect();
+        serde_json::json!({
+            "date": date,
+            "households": self.households.len(),
+            "by_boundary": by_boundary,
+            "periodic_reviews": self.reviews.len(),
+            "decisions": totals.decisions,
+            "outbox": totals.outbox,
+            "review_tasks": totals.review_tasks,
+            "assessment_problems": totals.assessment_problems,
+            "published": published,
+            "seconds": seconds,
+        })
     }
 
     /// Households per boundary, for the summary.
@@ -107,10 +128,10 @@ pub fn review_interval(decision: &Value) -> u32 {
 /// chunks of `chunk_size` (read by their ids: they are picked one by one).
 pub async fn review(
     db: &Database,
-    ctx: &super::store::Context,
+    ctx: &super::Context,
     date: NaiveDate,
     chunk_size: usize,
-) -> Result<(Due, super::store::BatchOutcome), PolicyChangeError> {
+) -> Result<(Due, super::BatchOutcome), PolicyChangeError> {
     let due = due_on(db, &ctx.params, date).await?;
     let households: Vec<String> = due.households.keys().cloned().collect();
     let chunking = super::policy_change::Chunking { size: chunk_size, by_range: false };

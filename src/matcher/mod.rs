@@ -2,20 +2,44 @@
 //!
 //! `facts` reads what an inbound event says; `assemble` turns a household's registration and its
 //! members' current facts into the policy engine's input; `outbound` turns decisions into the
-//! entitlements each agency needs and their changes; `store` applies a batch in one database
-//! transaction; `worker` is the Kafka side (`doudi match`, the outbox relay); `show` is
-//! `doudi recipients show`.
+//! entitlements each agency needs and their changes. A batch in one database transaction:
+//! `context` (what the matcher works with), `batch` (the batch in memory and its reads), `apply`
+//! (events applied in order), `evaluate` (households re-assessed, the decision step), `flush`
+//! (the batch's writes). `worker` is the Kafka side (`doudi match`, the outbox relay); `show` is
+//! `doudi recipients show`; `policy_change` and `calendar` re-evaluate without an inbound event.
 
+mod apply;
 pub mod assemble;
+mod batch;
 pub mod calendar;
+mod context;
+pub mod evaluate;
 pub mod facts;
+mod flush;
 pub mod outbound;
 pub mod policy_change;
 pub mod show;
-pub mod store;
 pub mod synthetic;
 pub mod worker;
 
+pub use crate::db::sql::{Bind, Conn, Pooled, Record, Tx};
+pub use apply::apply_batch;
+pub use context::{ApplyError, BatchOutcome, Context, Inbound, MATCHER_SOURCE, Outbound};
+pub use evaluate::{ReviewDue, reevaluate};
 pub use facts::Feed;
-pub use store::{BatchOutcome, Bind, Conn, Context, Inbound, Outbound, Pooled, Record, Tx, apply_batch};
 pub use worker::{MatchOptions, RunSummary, prune_outbox, relay, relay_during, run};
+
+/// Describes the matcher's metrics (the HELP lines of `/metrics`).
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, describe_histogram};
+    describe_counter!("doudi_matcher_events_total", "Inbound events by outcome (applied, duplicate, invalid, stale, held).");
+    describe_histogram!("doudi_matcher_batch_seconds", "Time to apply one batch of events in one database transaction.");
+    describe_histogram!(
+        "doudi_matcher_end_to_end_seconds",
+        "Time from a department's record (its ce_time) to the household's change committed."
+    );
+    describe_counter!("doudi_matcher_entitlement_changes_total", "Entitlement events written, by agency and change.");
+    describe_counter!("doudi_matcher_review_tasks_total", "Review tasks raised, by kind.");
+    describe_counter!("doudi_matcher_published_total", "Outbox rows published to their topic.");
+    describe_counter!("doudi_matcher_outbox_pruned_total", "Sent outbox rows deleted after their retention.");
+}

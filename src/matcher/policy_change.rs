@@ -17,7 +17,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use super::store::{ApplyError, BatchOutcome, Context, Tx, reevaluate};
+use super::{ApplyError, BatchOutcome, Context, Tx, reevaluate};
 use crate::db::{Database, DbError, now_rfc3339};
 use crate::policy::Params;
 
@@ -252,11 +252,11 @@ pub async fn reevaluate_all(
     households: &[String],
     on: Option<NaiveDate>,
     trigger: &str,
-    reviews: &BTreeMap<String, super::store::ReviewDue>,
+    reviews: &BTreeMap<String, super::ReviewDue>,
     chunking: Chunking,
 ) -> Result<BatchOutcome, PolicyChangeError> {
     let mut totals = BatchOutcome::default();
-    let parallel = if db.backend() == crate::db::Backend::Postgres { PARALLEL_CHUNKS } else { 1 };
+    let parallel = db.backend().writers(PARALLEL_CHUNKS);
     let mut running = tokio::task::JoinSet::new();
     for chunk in households.chunks(chunking.size.max(1)) {
         if running.len() >= parallel
@@ -264,7 +264,7 @@ pub async fn reevaluate_all(
         {
             totals.add(&done.map_err(|e| PolicyChangeError::Task(e.to_string()))??);
         }
-        let chunk_reviews: BTreeMap<String, super::store::ReviewDue> =
+        let chunk_reviews: BTreeMap<String, super::ReviewDue> =
             chunk.iter().filter_map(|h| reviews.get(h).map(|r| (h.clone(), r.clone()))).collect();
         let (db, ctx, chunk, trigger) = (db.clone(), ctx.clone(), chunk.to_vec(), trigger.to_string());
         let by_range = chunking.by_range;
@@ -284,7 +284,7 @@ async fn reevaluate_chunk(
     chunk: &[String],
     on: Option<NaiveDate>,
     trigger: &str,
-    reviews: &BTreeMap<String, super::store::ReviewDue>,
+    reviews: &BTreeMap<String, super::ReviewDue>,
     by_range: bool,
 ) -> Result<BatchOutcome, PolicyChangeError> {
     let mut attempt = 0;
@@ -384,4 +384,63 @@ mod tests {
         assert_eq!(region_prefix("220100"), "2201");
         assert_eq!(region_prefix("220102"), "220102");
     }
+}
+
+/// One recorded policy version, as `doudi policy versions` lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VersionRow {
+    pub version: String,
+    pub state: String,
+    pub effective_date: Option<String>,
+    pub regions: String,
+    pub households: i64,
+    pub decisions: i64,
+    pub applied_at: String,
+}
+
+/// The recorded policy versions, newest first.
+pub async fn versions(db: &Database) -> Result<Vec<VersionRow>, PolicyChangeError> {
+    let rows = sqlx::query(
+        "SELECT version, state, effective_date, regions, households, decisions, applied_at FROM policy_versions ORDER BY applied_at DESC, version DESC",
+    )
+    .fetch_all(db.pool())
+    .await
+    .map_err(DbError::Query)?;
+    Ok(rows
+        .iter()
+        .map(|r| VersionRow {
+            version: r.try_get("version").unwrap_or_default(),
+            state: r.try_get("state").unwrap_or_default(),
+            effective_date: r.try_get::<Option<String>, _>("effective_date").ok().flatten(),
+            regions: r.try_get("regions").unwrap_or_default(),
+            households: r.try_get("households").unwrap_or_default(),
+            decisions: r.try_get("decisions").unwrap_or_default(),
+            applied_at: r.try_get("applied_at").unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// The versions as a table.
+pub fn render_versions(rows: &[VersionRow]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:<9} {:<10} {:>10} {:>10} {:<28} regions",
+        "version", "state", "effective", "households", "decisions", "applied at"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<9} {:<10} {:>10} {:>10} {:<28} {}",
+            r.version,
+            r.state,
+            r.effective_date.as_deref().unwrap_or("-"),
+            r.households,
+            r.decisions,
+            r.applied_at,
+            r.regions
+        );
+    }
+    out
 }

@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use super::assemble::assemble;
-use super::store::{ApplyError, Conn, household_state};
+use super::batch::household_state;
+use super::{ApplyError, Conn};
 use crate::db::{Database, now_rfc3339};
 use crate::idnum::{IdNumber, mask};
 use crate::policy::Params;

@@ -29,9 +29,9 @@ use rdkafka::types::RDKafkaRespErr;
 use sqlx::{Acquire, Row};
 
 use super::facts::Feed;
-use super::store::{ApplyError, BatchOutcome, Bind, Context, Inbound, MATCHER_SOURCE, Pooled, Tx, apply_batch};
+use super::{ApplyError, BatchOutcome, Bind, Context, Inbound, MATCHER_SOURCE, Pooled, Tx, apply_batch};
 use crate::config::KafkaSettings;
-use crate::db::{Backend, Database, DbError, now_rfc3339};
+use crate::db::{Database, DbError, now_rfc3339};
 use crate::envelope::{Envelope, binary_mode_headers};
 
 /// How `doudi match` runs.
@@ -168,10 +168,7 @@ pub async fn run(
 ) -> Result<RunSummary, MatchError> {
     let changes = Arc::new(Mutex::new(Assignments::default()));
     let positions = Arc::new(Mutex::new(stored_positions(db, &options.group).await?));
-    let consumer: StreamConsumer<MatcherContext> = crate::kafka::client_config(kafka)
-        .set("group.id", &options.group)
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
+    let consumer: StreamConsumer<MatcherContext> = crate::kafka::reader_config(kafka, &options.group)
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .create_with_context(MatcherContext { changes: changes.clone(), positions: positions.clone() })?;
@@ -325,7 +322,7 @@ async fn apply(
             tracing::debug!(topic = %tp.0, partition = tp.1, "a message of a partition this instance does not own is left to its owner");
             continue;
         };
-        let lock = if db.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
+        let lock = db.backend().row_lock();
         let row = tx
             .conn()
             .fetch(
@@ -527,10 +524,7 @@ type InFlight = (i64, String, String, rdkafka::producer::DeliveryFuture);
 pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, MatchError> {
     // One relay at a time: a transaction-level advisory lock on a connection of its own, held for
     // the whole run and released when the transaction ends, however the run ends.
-    let mut lock_conn = match db.backend() {
-        Backend::Postgres => Some(db.pool().acquire().await.map_err(DbError::Query)?),
-        Backend::Sqlite => None,
-    };
+    let mut lock_conn = if db.backend().has_advisory_locks() { Some(db.pool().acquire().await.map_err(DbError::Query)?) } else { None };
     let lock = match lock_conn.as_mut() {
         Some(conn) => {
             let mut tx = conn.begin().await.map_err(DbError::Query)?;
@@ -546,14 +540,8 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
         }
         None => None,
     };
-    // The round's ids are taken from the queue first, then their rows looked up by id. Joined, or
-    // as `IN (subquery)`, PostgreSQL planned a merge join walking every sent row kept (300 ms per
-    // round of 5,000 at 376,000 rows; BENCHMARKS.md); an array of ids is one index scan (7 ms).
-    let queued = "SELECT id FROM outbox_pending WHERE id > $1 ORDER BY id LIMIT $2";
-    let ids = match db.backend() {
-        Backend::Postgres => format!("id = ANY(ARRAY({queued}))"),
-        Backend::Sqlite => format!("id IN ({queued})"),
-    };
+    // The round's ids are taken from the queue first, then their rows looked up by id.
+    let ids = db.backend().ids_from("id", "SELECT id FROM outbox_pending WHERE id > $1 ORDER BY id LIMIT $2");
     let round_sql = format!(
         "SELECT id, topic, message_key, ce_id, ce_type, dataschema, payload, source_time, created_at FROM outbox WHERE {ids} ORDER BY id"
     );
@@ -638,8 +626,8 @@ pub async fn relay_during<T>(
         loop {
             // Read before the run: the run after the work ended is the last one.
             let last = done.load(std::sync::atomic::Ordering::SeqCst);
-            // SQLite has one writer: its relay waits for the work's last chunk.
-            if last || (db.backend() == Backend::Postgres && queued_at_least(db, RELAY_ROUND).await?) {
+            // With one writer (SQLite) the relay waits for the work's last chunk.
+            if last || (db.backend().writers(2) > 1 && queued_at_least(db, RELAY_ROUND).await?) {
                 published += relay(db, producer).await?;
             }
             if last {
@@ -656,13 +644,13 @@ pub async fn relay_during<T>(
 
 /// Waits for a round's acknowledgements. Returns the rows acknowledged before the first failure,
 /// and the failure.
-async fn settle(round: Vec<InFlight>) -> (Vec<super::store::Bind>, Option<rdkafka::error::KafkaError>) {
+async fn settle(round: Vec<InFlight>) -> (Vec<Bind>, Option<rdkafka::error::KafkaError>) {
     let mut delivered = Vec::with_capacity(round.len());
     let mut failure = None;
     for (id, topic, source_time, delivery) in round {
         match delivery.await {
             Ok(Ok(_)) if failure.is_none() => {
-                delivered.push(super::store::Bind::Int(id));
+                delivered.push(Bind::Int(id));
                 if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&source_time) {
                     let ms = u64::try_from((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds()).unwrap_or(0);
                     metrics::histogram!("doudi_matcher_end_to_end_seconds", "topic" => topic.clone())
@@ -730,8 +718,8 @@ pub async fn prune_outbox(db: &Database, retention: Duration) -> Result<u64, Mat
 }
 
 /// Marks rows sent: takes them off the relay's queue.
-async fn mark_sent(db: &Database, ids: &[super::store::Bind]) -> Result<(), MatchError> {
+async fn mark_sent(db: &Database, ids: &[Bind]) -> Result<(), MatchError> {
     let mut conn = Pooled::acquire(db).await.map_err(DbError::Query)?;
-    super::store::execute_in(&mut conn.conn(), "DELETE FROM outbox_pending WHERE id IN", &[], ids).await?;
+    crate::db::sql::execute_in(&mut conn.conn(), "DELETE FROM outbox_pending WHERE id IN", &[], ids).await?;
     Ok(())
 }

@@ -103,7 +103,7 @@ impl Catalogue {
             .iter()
             .filter(|t| t.dead_letters)
             .map(|t| Topic {
-                name: format!("dlq.{}", t.name),
+                name: crate::topics::dead_letter_topic(&t.name),
                 schema: DEAD_LETTER_SCHEMA.into(),
                 description: format!(
                     "Records for {} that could not be read, mapped or validated, with the reason and where they came from.",

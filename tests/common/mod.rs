@@ -9,12 +9,28 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// The broker `make test` starts (scripts/kafka), or DOUDI_KAFKA_BOOTSTRAP_SERVERS.
+/// The broker `make test` starts (scripts/kafka), or DOUDI_KAFKA_BOOTSTRAP_SERVERS. A test that
+/// needs it and finds no broker there stops at once with one line that says so.
 pub fn kafka() -> KafkaSettings {
-    KafkaSettings {
-        bootstrap_servers: std::env::var("DOUDI_KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
-        ..KafkaSettings::default()
+    let bootstrap_servers = std::env::var("DOUDI_KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    require_server("the Kafka broker", &bootstrap_servers, "scripts/kafka start");
+    KafkaSettings { bootstrap_servers, ..KafkaSettings::default() }
+}
+
+/// Stops the test with one clear line when nothing listens at `address` (checked once per address
+/// and test binary).
+fn require_server(what: &str, address: &str, start: &str) {
+    static CHECKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if checked.iter().any(|a| a == address) {
+        return;
     }
+    let first = address.split(',').next().unwrap_or(address);
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(first)
+        .map(|mut addrs| addrs.any(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok()))
+        .unwrap_or(false);
+    assert!(reachable, "{what} is not running at {first}: this test needs it. Start it with `{start}`, or run `make test`.");
+    checked.push(address.to_string());
 }
 
 /// Runs the doudi binary against the test broker, with settings from the environment only;
@@ -47,6 +63,9 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
 pub fn postgres() -> DatabaseSettings {
     let url = std::env::var("DOUDI_TEST_DATABASE_URL")
         .expect("DOUDI_TEST_DATABASE_URL is not set: run the suite with `make test`, which starts PostgreSQL (scripts/postgres)");
+    // postgres://user:password@host:port/database
+    let authority = url.split("://").nth(1).unwrap_or("").rsplit('@').next().unwrap_or("").split('/').next().unwrap_or("");
+    require_server("PostgreSQL", authority, "scripts/postgres start");
     DatabaseSettings { url, ..DatabaseSettings::default() }
 }
 

@@ -12,7 +12,7 @@ use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::config::KafkaSettings;
-use crate::kafka::{KafkaError, client_config};
+use crate::kafka::KafkaError;
 
 /// A consumer context that does not report the end of a partition as an error: here it is the
 /// expected signal that the topic has been read to its end.
@@ -54,13 +54,11 @@ pub async fn read_latest(
     prefix: &str,
     timeout: Duration,
 ) -> Result<HashMap<String, Vec<u8>>, KafkaError> {
-    let consumer: StreamConsumer<EndAware> = client_config(settings)
-        .set("group.id", format!("doudi-reader-{}", uuid::Uuid::new_v4().simple()))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(EndAware)?;
+    let consumer: StreamConsumer<EndAware> =
+        crate::kafka::reader_config(settings, &format!("doudi-reader-{}", uuid::Uuid::new_v4().simple()))
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .create_with_context(EndAware)?;
     let (partitions, assignment) = from_the_beginning(&consumer, topic)?;
     consumer.assign(&assignment)?;
     let mut at_end: HashSet<i32> = HashSet::new();

@@ -5,6 +5,8 @@
 //! `acks=all`); consumers read committed data only (`isolation.level=read_committed`) and never
 //! auto-commit: offsets move only after an effect is durable (STYLE.md §7).
 
+pub mod compacted;
+
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -51,15 +53,17 @@ pub fn idempotent_producer(settings: &KafkaSettings) -> Result<FutureProducer, K
         .create()?)
 }
 
+/// The settings of every consumer doudi makes, in `group`: committed data only
+/// (`isolation.level=read_committed`), and no offset committed by the client itself.
+pub fn reader_config(settings: &KafkaSettings, group: &str) -> ClientConfig {
+    let mut config = client_config(settings);
+    config.set("group.id", group).set("isolation.level", "read_committed").set("enable.auto.commit", "false");
+    config
+}
+
 /// A consumer in `group` that sees committed data only and commits nothing by itself.
 pub fn committed_consumer(settings: &KafkaSettings, group: &str) -> Result<StreamConsumer, KafkaError> {
-    Ok(client_config(settings)
-        .set("group.id", group)
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?)
+    Ok(reader_config(settings, group).set("enable.auto.offset.store", "false").set("auto.offset.reset", "earliest").create()?)
 }
 
 /// The offset a list holds for a partition, if it is a real one.

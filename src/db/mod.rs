@@ -16,23 +16,13 @@ use sqlx::{AnyPool, Row};
 
 use crate::config::{DatabaseSettings, redact_url};
 
+mod dialect;
+pub mod sql;
+
+pub use dialect::Backend;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
-
-/// Which database server is behind a handle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    /// The backend a database URL names (`sqlite:` or else PostgreSQL; the configuration refuses
-    /// any other scheme).
-    pub fn of_url(url: &str) -> Self {
-        if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres }
-    }
-}
 
 /// Errors of the database layer. Messages carry the redacted URL, never data.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +33,11 @@ pub enum DbError {
     Migrate { url: String, source: sqlx::migrate::MigrateError },
     #[error("database query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// Rows bound as JSON text were not UTF-8, or a multi-row statement's rows were not of one
+    /// shape (they are built from Rust values, so this would be a bug, reported rather than
+    /// papered over).
+    #[error("the rows for {0} could not be encoded")]
+    Encoding(String),
 }
 
 /// A pooled connection to the recipient database.

@@ -1,0 +1,46 @@
+//! What every long-running subcommand shares: its ops endpoint (`/healthz`, `/readyz` with the
+//! checks of what it depends on, `/metrics`) and the database it opens.
+
+use doudi::config::Settings;
+use doudi::error::Failure;
+use doudi::lifecycle::{Dependencies, Shutdown, readiness};
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `http.bind`:`http.port` until `shutdown`, unless
+/// the port is 0. A bad or taken address is a configuration error.
+pub(crate) async fn start_ops_endpoint(settings: &Settings, dependencies: Dependencies<'_>, shutdown: &Shutdown) -> Result<(), Failure> {
+    if settings.http.port == 0 {
+        return Ok(());
+    }
+    let addr = ops_address(settings)?;
+    let router = doudi::http::ops_router(doudi::telemetry::metrics_handle(), readiness(dependencies));
+    match doudi::http::serve(addr, router, shutdown.clone().requested()).await {
+        Ok((bound, _task)) => {
+            tracing::info!(address = %bound, "serving /healthz, /readyz and /metrics");
+            Ok(())
+        }
+        Err(e) => Err(Failure::usage(format!("http.port: cannot listen on {addr}: {e}"))),
+    }
+}
+
+/// The address of the ops endpoint from `http.bind` and `http.port`.
+pub(crate) fn ops_address(settings: &Settings) -> Result<std::net::SocketAddr, Failure> {
+    format!("{}:{}", settings.http.bind, settings.http.port).parse().map_err(|e| Failure::usage(format!("http.bind: {e}")))
+}
+
+/// Opens (and migrates) the recipient database.
+pub(crate) async fn open_database(settings: &Settings) -> Result<doudi::db::Database, Failure> {
+    Ok(doudi::db::Database::connect(&settings.database).await?)
+}
+
+/// The policy parameters of `path`, or the shipped ones.
+pub(crate) fn load_policy(path: Option<&std::path::Path>) -> Result<doudi::policy::Params, Failure> {
+    Ok(match path {
+        Some(path) => doudi::policy::Params::load(path)?,
+        None => doudi::policy::Params::shipped()?,
+    })
+}
+
+/// The schema registry of `dir`: a bad one is a configuration error.
+pub(crate) fn load_registry(dir: &std::path::Path) -> Result<std::sync::Arc<doudi::schema::Registry>, Failure> {
+    doudi::schema::Registry::load(dir).map(std::sync::Arc::new).map_err(Failure::usage)
+}

@@ -1,0 +1,90 @@
+//! The `doudi` binary: one process per role, chosen by subcommand. It parses the command line,
+//! builds the runtime, dispatches to one short function per subcommand (grouped by role:
+//! `connect`, `matching`, `deliver`, `ops`, `tools`) and maps a failure's class to the exit code,
+//! here only: 0 success; 1 the command ran and found a problem (invalid data, a failed check);
+//! 2 bad usage or configuration; 3 an infrastructure failure (database, broker, file system).
+
+#[macro_use]
+mod output;
+mod cli;
+mod connect;
+mod daemon;
+mod deliver;
+mod matching;
+mod ops;
+mod tools;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command, ConfigCommand, DeliveriesCommand, DlqCommand, PolicyCommand, RecipientsCommand, TopicsCommand};
+use doudi::config::Settings;
+use doudi::error::Failure;
+
+/// mimalloc: the matcher's and the policy re-evaluation's work allocates and frees many small
+/// strings and JSON values, where glibc's allocator spent a third of the process's time
+/// (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// What a subcommand returns.
+type Outcome = Result<(), Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = Settings::load(cli.settings.as_deref()).map_err(Failure::from).and_then(|settings| {
+        doudi::telemetry::init_logging(&settings.log);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::infrastructure(format!("cannot start the async runtime: {e}")))?;
+        runtime.block_on(dispatch(cli.command, settings))
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("doudi: {failure}");
+            ExitCode::from(failure.class.exit_code())
+        }
+    }
+}
+
+async fn dispatch(command: Command, settings: Settings) -> Outcome {
+    match command {
+        // Connect: department feeds in, dead letters.
+        Command::Connect(args) => connect::connect(args, &settings).await,
+        Command::Dlq(DlqCommand::List { topic, since, limit, json }) => {
+            connect::dlq_list(&topic, since.as_deref(), limit, json, &settings).await
+        }
+        Command::Dlq(DlqCommand::Replay { topic, input, connector, connectors, schemas }) => {
+            connect::dlq_replay(&topic, &input, connector.as_deref(), &connectors, &schemas, &settings).await
+        }
+        // Match: the recipient database and the policy over time.
+        Command::Match(args) => matching::run(args, &settings).await,
+        Command::Policy(PolicyCommand::Apply { policy, run }) => matching::policy_apply(&policy, &run, &settings).await,
+        Command::Policy(PolicyCommand::Versions) => matching::policy_versions(&settings).await,
+        Command::Review { date, run } => matching::review(date, &run, &settings).await,
+        Command::Recipients(RecipientsCommand::Show { id_number, unmasked, json, policy }) => {
+            matching::recipients_show(&id_number, unmasked, json, policy.as_deref(), &settings).await
+        }
+        // Deliver: agencies' entitlements out, acknowledgements in.
+        Command::Deliver(args) => deliver::deliver(&args, &settings).await,
+        Command::Acks(args) => deliver::acks(&args, &settings).await,
+        Command::Deliveries(DeliveriesCommand::Pending { agency, older_than, limit, json }) => {
+            deliver::pending(agency.as_deref(), older_than, limit, json, &settings).await
+        }
+        Command::Reconcile { date, no_kafka, json, topics } => deliver::reconcile(date, no_kafka, json, &topics, &settings).await,
+        // Ops: the servers, topics, lag.
+        Command::Doctor { no_kafka, json } => ops::doctor(no_kafka, json, &settings).await,
+        Command::Config(ConfigCommand::Check) => ops::config_check(&settings),
+        Command::Topics(TopicsCommand::Apply { schemas, replication }) => ops::topics_apply(&schemas, replication, &settings).await,
+        Command::Tap { topic, follow, limit } => ops::tap(&topic, follow, limit, &settings).await,
+        Command::Lag(args) => ops::lag(args, &settings).await,
+        // Tools: no server needed.
+        Command::Assess { date, policy, explain, household } => tools::assess(date, policy.as_deref(), explain, &household),
+        Command::Policy(PolicyCommand::Check { policy, json }) => tools::policy_check(policy.as_deref(), json),
+        Command::Schemas(command) => tools::schemas(command),
+        Command::Id { unmasked, ids } => tools::id(unmasked, &ids),
+    }
+}

@@ -1,0 +1,176 @@
+//! Match: the matching service, the shared recipient database, and the policy over time (policy
+//! changes and the daily review).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use doudi::config::Settings;
+use doudi::error::Failure;
+use doudi::lifecycle::{Dependencies, Shutdown};
+use doudi::matcher::{Context, MatchOptions, Outbound};
+
+use crate::Outcome;
+use crate::cli::{MatchArgs, ReevaluateArgs};
+use crate::daemon::{load_policy, load_registry, open_database, start_ops_endpoint};
+
+/// `doudi match`: the matching service, until stopped (or idle, with `--until-idle`).
+pub(crate) async fn run(args: MatchArgs, settings: &Settings) -> Outcome {
+    let params = load_policy(args.policy.as_deref())?;
+    let registry = load_registry(&args.schemas).map_err(|f| f.context("--schemas"))?;
+    if args.batch_size == 0 {
+        return Err(Failure::usage("--batch-size must be at least 1"));
+    }
+    let db = open_database(settings).await?;
+    let params = doudi::matcher::policy_change::establish(&db, params).await?;
+    let affixes = args.topics.affixes();
+    let ctx = Context {
+        params: Arc::new(params),
+        keys: doudi::envelope::KeyDeriver::new(&settings.keys),
+        registry,
+        outbound: Outbound::with_affixes(&affixes.prefix, &affixes.suffix),
+        today: chrono::Local::now().date_naive(),
+    };
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let options = MatchOptions {
+        group: args.group.clone(),
+        inbound: MatchOptions::inbound_with_affixes(&affixes.prefix, &affixes.suffix),
+        batch_size: args.batch_size,
+        batch_wait: args.batch_wait,
+        until_idle: args.until_idle,
+        idle_after: args.idle_after,
+        assignment_timeout: std::time::Duration::from_secs(60),
+        owner: format!("{host}/{}/{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+        outbox_retention: Some(args.outbox_retention),
+    };
+    let shutdown = Shutdown::on_signals();
+    if !args.until_idle {
+        start_ops_endpoint(settings, Dependencies { database: Some(&db), kafka: Some(&settings.kafka) }, &shutdown).await?;
+    }
+    let job = db.start_job("matcher", &args.group).await.ok();
+    match doudi::matcher::run(&db, &settings.kafka, &ctx, &options, shutdown.requested()).await {
+        Ok(summary) => {
+            let summary = serde_json::to_value(&summary).unwrap_or_default();
+            if let Some(id) = job {
+                let _ = db.finish_job(id, "ok", &summary).await;
+            }
+            if args.until_idle {
+                outln!("{summary}");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if let Some(id) = job {
+                let _ = db.finish_job(id, "failed", &serde_json::json!({"error": "see the log"})).await;
+            }
+            tracing::error!("The matcher stopped: {e}");
+            Err(e.into())
+        }
+    }
+}
+
+/// The matcher's context for re-evaluations outside `doudi match`.
+fn reevaluation_context(params: doudi::policy::Params, args: &ReevaluateArgs, settings: &Settings) -> Result<Context, Failure> {
+    let registry = load_registry(&args.schemas).map_err(|f| f.context("--schemas"))?;
+    if args.chunk_size == 0 {
+        return Err(Failure::usage("--chunk-size must be at least 1"));
+    }
+    let affixes = args.topics.affixes();
+    Ok(Context {
+        params: Arc::new(params),
+        keys: doudi::envelope::KeyDeriver::new(&settings.keys),
+        registry,
+        outbound: Outbound::with_affixes(&affixes.prefix, &affixes.suffix),
+        today: chrono::Local::now().date_naive(),
+    })
+}
+
+/// Runs `work` (a re-evaluation) while publishing what it writes to the outbox, a round at a time as
+/// its chunks commit and the rest at the end, unless told not to. Returns the work's output and how
+/// many rows were published; a failure to publish leaves the rest in the outbox for the next relay
+/// (the running matcher's).
+async fn publishing<T>(
+    db: &doudi::db::Database,
+    args: &ReevaluateArgs,
+    settings: &Settings,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Result<u64, Failure>) {
+    if args.no_publish {
+        return (work.await, Ok(0));
+    }
+    let producer = match doudi::kafka::idempotent_producer(&settings.kafka) {
+        Ok(p) => p,
+        Err(e) => return (work.await, Err(e.into())),
+    };
+    let (out, published) = doudi::matcher::relay_during(db, &producer, work).await;
+    (out, published.map_err(|e| Failure::from(e).context("publishing the outbox")))
+}
+
+/// `doudi policy apply`: a new parameter version, its households re-evaluated, the deltas published.
+pub(crate) async fn policy_apply(policy: &Path, args: &ReevaluateArgs, settings: &Settings) -> Outcome {
+    let params = load_policy(Some(policy))?;
+    let violations = doudi::policy::check::check(&params).iter().filter(|r| !r.ok).count();
+    if violations > 0 {
+        return Err(Failure::data(format!(
+            "{violations} violation(s) of S1/S2 in {}; run `doudi policy check` and fix them first",
+            params.policy.version
+        )));
+    }
+    let ctx = reevaluation_context(params, args, settings)?;
+    let db = open_database(settings).await?;
+    let started = std::time::Instant::now();
+    let (applied, published) = publishing(&db, args, settings, doudi::matcher::policy_change::apply(&db, &ctx, args.chunk_size)).await;
+    let summary = applied.map_err(|e| {
+        let failure = Failure::from(e);
+        if failure.class == doudi::error::Class::Usage { failure.context("--policy") } else { failure }
+    })?;
+    let mut out = serde_json::to_value(&summary).unwrap_or_default();
+    if let Some(obj) = out.as_object_mut() {
+        obj.insert("published".into(), published?.into());
+        obj.insert("seconds".into(), started.elapsed().as_secs().into());
+    }
+    outln!("{out}");
+    Ok(())
+}
+
+/// `doudi policy versions`: the recorded versions, newest first.
+pub(crate) async fn policy_versions(settings: &Settings) -> Outcome {
+    let db = open_database(settings).await?;
+    let rows = doudi::matcher::policy_change::versions(&db).await?;
+    out!("{}", doudi::matcher::policy_change::render_versions(&rows));
+    Ok(())
+}
+
+/// `doudi review`: the households due on a date re-evaluated, the deltas published.
+pub(crate) async fn review(date: Option<chrono::NaiveDate>, args: &ReevaluateArgs, settings: &Settings) -> Outcome {
+    let date = date.unwrap_or_else(|| doudi::db::china_date(chrono::Utc::now()));
+    let db = open_database(settings).await?;
+    // The version in force decides; the shipped file only for a database without one.
+    let params = match doudi::matcher::policy_change::in_force(&db).await? {
+        Some((_, p)) => p,
+        None => load_policy(None)?,
+    };
+    let ctx = reevaluation_context(params, args, settings)?;
+    let started = std::time::Instant::now();
+    let work = doudi::matcher::calendar::review(&db, &ctx, date, args.chunk_size);
+    let (result, published) = publishing(&db, args, settings, work).await;
+    let (due, totals) = result?;
+    outln!("{}", due.summary(date, &totals, published?, started.elapsed().as_secs()));
+    Ok(())
+}
+
+/// `doudi recipients show`: a person's household, decision, entitlements and facts, masked.
+pub(crate) async fn recipients_show(raw: &str, unmasked: bool, json: bool, policy: Option<&Path>, settings: &Settings) -> Outcome {
+    let id = doudi::idnum::IdNumber::parse(raw).map_err(|e| Failure::usage(format!("ID_NUMBER: {e}")))?;
+    let params = load_policy(policy)?;
+    let db = open_database(settings).await?;
+    let actor = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let Some(report) = doudi::matcher::show::report(&db, &params, &id, unmasked, &actor).await? else {
+        return Err(Failure::data(format!("no person {} in the recipient database", id.masked())));
+    };
+    if json {
+        outln!("{report}");
+    } else {
+        out!("{}", doudi::matcher::show::render_text(&report));
+    }
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Ops: the servers doudi needs, its configuration, topics, and consumer lag.
+
+use std::path::Path;
+
+use doudi::config::Settings;
+use doudi::error::Failure;
+use doudi::lifecycle::Shutdown;
+
+use crate::Outcome;
+use crate::cli::{LagArgs, LagCommand};
+use crate::daemon::ops_address;
+
+/// `doudi doctor`: the database and a Kafka round trip. A failed check is an infrastructure failure.
+pub(crate) async fn doctor(no_kafka: bool, json: bool, settings: &Settings) -> Outcome {
+    let checks = doudi::doctor::run(settings, !no_kafka).await;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&checks).unwrap_or_default());
+    } else {
+        out!("{}", doudi::doctor::render(&checks));
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed == 0 { Ok(()) } else { Err(Failure::infrastructure(format!("{failed} check(s) failed"))) }
+}
+
+/// `doudi config check`: the configuration as loaded, secrets redacted.
+pub(crate) fn config_check(settings: &Settings) -> Outcome {
+    outln!("{settings:#?}");
+    Ok(())
+}
+
+/// `doudi topics apply`: the catalogue's topics created.
+pub(crate) async fn topics_apply(schemas: &Path, replication: i32, settings: &Settings) -> Outcome {
+    let catalogue = doudi::schema::Catalogue::load(schemas)?;
+    let applied = doudi::topics::apply(&settings.kafka, &catalogue, replication).await?;
+    let created = applied.iter().filter(|a| a.created).count();
+    for a in &applied {
+        outln!("{:<40} {}", a.topic, if a.created { "created" } else { "exists" });
+    }
+    outln!("{created} created, {} already existed", applied.len() - created);
+    Ok(())
+}
+
+/// `doudi tap`: a topic's records, masked.
+pub(crate) async fn tap(topic: &str, follow: bool, limit: usize, settings: &Settings) -> Outcome {
+    doudi::tap::read(&settings.kafka, topic, None, limit, follow, &mut |t| {
+        outln!("{}", serde_json::to_string(&t).unwrap_or_default());
+    })
+    .await?;
+    Ok(())
+}
+
+/// `doudi lag`: the report once or with `--watch`; `doudi lag serve`: metrics and the status page.
+pub(crate) async fn lag(args: LagArgs, settings: &Settings) -> Outcome {
+    if let Some(LagCommand::Serve { listen, interval, evaluation }) = args.command {
+        let addr = match listen {
+            Some(addr) => addr,
+            None => ops_address(settings)?,
+        };
+        let options = doudi::lag::Options { groups: Vec::new(), stop_after: evaluation.stop_after };
+        let shutdown = Shutdown::on_signals();
+        let metrics = doudi::telemetry::metrics_handle();
+        doudi::status::serve(settings, addr, interval, evaluation.window, options, metrics, shutdown.requested())
+            .await
+            .map_err(Failure::infrastructure)?;
+        return Ok(());
+    }
+    let mut follower = doudi::lag::Follower::start(&settings.kafka, args.evaluation.window)?;
+    follower
+        .wait_caught_up(std::time::Duration::from_secs(120))
+        .await
+        .map_err(|e| Failure::from(e).context("reading __consumer_offsets"))?;
+    let options = doudi::lag::Options { groups: args.group.clone(), stop_after: args.evaluation.stop_after };
+    let consumer = std::sync::Arc::new(doudi::lag::evaluation_consumer(&settings.kafka)?);
+    let shutdown = if args.watch { Shutdown::on_signals() } else { Shutdown::never() };
+    loop {
+        let log = follower.snapshot();
+        let (consumer, opts) = (consumer.clone(), options.clone());
+        let report = tokio::task::spawn_blocking(move || doudi::lag::report_with(&consumer, &log, &opts)).await??;
+        if args.json {
+            outln!("{}", serde_json::to_string(&report).unwrap_or_default());
+        } else {
+            if args.watch {
+                out!("\x1b[2J\x1b[H");
+            }
+            out!("{}", doudi::lag::render_text(&report));
+        }
+        if !args.group.is_empty() && report.groups.is_empty() {
+            return Err(Failure::data(format!("no committed offsets for {}", args.group.join(", "))));
+        }
+        if !args.watch {
+            let unhealthy = report.groups.iter().filter(|g| g.status != doudi::lag::Status::Ok).count();
+            return if unhealthy == 0 { Ok(()) } else { Err(Failure::data(format!("{unhealthy} group(s) not OK"))) };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(args.interval) => {}
+            _ = shutdown.clone().requested() => return Ok(()),
+        }
+    }
+}
