@@ -84,14 +84,6 @@ impl Divisions {
         }
         Some(name)
     }
-
-    /// Every code valid on `date` whose province is `province` (e.g. `22`).
-    pub fn codes_in(&self, province: &str, date: NaiveDate) -> Vec<&Division> {
-        let mut out: Vec<&Division> =
-            self.by_code.values().flatten().filter(|d| d.code.starts_with(province) && d.valid_on(date)).collect();
-        out.sort_by(|a, b| a.code.cmp(&b.code));
-        out
-    }
 }
 
 fn six_digits(code: &str) -> bool {

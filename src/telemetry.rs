@@ -2,7 +2,7 @@
 //!
 //! Guarantees: logs go to stderr (stdout is reserved for command output such as JSON summaries), in
 //! the configured format; metrics are recorded into one Prometheus registry whose rendering backs
-//! `/metrics`. Metric names follow `doudi_<component>_<noun>_<unit>[_total]` (STYLE.md §5).
+//! `/metrics`. Metric names follow `doudi_<component>_<noun>_<unit>[_total]` (the project's style rule 5).
 
 use std::sync::OnceLock;
 

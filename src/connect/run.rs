@@ -155,9 +155,8 @@ impl ProducerContext for TxnContext {
 /// Waits until the broker has answered for every record enqueued in the open transaction,
 /// checking every millisecond. `commit_transaction` would wait too, but through rust-rdkafka's
 /// `flush`, which sleeps in `poll` for up to 100 ms between checks; with the producer's own thread
-/// serving its events nothing wakes that sleep early, so every commit took at least 100 ms however
-/// fast the broker answered (measured: 100.1 ms in every transaction, against 20–60 ms of actual
-/// delivery). Once nothing is in flight, the commit's own flush returns at once.
+/// serving its events nothing wakes that sleep early, so every commit would take at least 100 ms
+/// however fast the broker answered. Once nothing is in flight, the commit's own flush returns at once.
 async fn acknowledged(producer: &ThreadedProducer<TxnContext>) -> Result<(), ConnectError> {
     let deadline = std::time::Instant::now() + TXN_TIMEOUT;
     while producer.in_flight_count() > 0 {

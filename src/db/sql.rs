@@ -326,9 +326,8 @@ pub async fn select_in(conn: &mut Conn<'_>, sql_prefix: &str, sql_suffix: &str, 
         return Ok(Vec::new());
     }
     // Planned at each execution (not kept as a prepared statement): a plan kept from a
-    // connection's first executions, made while the tables were small, was kept as they grew. A
-    // matcher loading an empty database read members and facts in 387 ms per batch instead of
-    // about 5 ms, and applied half as many events per second (BENCHMARKS.md).
+    // connection's first executions, made while the tables were small, would be kept as they grow
+    // (BENCHMARKS.md).
     if let Conn::Pg(c) = conn
         && let Some(column) = sql_prefix.strip_suffix(" IN")
     {

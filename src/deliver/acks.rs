@@ -282,9 +282,8 @@ pub async fn refresh_gauges_every(db: Database, interval: Duration, shutdown: cr
 ///
 /// One statement over the open deliveries only, through their partial index (`deliveries_open`):
 /// applied deliveries, nearly all of a table that grows by every entitlement change, are never
-/// read. Counting them too meant reading the whole table for each agency every 15 s (3.0–3.5 s of the
-/// database's time per refresh at 3 million deliveries, against 0.2–0.3 s now; BENCHMARKS.md). How
-/// many were applied is `doudi_delivery_acks_total{outcome="applied"}`.
+/// read, so a refresh costs what is open, not what was ever delivered. How many were applied is
+/// `doudi_delivery_acks_total{outcome="applied"}`.
 pub async fn refresh_gauges(db: &Database) -> Result<(), DeliverError> {
     let now = chrono::Utc::now();
     let age = |at: Option<&str>| -> f64 {

@@ -197,8 +197,8 @@ fn event_of(m: &BorrowedMessage<'_>) -> Result<Event, &'static str> {
 /// the latest after this many events…
 const SETTLE_EVENTS: usize = 500;
 /// …or this long after the first of them; at once when the topic is idle, before a retry wait and
-/// when the run stops. Marking and committing each event alone took about 7 ms per event (141
-/// events/s against 12,600 POSTs/s to the same agency; BENCHMARKS.md).
+/// when the run stops: marking and committing each event alone costs far more than the POST
+/// (BENCHMARKS.md, "deliver").
 const SETTLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Events a run has settled, not yet marked delivered and committed.

@@ -3,7 +3,7 @@
 //! Guarantees: every client doudi makes starts from [`client_config`], so TLS and SASL options given
 //! in configuration apply everywhere; producers are idempotent (`enable.idempotence=true`,
 //! `acks=all`); consumers read committed data only (`isolation.level=read_committed`) and never
-//! auto-commit: offsets move only after an effect is durable (STYLE.md §7).
+//! auto-commit: offsets move only after an effect is durable (the project's style rule 7).
 
 pub mod compacted;
 

@@ -603,7 +603,7 @@ const RELAY_PAUSE: Duration = Duration::from_millis(200);
 /// Runs `work` (a re-evaluation writing to the outbox, chunk by chunk) while the relay publishes
 /// what it commits, then publishes what is left. While the work goes on, a relay run starts once a
 /// full round (5,000 rows) is queued: the broker handles a few large batches per partition rather
-/// than many small ones (twice its CPU when runs started every 200 ms; BENCHMARKS.md). Returns the
+/// than many small ones (BENCHMARKS.md). Returns the
 /// work's output and how many rows were published, or the relay's error; the work always runs to
 /// its end, and whatever the relay could not publish stays in the outbox for the next relay. The
 /// last run starts once the work has ended, so nothing committed by the work is left behind. On

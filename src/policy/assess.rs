@@ -1,9 +1,9 @@
-//! The rules of POLICY.md §2 applied to one household on one date.
+//! The rules of docs/policy.md §2 applied to one household on one date.
 //!
 //! Guarantees: pure (no I/O, no clock); every amount is exact until [`round_yuan`] at the end; every
 //! comparison is inclusive where the policy says 低于（含）; every category, amount, entitlement and
 //! review task carries the ids of the rules that produced it, and `Decision::rules` lists them in
-//! the order of POLICY.md. A decision holds ID numbers; its JSON form shows them masked only.
+//! the order of docs/policy.md. A decision holds ID numbers; its JSON form shows them masked only.
 
 use chrono::{Datelike, Months, NaiveDate};
 use rust_decimal::Decimal;
@@ -22,7 +22,7 @@ const ADDON_AGED: i32 = 70;
 /// P2: minors are under 18.
 const ADDON_MINOR_BELOW: i32 = 18;
 
-/// Entitlement kinds in the order of POLICY.md §3; decisions list entitlements in this order.
+/// Entitlement kinds in the order of docs/policy.md §3; decisions list entitlements in this order.
 pub const ENTITLEMENT_KINDS: [&str; 10] = [
     "premium_subsidy_full",
     "premium_subsidy_fixed",
@@ -40,7 +40,7 @@ fn kind_rank(kind: &str) -> usize {
     ENTITLEMENT_KINDS.iter().position(|k| *k == kind).unwrap_or(ENTITLEMENT_KINDS.len())
 }
 
-/// Rule ids in the order of POLICY.md; `Decision::rules` follows it.
+/// Rule ids in the order of docs/policy.md; `Decision::rules` follows it.
 pub const RULE_ORDER: [&str; 20] =
     ["A1", "A2", "R1", "W1", "I1", "I2", "I3", "AS1", "AS2", "T1", "T2", "T3", "D1", "L1", "E1", "P1", "P2", "J1", "J2", "V1"];
 
@@ -60,15 +60,6 @@ impl Category {
             Category::Dibao => "dibao",
             Category::LowIncome => "low_income",
             Category::None => "none",
-        }
-    }
-
-    pub fn chinese(self) -> &'static str {
-        match self {
-            Category::Tekun => "特困人员",
-            Category::Dibao => "低保",
-            Category::LowIncome => "低收入",
-            Category::None => "不符合救助条件",
         }
     }
 }
@@ -126,7 +117,7 @@ fn opt_yuan<S: Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error>
     }
 }
 
-/// The household-level result (POLICY.md §4 `household`).
+/// The household-level result (docs/policy.md §4 `household`).
 #[derive(Clone, Debug, Serialize)]
 pub struct HouseholdResult {
     pub category: Category,
@@ -194,7 +185,7 @@ pub struct MemberStatus {
     pub employment_cost: Decimal,
 }
 
-/// One benefit one agency must provide (POLICY.md §3).
+/// One benefit one agency must provide (docs/policy.md §3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Entitlement {
     pub agency: Agency,
@@ -250,7 +241,7 @@ pub struct Decision {
     pub explanation: Vec<String>,
 }
 
-/// Collects rule ids, then orders them as POLICY.md does.
+/// Collects rule ids, then orders them as docs/policy.md does.
 #[derive(Default)]
 struct Fired(Vec<&'static str>);
 
@@ -710,7 +701,7 @@ fn evaluate(params: &Params, household: &CheckedHousehold, date: NaiveDate, expl
     Ok(finish(decision, members, review_tasks, fired, steps, h, household, rules.premium_subsidy_fixed_yuan))
 }
 
-/// Derives entitlements (POLICY.md §3) from the statuses and completes the decision.
+/// Derives entitlements (docs/policy.md §3) from the statuses and completes the decision.
 #[allow(clippy::too_many_arguments)]
 fn finish(
     mut decision: Decision,

@@ -1,4 +1,4 @@
-//! A household's facts on a date: the input of the policy engine (`doudi assess`, POLICY.md §4).
+//! A household's facts on a date: the input of the policy engine (`doudi assess`, docs/policy.md §4).
 //!
 //! Guarantees: [`Household::validate`] turns the wire form into [`CheckedHousehold`], in which every
 //! ID number is valid and normalised, there is exactly one head, the region is a known division of

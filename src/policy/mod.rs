@@ -1,7 +1,7 @@
 //! The policy engine: 吉民发〔2019〕38号 as explainable code over exact decimals.
 //!
 //! `params` reads the dated, per-region parameters; `household` is the checked input; `assess`
-//! applies the rules of POLICY.md §2 and derives the entitlements of §3; `check` enforces S1/S2 on
+//! applies the rules of docs/policy.md §2 and derives the entitlements of §3; `check` enforces S1/S2 on
 //! the parameters themselves. Nothing here does I/O except [`params::Params::load`].
 
 pub mod assess;

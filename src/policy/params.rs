@@ -407,11 +407,6 @@ pub fn first_day_of(year: i32) -> NaiveDate {
     NaiveDate::from_ymd_opt(year, 1, 1).unwrap_or(NaiveDate::MIN)
 }
 
-/// The year of a date (re-exported for the check).
-pub fn year_of(date: NaiveDate) -> i32 {
-    date.year()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

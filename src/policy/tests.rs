@@ -1,4 +1,4 @@
-//! Table-driven tests of every rule in POLICY.md, with its boundaries, and property tests.
+//! Table-driven tests of every rule in docs/policy.md, with its boundaries, and property tests.
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
@@ -50,7 +50,7 @@ fn has(decision: &Decision, kind: &str) -> usize {
     decision.entitlements.iter().filter(|e| e.kind == kind).count()
 }
 
-// ---- The worked cases of POLICY.md, exactly ------------------------------------------------------
+// ---- The worked cases of docs/policy.md, exactly ------------------------------------------------------
 
 #[test]
 fn worked_tekun_single_person() {

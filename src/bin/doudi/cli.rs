@@ -40,7 +40,7 @@ pub(crate) enum Command {
         /// Add a step-by-step explanation in Chinese, fit to show a caseworker or an applicant.
         #[arg(long)]
         explain: bool,
-        /// Household JSON file (POLICY.md §4), or - for standard input.
+        /// Household JSON file (docs/policy.md §4), or - for standard input.
         household: PathBuf,
     },
     /// Policy parameter tools.
