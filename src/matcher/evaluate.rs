@@ -530,3 +530,82 @@ pub async fn reevaluate(
     flush_derived(conn, &mut b).await?;
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "220102195003070015";
+
+    fn standing<'a>(
+        members: &'a [StoredMember],
+        summary: Option<&'a Summary>,
+        entitlements: &'a [EntitlementRow],
+        open: &'a BTreeSet<(String, String)>,
+    ) -> Standing<'a> {
+        Standing {
+            household_id: "JL-220102-2019-000123",
+            region: "220102",
+            as_of: NaiveDate::from_ymd_opt(2019, 12, 1).unwrap_or_default(),
+            reevaluated_on: None,
+            base: r#"{"assets": {}}"#,
+            members,
+            facts: &[],
+            summary,
+            entitlements,
+            open_tasks: open,
+        }
+    }
+
+    fn alone_without_income() -> Vec<StoredMember> {
+        let record = json!({"id_number": HEAD, "relation": "head", "hukou_region": "220102",
+            "income": {"wages": "0", "transfer": "0"}, "employed": false});
+        vec![StoredMember { id_number: HEAD.into(), record: record.to_string() }]
+    }
+
+    fn params() -> crate::policy::Params {
+        crate::policy::Params::shipped().unwrap_or_else(|e| panic!("the shipped policy loads: {e}"))
+    }
+
+    #[test]
+    fn a_first_decision_grants_and_a_second_identical_one_changes_nothing() {
+        let params = params();
+        let members = alone_without_income();
+        let open = BTreeSet::new();
+        let Step::Decided(first) = decide(&params, &standing(&members, None, &[], &open)) else {
+            panic!("a household's first assessment is a decision")
+        };
+        assert_ne!(first.summary.category, "none", "a person alone without income is assisted");
+        assert!(first.status_moved);
+        assert!(first.changes.iter().all(|(c, _)| *c == Change::Granted) && !first.changes.is_empty());
+        assert_eq!(first.head.as_ref().map(IdNumber::as_str), Some(HEAD));
+
+        // The same facts again, against what the first decision left: nothing to write.
+        let granted: Vec<EntitlementRow> = first.changes.iter().map(|(_, e)| e.clone()).collect();
+        let raised: BTreeSet<(String, String)> = first.new_tasks.iter().map(|(k, p, _)| (k.clone(), p.clone())).collect();
+        assert!(matches!(decide(&params, &standing(&members, Some(&first.summary), &granted, &raised)), Step::Unchanged));
+    }
+
+    #[test]
+    fn a_household_left_without_members_ends_what_it_had() {
+        let params = params();
+        let members = alone_without_income();
+        let open = BTreeSet::new();
+        let Step::Decided(first) = decide(&params, &standing(&members, None, &[], &open)) else { panic!("decided") };
+        let granted: Vec<EntitlementRow> = first.changes.iter().map(|(_, e)| e.clone()).collect();
+        let Step::Decided(emptied) = decide(&params, &standing(&[], Some(&first.summary), &granted, &open)) else {
+            panic!("an emptied household is a new decision")
+        };
+        assert_eq!(emptied.summary.category, "none");
+        assert!(emptied.changes.iter().all(|(c, _)| *c == Change::Ended) && emptied.changes.len() == granted.len());
+        assert!(emptied.head.is_none() && emptied.status_moved);
+    }
+
+    #[test]
+    fn facts_that_cannot_be_assessed_leave_the_decision_standing() {
+        let params = params();
+        let members = vec![StoredMember { id_number: HEAD.into(), record: "not json".into() }];
+        let open = BTreeSet::new();
+        assert!(matches!(decide(&params, &standing(&members, None, &[], &open)), Step::Unassessable(_)));
+    }
+}
