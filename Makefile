@@ -39,7 +39,7 @@ test: build services lint
 	scripts/chart-check
 
 # The tests that need neither the broker nor PostgreSQL.
-UNIT_TESTS := --lib --bins --test cli --test schemas --test ops_http --test metrics
+UNIT_TESTS := --lib --bins --test cli --test schemas --test ops_http --test metrics --test exit_codes
 
 unit: setup
 	cargo test --release --locked $(UNIT_TESTS) -- --test-threads=2

@@ -277,6 +277,26 @@ pub enum Transform {
 }
 
 impl ConnectorConfig {
+    /// Checks what running the connector as a daemon needs beyond its file: a transport, and the
+    /// environment variables it names (a bearer token of at least 16 characters, a source
+    /// database URL). Run at start-up, before any server is contacted, so that a misconfigured
+    /// daemon stops naming the field instead of failing later as if a server were down.
+    pub fn check_daemon(&self) -> Result<(), ConfigError> {
+        let field =
+            |field: &str, message: String| ConfigError::Field { path: self.path.display().to_string(), field: field.into(), message };
+        match &self.transport {
+            Transport::Manual => Err(field("transport.kind", "is `manual`: use --input FILE --once, or set a daemon transport".into())),
+            Transport::Http { token_env, .. } if std::env::var(token_env).map_or(true, |t| t.len() < 16) => Err(field(
+                "transport.token_env",
+                format!("the environment variable {token_env} must hold the department's bearer token (at least 16 characters)"),
+            )),
+            Transport::PostgresPoll { url_env, .. } if std::env::var(url_env).map_or(true, |u| u.is_empty()) => {
+                Err(field("transport.url_env", format!("the environment variable {url_env} is not set")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Reads and checks a connector file against the topic catalogue in `schemas_dir`.
     pub fn load(path: &Path, schemas_dir: &Path) -> Result<Self, ConfigError> {
         let text =

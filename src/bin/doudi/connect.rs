@@ -36,11 +36,14 @@ pub(crate) async fn connect(args: ConnectArgs, settings: &Settings) -> Outcome {
         }
         None => {
             let config = args.config.ok_or_else(|| Failure::usage("connect needs --config connectors/<feed>.toml"))?;
-            let mut connector = start_connector(&config, &args.schemas, settings).await?;
+            let (c, registry) = load_connector(&config, &args.schemas)?;
             if let (Some(input), true) = (args.input, args.once) {
+                let mut connector = Connector::start(c, registry, settings).await?;
                 print_summary(connector.process_file(&input).await?);
                 return Ok(());
             }
+            c.check_daemon()?;
+            let connector = Connector::start(c, registry, settings).await?;
             let shutdown = Shutdown::on_signals();
             start_ops_endpoint(settings, Dependencies { database: None, kafka: Some(&settings.kafka) }, &shutdown).await?;
             Ok(doudi::connect::daemon::run(connector, settings, shutdown).await?)
