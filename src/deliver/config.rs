@@ -174,6 +174,11 @@ impl DeliveryConfig {
     }
 
     /// The catalogue topic delivered.
+    /// Whether the sink is the daily file (a batch run, not a daemon).
+    pub fn is_file(&self) -> bool {
+        matches!(self.sink, Sink::File { .. })
+    }
+
     pub fn topic(&self) -> String {
         agency_topic(&self.delivery.agency)
     }

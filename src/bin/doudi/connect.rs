@@ -7,7 +7,7 @@ use doudi::config::Settings;
 use doudi::connect::config::ConnectorConfig;
 use doudi::connect::run::{Connector, Summary};
 use doudi::error::Failure;
-use doudi::lifecycle::{Dependencies, Shutdown};
+use doudi::lifecycle::{Dependencies, Health, Shutdown, persist};
 use doudi::schema::Registry;
 
 use crate::Outcome;
@@ -43,10 +43,17 @@ pub(crate) async fn connect(args: ConnectArgs, settings: &Settings) -> Outcome {
                 return Ok(());
             }
             c.check_daemon()?;
-            let connector = Connector::start(c, registry, settings).await?;
             let shutdown = Shutdown::on_signals();
-            start_ops_endpoint(settings, Dependencies { database: None, kafka: Some(&settings.kafka) }, &shutdown).await?;
-            Ok(doudi::connect::daemon::run(connector, settings, shutdown).await?)
+            let health = Health::new("connector");
+            let dependencies = Dependencies { database: None, kafka: Some(&settings.kafka), work: Some(&health) };
+            start_ops_endpoint(settings, dependencies, &shutdown).await?;
+            // The broker is waited out at start and whenever the transport fails.
+            let running = || {
+                let (c, registry, shutdown) = (c.clone(), registry.clone(), shutdown.clone());
+                async move { doudi::connect::daemon::run(Connector::start(c, registry, settings).await?, settings, shutdown).await }
+            };
+            persist(&health, &shutdown, running).await?;
+            Ok(())
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use doudi::config::Settings;
 use doudi::error::Failure;
-use doudi::lifecycle::{Dependencies, Shutdown, readiness};
+use doudi::lifecycle::{Dependencies, Health, Shutdown, persist, readiness};
 
 /// Serves `/healthz`, `/readyz` and `/metrics` on `http.bind`:`http.port` until `shutdown`, unless
 /// the port is 0. A bad or taken address is a configuration error.
@@ -43,4 +43,15 @@ pub(crate) fn load_policy(path: Option<&std::path::Path>) -> Result<doudi::polic
 /// The schema registry of `dir`: a bad one is a configuration error.
 pub(crate) fn load_registry(dir: &std::path::Path) -> Result<std::sync::Arc<doudi::schema::Registry>, Failure> {
     doudi::schema::Registry::load(dir).map(std::sync::Arc::new).map_err(Failure::usage)
+}
+
+/// Runs `work` as a daemon does, waiting out the servers it depends on ([`persist`]; `None` when
+/// stopped meanwhile), or once as a batch run does, which reports a failure at once.
+pub(crate) async fn attempt<T, E, F, Fut>(daemon: bool, health: &Health, shutdown: &Shutdown, mut work: F) -> Result<Option<T>, Failure>
+where
+    E: Into<Failure>,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    if daemon { persist(health, shutdown, work).await } else { work().await.map(Some).map_err(Into::into) }
 }

@@ -4,16 +4,23 @@ use doudi::config::Settings;
 use doudi::deliver::acks;
 use doudi::deliver::config::DeliveryConfig;
 use doudi::error::Failure;
-use doudi::lifecycle::{Dependencies, Shutdown};
+use doudi::lifecycle::{Dependencies, Health, Shutdown};
 
 use crate::Outcome;
 use crate::cli::{AcksArgs, DeliverArgs, TopicAffixes};
-use crate::daemon::{load_registry, open_database, start_ops_endpoint};
+use crate::daemon::{attempt, load_registry, open_database, start_ops_endpoint};
 
 /// `doudi deliver`: a day's file (a batch run), or a webhook or table (a daemon).
 pub(crate) async fn deliver(args: &DeliverArgs, settings: &Settings) -> Outcome {
     let config = DeliveryConfig::load(&args.config)?;
-    let db = open_database(settings).await?;
+    let shutdown = Shutdown::on_signals();
+    let health = Health::new("deliver");
+    let daemon = !args.until_idle && !config.is_file();
+    if daemon {
+        let dependencies = Dependencies { database: Some(&settings.database), kafka: Some(&settings.kafka), work: Some(&health) };
+        start_ops_endpoint(settings, dependencies, &shutdown).await?;
+    }
+    let Some(db) = attempt(daemon, &health, &shutdown, || open_database(settings)).await? else { return Ok(()) };
     let topic = args.topics.affixes().name(&config.topic());
     let today = doudi::db::china_date(chrono::Utc::now());
     let date = match (args.date, args.yesterday) {
@@ -25,7 +32,8 @@ pub(crate) async fn deliver(args: &DeliverArgs, settings: &Settings) -> Outcome 
         outln!("{}", serde_json::to_string(&summary).unwrap_or_default());
         return Ok(());
     }
-    let Some((sink, initial_backoff, max_backoff)) = doudi::deliver::build_sink(&config, &db).await? else {
+    let Some(built) = attempt(daemon, &health, &shutdown, || doudi::deliver::build_sink(&config, &db)).await? else { return Ok(()) };
+    let Some((sink, initial_backoff, max_backoff)) = built else {
         return Err(Failure::usage(format!("{}: the sink cannot run as a daemon", config.path.display())));
     };
     let options = doudi::deliver::DeliverOptions {
@@ -36,20 +44,18 @@ pub(crate) async fn deliver(args: &DeliverArgs, settings: &Settings) -> Outcome 
         initial_backoff,
         max_backoff,
     };
-    let shutdown = Shutdown::on_signals();
-    if !args.until_idle {
-        start_ops_endpoint(settings, Dependencies { database: Some(&db), kafka: Some(&settings.kafka) }, &shutdown).await?;
-    }
-    match doudi::deliver::run(&db, &settings.kafka, &config, &sink, &options, shutdown.requested()).await {
+    let delivering = || doudi::deliver::run(&db, &settings.kafka, &config, &sink, &options, shutdown.clone().requested());
+    let result = attempt(daemon, &health, &shutdown, delivering).await;
+    match result {
         Ok(summary) => {
-            if args.until_idle {
+            if let (true, Some(summary)) = (args.until_idle, summary) {
                 outln!("{}", serde_json::to_string(&summary).unwrap_or_default());
             }
             Ok(())
         }
         Err(e) => {
             tracing::error!("The delivery stopped: {e}");
-            Err(e.into())
+            Err(e)
         }
     }
 }
@@ -58,11 +64,14 @@ pub(crate) async fn deliver(args: &DeliverArgs, settings: &Settings) -> Outcome 
 pub(crate) async fn acks(args: &AcksArgs, settings: &Settings) -> Outcome {
     let registry = load_registry(&args.schemas).map_err(|f| f.context("--schemas"))?;
     let tokens = acks::tokens_from_env(&args.tokens)?;
-    let db = open_database(settings).await?;
     let shutdown = Shutdown::on_signals();
-    if args.until_idle.is_none() {
-        start_ops_endpoint(settings, Dependencies { database: Some(&db), kafka: Some(&settings.kafka) }, &shutdown).await?;
+    let health = Health::new("acks");
+    let daemon = args.until_idle.is_none();
+    if daemon {
+        let dependencies = Dependencies { database: Some(&settings.database), kafka: Some(&settings.kafka), work: Some(&health) };
+        start_ops_endpoint(settings, dependencies, &shutdown).await?;
     }
+    let Some(db) = attempt(daemon, &health, &shutdown, || open_database(settings)).await? else { return Ok(()) };
     if let Some(addr) = args.listen {
         let state = acks::CallbackState { db: db.clone(), registry: registry.clone(), tokens: std::sync::Arc::new(tokens) };
         let served = doudi::http::serve(addr, acks::router(state), shutdown.clone().requested()).await;
@@ -70,16 +79,18 @@ pub(crate) async fn acks(args: &AcksArgs, settings: &Settings) -> Outcome {
     }
     tokio::spawn(acks::refresh_gauges_every(db.clone(), std::time::Duration::from_secs(15), shutdown.clone()));
     let topic = args.topics.affixes().name(doudi::topics::ACK_TOPIC);
-    match acks::consume(&db, &settings.kafka, &registry, &topic, &args.group, args.until_idle, shutdown.requested()).await {
+    let consuming = || acks::consume(&db, &settings.kafka, &registry, &topic, &args.group, args.until_idle, shutdown.clone().requested());
+    let result = attempt(daemon, &health, &shutdown, consuming).await;
+    match result {
         Ok(read) => {
-            if args.until_idle.is_some() {
+            if let (false, Some(read)) = (daemon, read) {
                 outln!("{}", serde_json::json!({"read": read}));
             }
             Ok(())
         }
         Err(e) => {
             tracing::error!("Recording acknowledgements stopped: {e}");
-            Err(e.into())
+            Err(e)
         }
     }
 }

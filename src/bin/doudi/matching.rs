@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use doudi::config::Settings;
 use doudi::error::Failure;
-use doudi::lifecycle::{Dependencies, Shutdown};
+use doudi::lifecycle::{Dependencies, Health, Shutdown};
 use doudi::matcher::{Context, MatchOptions, Outbound};
 
 use crate::Outcome;
 use crate::cli::{MatchArgs, ReevaluateArgs};
-use crate::daemon::{load_policy, load_registry, open_database, start_ops_endpoint};
+use crate::daemon::{attempt, load_policy, load_registry, open_database, start_ops_endpoint};
 
 /// `doudi match`: the matching service, until stopped (or idle, with `--until-idle`).
 pub(crate) async fn run(args: MatchArgs, settings: &Settings) -> Outcome {
@@ -20,8 +20,17 @@ pub(crate) async fn run(args: MatchArgs, settings: &Settings) -> Outcome {
     if args.batch_size == 0 {
         return Err(Failure::usage("--batch-size must be at least 1"));
     }
-    let db = open_database(settings).await?;
-    let params = doudi::matcher::policy_change::establish(&db, params).await?;
+    let shutdown = Shutdown::on_signals();
+    let health = Health::new("matcher");
+    let daemon = !args.until_idle;
+    if daemon {
+        let dependencies = Dependencies { database: Some(&settings.database), kafka: Some(&settings.kafka), work: Some(&health) };
+        start_ops_endpoint(settings, dependencies, &shutdown).await?;
+    }
+    // A daemon waits out the database; a batch run (--until-idle) reports it.
+    let Some(db) = attempt(daemon, &health, &shutdown, || open_database(settings)).await? else { return Ok(()) };
+    let establish = || doudi::matcher::policy_change::establish(&db, params.clone());
+    let Some(params) = attempt(daemon, &health, &shutdown, establish).await? else { return Ok(()) };
     let affixes = args.topics.affixes();
     let ctx = Context {
         params: Arc::new(params),
@@ -42,12 +51,10 @@ pub(crate) async fn run(args: MatchArgs, settings: &Settings) -> Outcome {
         owner: format!("{host}/{}/{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         outbox_retention: Some(args.outbox_retention),
     };
-    let shutdown = Shutdown::on_signals();
-    if !args.until_idle {
-        start_ops_endpoint(settings, Dependencies { database: Some(&db), kafka: Some(&settings.kafka) }, &shutdown).await?;
-    }
     let job = db.start_job("matcher", &args.group).await.ok();
-    match doudi::matcher::run(&db, &settings.kafka, &ctx, &options, shutdown.requested()).await {
+    let matching = || doudi::matcher::run(&db, &settings.kafka, &ctx, &options, shutdown.clone().requested());
+    let result = attempt(daemon, &health, &shutdown, matching).await;
+    match result {
         Ok(summary) => {
             let summary = serde_json::to_value(&summary).unwrap_or_default();
             if let Some(id) = job {
@@ -63,7 +70,7 @@ pub(crate) async fn run(args: MatchArgs, settings: &Settings) -> Outcome {
                 let _ = db.finish_job(id, "failed", &serde_json::json!({"error": "see the log"})).await;
             }
             tracing::error!("The matcher stopped: {e}");
-            Err(e.into())
+            Err(e)
         }
     }
 }
