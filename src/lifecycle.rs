@@ -137,7 +137,17 @@ where
             return Ok(None);
         }
         let started = std::time::Instant::now();
-        let error = match attempt().await {
+        let running = attempt();
+        tokio::pin!(running);
+        // Long work (a daemon's loop) that has run a while without failing has recovered.
+        let result = tokio::select! {
+            result = &mut running => result,
+            _ = tokio::time::sleep(RECOVERED_AFTER) => {
+                health.set(None);
+                running.await
+            }
+        };
+        let error: Failure = match result {
             Ok(value) => {
                 health.set(None);
                 return Ok(Some(value));
@@ -164,6 +174,8 @@ where
 /// The shortest and the longest wait between two attempts.
 const MIN_RETRY_DELAY: Duration = Duration::from_millis(500);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// An attempt still running after this long has recovered: the work is ready again.
+const RECOVERED_AFTER: Duration = Duration::from_secs(5);
 /// An attempt that ran this long before failing starts the waits again from the shortest.
 const RESET_AFTER: Duration = Duration::from_secs(60);
 

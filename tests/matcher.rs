@@ -22,15 +22,6 @@ fn settings() -> Settings {
     Settings { kafka: common::kafka(), ..Settings::default() }
 }
 
-/// Creates every outbound topic the matcher writes, named `test.<name>.<suffix>`; returns their names.
-async fn outbound_topics(suffix: &str) -> Vec<String> {
-    let names: Vec<String> = doudi::matcher::Outbound::with_affixes("test.", &format!(".{suffix}")).names.into_values().collect();
-    for name in &names {
-        doudi::kafka::ensure_topic(&common::kafka(), name, 3, 1).await.unwrap();
-    }
-    names
-}
-
 /// An isolated exchange: every inbound and outbound topic with one suffix, and a fresh database.
 struct Exchange {
     suffix: String,
@@ -41,7 +32,7 @@ struct Exchange {
 impl Exchange {
     async fn new() -> Self {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let names = outbound_topics(&suffix).await;
+        let names = common::synthetic::outbound_topics(&suffix).await;
         for feed in doudi::matcher::Feed::ALL {
             let name = format!("test.{}.{suffix}", feed.topic());
             doudi::kafka::ensure_topic(&common::kafka(), &name, 3, 1).await.unwrap();
@@ -337,108 +328,6 @@ const STAGE_1: [&str; 46] = [
     "union granted hardship_classification 2208**********0114 JL-220802-2019-000507 dibao",
 ];
 
-/// Produces synthetic households and employment events into the exchange's inbound topics, as a
-/// connector would (CloudEvents headers, HMAC keys).
-async fn produce_synthetic(x: &Exchange, households: u32) {
-    use doudi::envelope::{Envelope, KeyDeriver};
-    use doudi::matcher::synthetic;
-    use rdkafka::producer::FutureRecord;
-    let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
-    let keys = KeyDeriver::new(&Settings::default().keys);
-    let mut pending = Vec::new();
-    for n in 0..households {
-        for (feed, data, who) in [
-            (doudi::matcher::Feed::Household, synthetic::household(n), synthetic::person(n, 0)),
-            (doudi::matcher::Feed::Employment, synthetic::employment(n), synthetic::person(n, 1)),
-        ] {
-            let topic = format!("test.{}.{}", feed.topic(), x.suffix);
-            let env = Envelope::new("doudi://test/synthetic", feed.topic(), feed.topic(), &format!("{n}"), &data, chrono::Utc::now());
-            let headers = env.to_headers(&[("source_file", "synthetic"), ("source_row", &n.to_string())]);
-            let key = keys.key(&doudi::idnum::IdNumber::parse(&who).unwrap());
-            let payload = data.to_string();
-            let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
-            pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
-        }
-    }
-    for p in pending {
-        p.await.unwrap().map_err(|(e, _)| e).unwrap();
-    }
-}
-
-/// The final state that must not depend on crashes: current decisions and entitlements in force.
-async fn final_state(url: &str) -> (Vec<String>, Vec<String>, i64) {
-    let db = doudi::db::Database::connect(&doudi::config::DatabaseSettings { url: url.into(), ..Default::default() }).await.unwrap();
-    let decisions = sqlx::query(
-        "SELECT d.household_id, d.category, d.monthly_payment, d.size, d.rules, d.effective_date FROM decisions d \
-         JOIN households h ON h.household_id = d.household_id AND h.decision_version = d.version ORDER BY d.household_id",
-    )
-    .fetch_all(db.pool())
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| {
-        format!(
-            "{} {} {} {} {} {}",
-            r.get::<String, _>(0),
-            r.get::<String, _>(1),
-            r.get::<String, _>(2),
-            r.get::<i64, _>(3),
-            r.get::<String, _>(4),
-            r.get::<String, _>(5)
-        )
-    })
-    .collect();
-    let entitlements = sqlx::query(
-        "SELECT household_id, agency, kind, id_number, attributes FROM entitlements WHERE ended_on IS NULL ORDER BY 1, 2, 3, 4",
-    )
-    .fetch_all(db.pool())
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| {
-        format!(
-            "{} {} {} {} {}",
-            r.get::<String, _>(0),
-            r.get::<String, _>(1),
-            r.get::<String, _>(2),
-            r.get::<String, _>(3),
-            r.get::<String, _>(4)
-        )
-    })
-    .collect();
-    let facts: i64 = sqlx::query("SELECT COUNT(*) AS n FROM facts WHERE state = 'current'").fetch_one(db.pool()).await.unwrap().get("n");
-    (decisions, entitlements, facts)
-}
-
-/// The same input applied by one uninterrupted run into another database, publishing to other
-/// topics: the state every other run must end in.
-async fn clean_reference(x: &Exchange) -> (Vec<String>, Vec<String>, i64) {
-    let clean = common::fresh_postgres().await;
-    let reference_suffix = format!("{}-clean", x.suffix);
-    let ctx = doudi::matcher::Context {
-        params: std::sync::Arc::new(doudi::policy::Params::shipped().unwrap()),
-        keys: doudi::envelope::KeyDeriver::new(&Settings::default().keys),
-        registry: std::sync::Arc::new(doudi::schema::Registry::load(&root().join("schemas")).unwrap()),
-        outbound: doudi::matcher::Outbound::with_affixes("test.", &format!(".{reference_suffix}")),
-        today: chrono::Local::now().date_naive(),
-    };
-    outbound_topics(&reference_suffix).await;
-    let options = doudi::matcher::MatchOptions {
-        group: common::unique("clean"),
-        inbound: doudi::matcher::MatchOptions::inbound_with_affixes("test.", &format!(".{}", x.suffix)),
-        batch_size: 500,
-        batch_wait: Duration::from_millis(200),
-        until_idle: true,
-        idle_after: Duration::from_secs(1),
-        assignment_timeout: Duration::from_secs(60),
-        owner: "clean".into(),
-        outbox_retention: None,
-    };
-    let clean_db = doudi::db::Database::connect(&clean.settings).await.unwrap();
-    doudi::matcher::run(&clean_db, &common::kafka(), &ctx, &options, std::future::pending()).await.unwrap();
-    final_state(&clean.settings.url).await
-}
-
 /// `doudi policy apply` on PostgreSQL with a broker: households decided under the standards before
 /// 2020-07-01 are re-evaluated under policy/jilin.toml, and every delta it writes is published by
 /// the command itself (beside the re-evaluation), each once, with nothing left queued. Then
@@ -472,7 +361,7 @@ async fn policy_apply_publishes_every_delta_it_writes() {
     let before_path = dir.path().join("jilin-before-2020-07.toml");
     std::fs::write(&before_path, before).unwrap();
 
-    produce_synthetic(&x, HOUSEHOLDS).await;
+    common::synthetic::produce(&x.suffix, HOUSEHOLDS).await;
     let mut args = x.match_args("apply");
     args.extend(["--policy".to_string(), before_path.display().to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -543,7 +432,7 @@ async fn policy_apply_publishes_every_delta_it_writes() {
 async fn two_instances_share_the_partitions_and_apply_each_event_once() {
     const HOUSEHOLDS: u32 = 400;
     let x = Exchange::new().await;
-    produce_synthetic(&x, HOUSEHOLDS).await;
+    common::synthetic::produce(&x.suffix, HOUSEHOLDS).await;
     let mut args = x.match_args("pair");
     args.extend(["--batch-size".to_string(), "40".to_string()]);
     let spawn = || x.matcher_command(&args).stdout(std::process::Stdio::piped()).spawn().unwrap();
@@ -565,8 +454,8 @@ async fn two_instances_share_the_partitions_and_apply_each_event_once() {
     assert!(events >= u64::from(HOUSEHOLDS) * 2);
     let epochs: i64 = sqlx::query("SELECT MAX(epoch) AS n FROM consumer_offsets").fetch_one(db.pool()).await.unwrap().get("n");
     assert!(epochs >= 1);
-    let (decisions, entitlements, facts) = final_state(&x.pg.settings.url).await;
-    let (b_decisions, b_entitlements, b_facts) = clean_reference(&x).await;
+    let (decisions, entitlements, facts) = common::synthetic::final_state(&x.pg.settings.url).await;
+    let (b_decisions, b_entitlements, b_facts) = common::synthetic::clean_reference(&x.suffix).await;
     assert_eq!(decisions, b_decisions);
     assert_eq!(entitlements, b_entitlements);
     assert_eq!(facts, b_facts);
@@ -576,7 +465,7 @@ async fn two_instances_share_the_partitions_and_apply_each_event_once() {
 async fn sigkill_mid_batch_repeatedly_then_restart_equals_a_clean_run() {
     const HOUSEHOLDS: u32 = 600;
     let x = Exchange::new().await;
-    produce_synthetic(&x, HOUSEHOLDS).await;
+    common::synthetic::produce(&x.suffix, HOUSEHOLDS).await;
     let crashed = x.pg.settings.url.clone();
     let db = doudi::db::Database::connect(&x.pg.settings).await.unwrap();
     // A short session timeout, so that a killed member leaves the group quickly.
@@ -614,8 +503,8 @@ async fn sigkill_mid_batch_repeatedly_then_restart_equals_a_clean_run() {
     let summary: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(summary["invalid"].as_u64(), Some(0));
 
-    let (b_decisions, b_entitlements, b_facts) = clean_reference(&x).await;
-    let (a_decisions, a_entitlements, a_facts) = final_state(&crashed).await;
+    let (b_decisions, b_entitlements, b_facts) = common::synthetic::clean_reference(&x.suffix).await;
+    let (a_decisions, a_entitlements, a_facts) = common::synthetic::final_state(&crashed).await;
     assert_eq!(a_decisions.len(), HOUSEHOLDS as usize);
     assert_eq!(a_decisions, b_decisions, "after {kills} kills the decisions equal a clean run");
     assert_eq!(a_entitlements, b_entitlements);

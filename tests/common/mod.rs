@@ -2,6 +2,8 @@
 //! Every test gets its own random topic, consumer group and job names.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod synthetic;
+
 use doudi::config::{DatabaseSettings, KafkaSettings};
 
 /// A short random suffix for topic, group and job names.

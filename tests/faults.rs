@@ -1,0 +1,194 @@
+//! Faults a provincial deployment meets, against real servers: a daemon waits out its database
+//! going away and coming back, says so on `/readyz`, and loses nothing and applies nothing twice.
+//!
+//! Each test runs a PostgreSQL server of its own (its own port and data folder, started and stopped
+//! by `scripts/postgres`), so that stopping it never touches the server the other tests use; the
+//! guard stops it and removes its folder even when the test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::Row;
+
+/// A PostgreSQL server of the test's own.
+struct OwnPostgres {
+    port: u16,
+    data: String,
+    url: String,
+}
+
+impl OwnPostgres {
+    fn start() -> Self {
+        let port = free_port();
+        let data = format!("/tmp/doudi-pg-fault-{}", uuid::Uuid::new_v4().simple());
+        let mut server = OwnPostgres { port, data, url: String::new() };
+        server.url = server.script("start").trim().to_string();
+        assert!(server.url.starts_with("postgres://"), "scripts/postgres start printed its URL: {}", server.url);
+        server
+    }
+
+    fn script(&self, action: &str) -> String {
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres"))
+            .arg(action)
+            .env("DOUDI_PG_PORT", self.port.to_string())
+            .env("DOUDI_PG_DATA", &self.data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "scripts/postgres {action}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn stop(&self) {
+        self.script("stop");
+    }
+
+    fn restart(&self) {
+        self.script("start");
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres"))
+            .arg("stop")
+            .env("DOUDI_PG_PORT", self.port.to_string())
+            .env("DOUDI_PG_DATA", &self.data)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.data);
+        let _ = std::fs::remove_file(format!("{}.initdb.log", self.data));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `/readyz`'s status, or `None` when nothing answers.
+async fn readyz(port: u16) -> Option<u16> {
+    let addr = format!("127.0.0.1:{port}");
+    tokio::net::TcpStream::connect(&addr).await.ok()?;
+    Some(common::http_get(&addr, "/readyz").await.0)
+}
+
+/// Waits (up to `limit`) until `condition` holds, checking every 200 ms.
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A count from the server, or `None` while it is away.
+async fn count(url: &str, sql: &str) -> Option<i64> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.ok()?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&mut conn).await.ok()?;
+    row.try_get::<i64, _>(0).ok()
+}
+
+fn alive(child: &mut Child) -> bool {
+    child.try_wait().unwrap().is_none()
+}
+
+/// The matcher as a daemon: PostgreSQL stops in the middle of its work and starts again. The
+/// matcher keeps running, says not ready while the database is away, resumes by itself, and ends
+/// in the state of a clean run: every event applied once, every change published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_matcher_waits_out_a_postgresql_restart_and_loses_nothing() {
+    const HOUSEHOLDS: u32 = 400;
+    let server = OwnPostgres::start();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    for feed in doudi::matcher::Feed::ALL {
+        doudi::kafka::ensure_topic(&common::kafka(), &format!("test.{}.{suffix}", feed.topic()), 3, 1).await.unwrap();
+    }
+    common::synthetic::outbound_topics(&suffix).await;
+    common::synthetic::produce(&suffix, HOUSEHOLDS).await;
+
+    let port = free_port();
+    let mut matcher = Command::new(common::doudi_bin())
+        .args(["match", "--group", &common::unique("fault"), "--topic-prefix", "test.", "--topic-suffix", &format!(".{suffix}")])
+        .args(["--batch-size", "20", "--schemas", concat!(env!("CARGO_MANIFEST_DIR"), "/schemas")])
+        .env_remove("DOUDI_CONFIG")
+        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
+        .env("DOUDI_DATABASE_URL", &server.url)
+        .env("DOUDI_DATABASE_CONNECT_TIMEOUT_SECS", "2")
+        .env("DOUDI_HTTP_PORT", port.to_string())
+        .env("DOUDI_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let events = i64::from(HOUSEHOLDS) * 2;
+    let processed = "SELECT COUNT(*) FROM processed_events";
+    wait_until("the matcher applies its first batches", Duration::from_secs(60), || async {
+        count(&server.url, processed).await.is_some_and(|n| n > 0)
+    })
+    .await;
+    server.stop();
+    wait_until("/readyz says not ready while the database is away", Duration::from_secs(30), || async { readyz(port).await == Some(503) })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(alive(&mut matcher), "the matcher keeps running while the database is away");
+    server.restart();
+    wait_until("every event applied after the database returned", Duration::from_secs(180), || async {
+        count(&server.url, processed).await == Some(events)
+    })
+    .await;
+    wait_until("everything published", Duration::from_secs(60), || async {
+        count(&server.url, "SELECT COUNT(*) FROM outbox_pending").await == Some(0)
+    })
+    .await;
+    wait_until("/readyz says ready again", Duration::from_secs(60), || async { readyz(port).await == Some(200) }).await;
+    let (_, metrics) = common::http_get(&format!("127.0.0.1:{port}"), "/metrics").await;
+    assert!(metrics.contains("doudi_component_up{component=\"matcher\"} 1"), "{metrics}");
+
+    Command::new("kill").args(["-TERM", &matcher.id().to_string()]).status().unwrap();
+    let status = matcher.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM after the outage stops the matcher cleanly");
+
+    let (decisions, entitlements, facts) = common::synthetic::final_state(&server.url).await;
+    let (b_decisions, b_entitlements, b_facts) = common::synthetic::clean_reference(&suffix).await;
+    assert_eq!(decisions.len(), HOUSEHOLDS as usize);
+    assert_eq!(decisions, b_decisions, "the decisions equal a clean run's");
+    assert_eq!(entitlements, b_entitlements);
+    assert_eq!(facts, b_facts);
+}
+
+/// `doudi acks` started while its database is down waits for it (not ready, still running) and
+/// works once it is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_started_before_its_database_waits_for_it() {
+    let server = OwnPostgres::start();
+    server.stop();
+    let suffix = format!(".{}", uuid::Uuid::new_v4().simple());
+    doudi::kafka::ensure_topic(&common::kafka(), &format!("test.{}{suffix}", doudi::topics::ACK_TOPIC), 1, 1).await.unwrap();
+    let port = free_port();
+    let mut acks = Command::new(common::doudi_bin())
+        .args(["acks", "--group", &common::unique("fault-acks"), "--topic-prefix", "test.", "--topic-suffix", &suffix])
+        .env_remove("DOUDI_CONFIG")
+        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
+        .env("DOUDI_DATABASE_URL", &server.url)
+        .env("DOUDI_DATABASE_CONNECT_TIMEOUT_SECS", "2")
+        .env("DOUDI_HTTP_PORT", port.to_string())
+        .env("DOUDI_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("/readyz answers, not ready", Duration::from_secs(30), || async { readyz(port).await == Some(503) }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(alive(&mut acks), "acks waits for its database instead of exiting");
+    server.restart();
+    wait_until("/readyz says ready once the database is up", Duration::from_secs(90), || async { readyz(port).await == Some(200) }).await;
+    Command::new("kill").args(["-TERM", &acks.id().to_string()]).status().unwrap();
+    assert_eq!(acks.wait().unwrap().code(), Some(0));
+}
