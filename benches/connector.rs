@@ -155,13 +155,14 @@ fn main() {
         doudi::connect::source::read(&config.source, &csv, &mut |item| {
             chunk.push(item);
             if chunk.len() == 1024 {
-                ready +=
-                    doudi::connect::pipeline::process_batch(&config, schema, std::mem::take(&mut chunk), &extra, &keys, &identity).len();
+                ready += doudi::connect::pipeline::process_batch(&config, schema, std::mem::take(&mut chunk), &extra, &keys, &identity)
+                    .expect("mapped")
+                    .len();
             }
             true
         })
         .expect("read");
-        ready += doudi::connect::pipeline::process_batch(&config, schema, chunk, &extra, &keys, &identity).len();
+        ready += doudi::connect::pipeline::process_batch(&config, schema, chunk, &extra, &keys, &identity).expect("mapped").len();
         assert_eq!(ready, rows, "every row mapped");
         rows as f64 / started.elapsed().as_secs_f64()
     };

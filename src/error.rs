@@ -104,7 +104,7 @@ impl Classify for crate::connect::run::ConnectError {
         use crate::connect::run::ConnectError as E;
         match self {
             E::Config(_) | E::Schema(_) => Class::Usage,
-            E::Source(_) => Class::Data,
+            E::Source(_) | E::Mapping(_) | E::Conflict(_) => Class::Data,
             E::Kafka(_) | E::Transaction(_) | E::Io { .. } => Class::Infrastructure,
         }
     }

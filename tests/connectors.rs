@@ -201,6 +201,13 @@ async fn http_push_is_authenticated_and_idempotent() {
     assert_eq!(status, 200);
     assert!(again.contains("\"already_processed\":true") && again.contains("\"produced\":0"), "{again}");
     assert_eq!(committed(&topic).await.len(), 6);
+    // Regression: the same key with another body was answered "already processed", and its
+    // records were silently dropped. It is refused, and nothing more is produced.
+    let other: String = body.lines().take(2).map(|l| format!("{l}\n")).collect();
+    let (status, refused) = post("test-token-0123456789", Some("req-2019-12-31-001"), other).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(!refused.contains("2201"), "no ID number in the reply: {refused}");
+    assert_eq!(committed(&topic).await.len(), 6);
     tx.send(()).unwrap();
     task.await.unwrap().unwrap();
 }

@@ -94,6 +94,22 @@ async fn count(url: &str, sql: &str) -> Option<i64> {
     row.try_get::<i64, _>(0).ok()
 }
 
+/// `doudi args` as a daemon against `database_url`, its ops endpoint on `port`.
+fn daemon(args: &[&str], database_url: &str, port: u16) -> Child {
+    Command::new(common::doudi_bin())
+        .args(args)
+        .env_remove("DOUDI_CONFIG")
+        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
+        .env("DOUDI_DATABASE_URL", database_url)
+        .env("DOUDI_DATABASE_CONNECT_TIMEOUT_SECS", "2")
+        .env("DOUDI_HTTP_PORT", port.to_string())
+        .env("DOUDI_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn alive(child: &mut Child) -> bool {
     child.try_wait().unwrap().is_none()
 }
@@ -113,19 +129,11 @@ async fn the_matcher_waits_out_a_postgresql_restart_and_loses_nothing() {
     common::synthetic::produce(&suffix, HOUSEHOLDS).await;
 
     let port = free_port();
-    let mut matcher = Command::new(common::doudi_bin())
-        .args(["match", "--group", &common::unique("fault"), "--topic-prefix", "test.", "--topic-suffix", &format!(".{suffix}")])
-        .args(["--batch-size", "20", "--schemas", concat!(env!("CARGO_MANIFEST_DIR"), "/schemas")])
-        .env_remove("DOUDI_CONFIG")
-        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
-        .env("DOUDI_DATABASE_URL", &server.url)
-        .env("DOUDI_DATABASE_CONNECT_TIMEOUT_SECS", "2")
-        .env("DOUDI_HTTP_PORT", port.to_string())
-        .env("DOUDI_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (group, suffix_arg) = (common::unique("fault"), format!(".{suffix}"));
+    let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas");
+    let args =
+        ["match", "--group", &group, "--topic-prefix", "test.", "--topic-suffix", &suffix_arg, "--batch-size", "20", "--schemas", schemas];
+    let mut matcher = daemon(&args, &server.url, port);
 
     let events = i64::from(HOUSEHOLDS) * 2;
     let processed = "SELECT COUNT(*) FROM processed_events";
@@ -172,18 +180,8 @@ async fn a_daemon_started_before_its_database_waits_for_it() {
     let suffix = format!(".{}", uuid::Uuid::new_v4().simple());
     doudi::kafka::ensure_topic(&common::kafka(), &format!("test.{}{suffix}", doudi::topics::ACK_TOPIC), 1, 1).await.unwrap();
     let port = free_port();
-    let mut acks = Command::new(common::doudi_bin())
-        .args(["acks", "--group", &common::unique("fault-acks"), "--topic-prefix", "test.", "--topic-suffix", &suffix])
-        .env_remove("DOUDI_CONFIG")
-        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
-        .env("DOUDI_DATABASE_URL", &server.url)
-        .env("DOUDI_DATABASE_CONNECT_TIMEOUT_SECS", "2")
-        .env("DOUDI_HTTP_PORT", port.to_string())
-        .env("DOUDI_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let group = common::unique("fault-acks");
+    let mut acks = daemon(&["acks", "--group", &group, "--topic-prefix", "test.", "--topic-suffix", &suffix], &server.url, port);
     wait_until("/readyz answers, not ready", Duration::from_secs(30), || async { readyz(port).await == Some(503) }).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(alive(&mut acks), "acks waits for its database instead of exiting");

@@ -64,17 +64,9 @@ async fn wait_ready(child: &mut Child, port: u16, what: &str) {
 async fn check_metrics(port: u16, what: &str) -> String {
     let (status, body) = common::http_get(&format!("127.0.0.1:{port}"), "/metrics").await;
     assert_eq!(status, 200, "{what}: /metrics");
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package, installed by scripts/setup)");
-    std::io::Write::write_all(promtool.stdin.as_mut().unwrap(), body.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "{what}: promtool check metrics: {said}\n{body}");
+    if let Err(said) = common::promtool_check(&body) {
+        panic!("{what}: promtool check metrics: {said}\n{body}");
+    }
     body
 }
 

@@ -3,6 +3,8 @@
 //! binary, so that only doudi's metrics are in the registry.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 /// Every metric the code records, found in its source, rendered by the same recorder: each has a
 /// HELP line, histograms are histograms (not summaries), and `promtool check metrics` finds nothing.
 #[test]
@@ -43,15 +45,7 @@ fn every_metric_recorded_is_described_and_passes_promtool() {
             assert!(body.contains(&format!("# TYPE {name} histogram")), "{name} is not a histogram:\n{body}");
         }
     }
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package, installed by scripts/setup)");
-    std::io::Write::write_all(promtool.stdin.as_mut().unwrap(), body.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{body}");
+    if let Err(said) = common::promtool_check(&body) {
+        panic!("promtool check metrics: {said}\n{body}");
+    }
 }

@@ -118,7 +118,9 @@ pub enum Ready {
 }
 
 /// Maps, validates and serialises a batch, in parallel on the machine's cores for larger batches;
-/// the results keep the items' order. `identity` names each event's source record.
+/// the results keep the items' order, one per item. `identity` names each event's source record.
+/// A worker that panics fails the whole batch (`Err` with the rows it held): its rows are never
+/// dropped while the others go on, which would let the source position move past them.
 pub fn process_batch(
     config: &ConnectorConfig,
     schema: &Schema,
@@ -126,7 +128,7 @@ pub fn process_batch(
     extra: &Map<String, Value>,
     keys: &crate::envelope::KeyDeriver,
     identity: &(dyn Fn(&Event) -> String + Sync),
-) -> Vec<Ready> {
+) -> Result<Vec<Ready>, String> {
     let source = config.event_source();
     let one = |item: Item| match process(config, schema, item, extra) {
         Outcome::Event(e) => {
@@ -137,7 +139,7 @@ pub fn process_batch(
     };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     if threads < 2 || items.len() < 256 {
-        return items.into_iter().map(one).collect();
+        return Ok(items.into_iter().map(one).collect());
     }
     let chunk = items.len().div_ceil(threads);
     let mut chunks: Vec<Vec<Item>> = Vec::with_capacity(threads);
@@ -150,7 +152,23 @@ pub fn process_batch(
         chunks.push(part);
     }
     std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks.into_iter().map(|part| scope.spawn(|| part.into_iter().map(one).collect::<Vec<_>>())).collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|part| {
+                let rows = (part.first().map(Item::row), part.last().map(Item::row));
+                (rows, scope.spawn(|| part.into_iter().map(one).collect::<Vec<_>>()))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for ((first, last), handle) in handles {
+            match handle.join() {
+                Ok(ready) => out.extend(ready),
+                Err(_) => {
+                    let (first, last) = (first.unwrap_or_default(), last.unwrap_or_default());
+                    return Err(format!("mapping rows {first} to {last} failed unexpectedly (a bug); nothing of this batch was produced"));
+                }
+            }
+        }
+        Ok(out)
     })
 }

@@ -61,7 +61,7 @@ pub async fn poll_once(
         });
     }
     let count = items.len() as u64;
-    let summary = connector.process_items("cursor", "table", items, last_cursor).await?;
+    let summary = connector.process_items("cursor", "table", items, last_cursor, None).await?;
     Ok((count, summary))
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Guarantees: a request needs the department's bearer token and an `Idempotency-Key` header;
 //! the records of one request commit in one Kafka transaction together with that key, so a retried
-//! request is recognised and produces nothing. Bad records are dead letters with their line number;
+//! request is recognised and produces nothing, and the same key with another body is refused (409). Bad records are dead letters with their line number;
 //! the response says how many were produced and dead-lettered, never their content.
 
 use std::sync::Arc;
@@ -101,14 +101,19 @@ async fn receive(State(push): State<Arc<Push>>, headers: HeaderMap, body: Bytes)
         return problem(StatusCode::BAD_REQUEST, "the body holds no records");
     }
     let source = format!("http:{key}");
+    let content = hex::encode(Sha256::digest(&body));
     let mut connector = push.connector.lock().await;
     let feed = connector.config.connector.name.clone();
-    match connector.process_items(&source, "http", items, None).await {
+    match connector.process_items(&source, "http", items, None, Some(&content)).await {
         Ok(summary) => {
             let json = serde_json::to_value(&summary).unwrap_or_default();
             super::daemon::record_run(push.db.as_ref(), "connector", &feed, "ok", &json).await;
             (StatusCode::OK, axum::Json(json)).into_response()
         }
+        Err(ConnectError::Conflict(_)) => problem(
+            StatusCode::CONFLICT,
+            "this Idempotency-Key was already used for a request with another body; send new records under a new key",
+        ),
         Err(e @ ConnectError::Kafka(_)) | Err(e @ ConnectError::Transaction(_)) => {
             tracing::error!(connector = %feed, error = %e, "a pushed request could not be committed; the department should retry it");
             problem(StatusCode::SERVICE_UNAVAILABLE, "the exchange could not store the records; retry with the same Idempotency-Key")

@@ -43,5 +43,5 @@ pub fn find_config(dir: &Path, schemas: &Path, topic: &str, name: Option<&str>) 
 /// column or field names) through `connector`.
 pub async fn replay(connector: &mut Connector, body: &[u8], label: &str) -> Result<Summary, ConnectError> {
     let source = format!("replay:{}", hex::encode(Sha256::digest(body)));
-    connector.process_items(&source, label, items_from_body(body), None).await
+    connector.process_items(&source, label, items_from_body(body), None, None).await
 }

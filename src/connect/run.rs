@@ -58,6 +58,12 @@ pub enum ConnectError {
     Schema(String),
     #[error("cannot read {path}: {message}")]
     Io { path: String, message: String },
+    /// A request reuses the identity of one already processed, with another content.
+    #[error("{0}")]
+    Conflict(String),
+    /// Mapping a batch failed unexpectedly; nothing of the batch was produced.
+    #[error("{0}")]
+    Mapping(String),
 }
 
 impl From<rdkafka::error::KafkaError> for ConnectError {
@@ -103,6 +109,10 @@ pub struct Position {
     #[serde(default)]
     pub held: Vec<String>,
     pub updated_at: String,
+    /// The SHA-256 of a pushed request's body: the same `Idempotency-Key` with another body is
+    /// refused, never taken for the request already processed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_sha256: Option<String>,
 }
 
 /// A running connector: its config, schema, keys and transactional producer.
@@ -413,25 +423,37 @@ impl Connector {
                 let identity = |e: &Event| format!("{sha}:{}{}", e.sheet.as_deref().map(|s| format!("{s}!")).unwrap_or_default(), e.row);
                 let mut chunk: Vec<Item> = Vec::with_capacity(1024);
                 let mut skipped: Vec<(u64, Option<Ready>)> = Vec::new();
-                let flush = |chunk: &mut Vec<Item>, skipped: &mut Vec<(u64, Option<Ready>)>| -> bool {
+                // A batch that fails to map stops the reading: nothing after it is sent, so the
+                // position committed never passes a row that was not produced or dead-lettered.
+                let flush = |chunk: &mut Vec<Item>, skipped: &mut Vec<(u64, Option<Ready>)>| -> Result<bool, String> {
                     let rows: Vec<u64> = chunk.iter().map(Item::row).collect();
-                    let ready = process_batch(&config, schema, std::mem::take(chunk), &extra, &keys, &identity);
+                    let ready = process_batch(&config, schema, std::mem::take(chunk), &extra, &keys, &identity)?;
                     let mut out = std::mem::take(skipped);
                     out.extend(rows.into_iter().zip(ready.into_iter().map(Some)));
-                    tx.blocking_send(out).is_ok()
+                    Ok(tx.blocking_send(out).is_ok())
                 };
+                let mut failed = None;
                 source::read(&config.source, &path, &mut |item| {
                     if item.row() <= resume_after {
                         skipped.push((item.row(), None));
                         return true;
                     }
                     chunk.push(item);
-                    chunk.len() < 1024 || flush(&mut chunk, &mut skipped)
+                    if chunk.len() < 1024 {
+                        return true;
+                    }
+                    flush(&mut chunk, &mut skipped).unwrap_or_else(|e| {
+                        failed = Some(e);
+                        false
+                    })
                 })?;
-                if !chunk.is_empty() || !skipped.is_empty() {
-                    flush(&mut chunk, &mut skipped);
+                if failed.is_none() && (!chunk.is_empty() || !skipped.is_empty()) {
+                    failed = flush(&mut chunk, &mut skipped).err();
                 }
-                Ok(())
+                match failed {
+                    Some(message) => Err(ConnectError::Mapping(message)),
+                    None => Ok(()),
+                }
             })
         });
         let batch_rows = self.config.connector.batch_rows;
@@ -478,6 +500,7 @@ impl Connector {
                     cursor: None,
                     held: Vec::new(),
                     updated_at: crate::db::now_rfc3339(),
+                    content_sha256: None,
                 };
                 let batch = Batch {
                     events: std::mem::take(&mut events),
@@ -594,6 +617,7 @@ impl Connector {
             cursor: None,
             held: Vec::new(),
             updated_at: crate::db::now_rfc3339(),
+            content_sha256: None,
         };
         let held_position =
             Position { source: "held".into(), held, file: Some(file.to_string()), cursor: Some(sha.to_string()), ..position.clone() };
@@ -617,12 +641,20 @@ impl Connector {
         label: &str,
         items: Vec<Item>,
         cursor: Option<String>,
+        content_sha256: Option<&str>,
     ) -> Result<Summary, ConnectError> {
         let mut summary = Summary { connector: self.feed().to_string(), source: source_id.to_string(), ..Summary::default() };
         if cursor.is_none()
             && let Some(p) = self.position(source_id)
             && p.done
         {
+            if let (Some(stored), Some(given)) = (p.content_sha256.as_deref(), content_sha256)
+                && stored != given
+            {
+                return Err(ConnectError::Conflict(format!(
+                    "{source_id} was already processed with another content; send new records under a new key"
+                )));
+            }
             summary.already_processed = true;
             summary.unchanged = p.rows;
             return Ok(summary);
@@ -654,6 +686,7 @@ impl Connector {
             cursor,
             held: Vec::new(),
             updated_at: crate::db::now_rfc3339(),
+            content_sha256: content_sha256.map(str::to_string),
         };
         let batch = Batch { events, dead_letters: dead, state: Vec::new(), file: label, sha: source_id };
         self.commit_batch(&batch, vec![position]).await?;

@@ -232,3 +232,41 @@ fn row_numbers_of_a_longer_crlf_file() {
     let items = read_all(&SourceSection::Csv { encoding: Encoding::Utf8, delimiter: ",".into() }, text.as_bytes(), ".csv").expect("reads");
     assert_eq!(items.iter().map(Item::row).collect::<Vec<_>>(), (2..10).collect::<Vec<u64>>());
 }
+
+/// Regression: a mapping worker that panicked used to lose its chunk (`join().unwrap_or_default()`)
+/// while the batch went on, so the rows after it were paired with the wrong row numbers and the
+/// position moved past rows never produced. Now the whole batch fails, naming its rows.
+#[test]
+fn a_panicking_mapping_worker_fails_the_batch_instead_of_dropping_its_rows() {
+    let c = id_config();
+    let schema = crate::schema::Schema::compile(
+        "t.json",
+        json!({"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "t", "title": "t", "description": "t",
+               "examples": [{}], "type": "object"}),
+    )
+    .expect("schema compiles");
+    let items = |n: u64| -> Vec<Item> {
+        (1..=n)
+            .map(|row| Item::Record(super::source::RawRecord { row, sheet: None, fields: row_fields(), original: b"x".to_vec() }))
+            .collect()
+    };
+    let keys = crate::envelope::KeyDeriver::new(&crate::config::Settings::default().keys);
+    let extra = serde_json::Map::new();
+    let fine = |e: &super::pipeline::Event| e.row.to_string();
+    let ready = super::pipeline::process_batch(&c, &schema, items(600), &extra, &keys, &fine).expect("no worker fails");
+    assert_eq!(ready.len(), 600, "one result per row");
+    let panics_on_row_500 = |e: &super::pipeline::Event| {
+        assert!(e.row != 500, "a bug in one row");
+        e.row.to_string()
+    };
+    // With one core the batch is mapped on the calling thread, where a panic is the caller's.
+    if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 {
+        let result = super::pipeline::process_batch(&c, &schema, items(600), &extra, &keys, &panics_on_row_500);
+        let err = result.err().expect("the batch fails");
+        assert!(err.contains("rows") && !err.contains("220102"), "{err}");
+    }
+}
+
+fn row_fields() -> Fields {
+    row("220102195003070015", "1.00")
+}
