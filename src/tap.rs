@@ -16,7 +16,9 @@ use serde_json::Value;
 use crate::config::KafkaSettings;
 use crate::kafka::KafkaError;
 
-/// Masks every run of 15 to 18 ID-number characters in free text.
+/// Masks every run of 15 or more ID-number characters in free text: an ID number, and any longer
+/// number that may hold one (a 20-digit disability certificate number is the ID number and two more
+/// digits).
 pub fn mask_text(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
@@ -30,7 +32,7 @@ pub fn mask_text(text: &str) -> String {
             }
             let run: String = chars[start..i].iter().collect();
             let len = i - start;
-            out.push_str(&if (15..=18).contains(&len) { crate::idnum::mask(&run) } else { run });
+            out.push_str(&if len >= 15 { crate::idnum::mask(&run) } else { run });
         } else {
             out.push(chars[i]);
             i += 1;
@@ -189,6 +191,9 @@ mod tests {
         assert_eq!(mask_text("张某,220102201106010038,小学"), "张某,2201**********0038,小学");
         assert_eq!(mask_text("id 11010519491231002x and 220102500307001"), "id 1101**********002x and 2201*******7001");
         assert_eq!(mask_text("row 17, 2019/9/1, 1,800.00"), "row 17, 2019/9/1, 1,800.00");
+        // Regression: a 20-digit disability certificate number holds the ID number; it printed whole.
+        assert_eq!(mask_text("证号 22010219500307001511"), "证号 2201************1511");
+        assert!(!mask_text("22010219500307001511").contains("195003070015"));
         let v = mask_value(
             &json!({"id_number": "220102195003070015", "name": "王某", "members": [{"id_number": "11010519491231002X", "name": "李四"}], "self_paid": "3480.50"}),
         );

@@ -32,8 +32,9 @@ pub enum SendError {
     Rejected { status: Option<u16>, reason: String, response: String },
 }
 
-/// The longest part of a response kept with a dead letter.
-const RESPONSE_KEPT: usize = 2048;
+/// The longest part of a response kept with a dead letter, with ID numbers masked: an agency's
+/// reply may quote the event it refuses.
+const RESPONSE_KEPT: usize = 512;
 
 pub enum Sink {
     Http(HttpSink),
@@ -111,7 +112,7 @@ impl HttpSink {
             return Err(SendError::Retry(format!("the agency answered HTTP {code}")));
         }
         let body = response.bytes().await.unwrap_or_default();
-        let response = String::from_utf8_lossy(&body[..body.len().min(RESPONSE_KEPT)]).into_owned();
+        let response = crate::tap::mask_text(&String::from_utf8_lossy(&body[..body.len().min(RESPONSE_KEPT)]));
         Err(SendError::Rejected { status: Some(code), reason: format!("the agency rejected the event with HTTP {code}"), response })
     }
 }
