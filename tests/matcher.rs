@@ -801,3 +801,43 @@ async fn pruning_the_outbox_keeps_unsent_and_recent_rows_and_the_reconciliation(
     assert_eq!(doudi::matcher::prune_outbox(&db, Duration::from_secs(30 * 86_400)).await.unwrap(), 0);
     assert_eq!(published(doudi::deliver::report::reconcile(&db, day, None).await.unwrap()), before);
 }
+
+/// Regression: a message without a CloudEvents envelope or a JSON payload was skipped with a log
+/// line only. It goes to the feed's dead-letter topic with its reason and offset, the rest of the
+/// batch is applied, and the matcher's offsets pass it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_inbound_messages_become_dead_letters_and_the_batch_goes_on() {
+    use rdkafka::producer::FutureRecord;
+    let x = Exchange::new().await;
+    let topic = format!("test.{}.{}", doudi::matcher::Feed::Household.topic(), x.suffix);
+    let dlq = doudi::topics::dead_letter_topic(&topic);
+    doudi::kafka::ensure_topic(&common::kafka(), &dlq, 1, 1).await.unwrap();
+    let dead = common::Reader::new(&[dlq.as_str()]);
+    let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
+    let headers = doudi::envelope::Envelope::new("doudi://test", "t", "t", "1", &json!({}), chrono::Utc::now()).to_headers(&[]);
+    for record in [
+        FutureRecord::to(&topic).key("k1").payload("no envelope at all"),
+        FutureRecord::to(&topic).key("k2").payload("{not json").headers(headers),
+    ] {
+        producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    }
+    x.feed("civil-household", &root().join("connectors/samples/civil-household.jsonl")).await;
+    let summary = x.run_matcher("unusable");
+    assert_eq!(summary["unusable"].as_u64(), Some(2), "{summary}");
+    assert!(summary["applied"].as_u64().unwrap_or(0) > 0, "the rest of the batch is applied: {summary}");
+    // The feed's own dead letters (the connector's bad sample rows) are on the same topic.
+    let letters: Vec<common::Record> = dead
+        .until_quiet(Duration::from_secs(5))
+        .await
+        .into_iter()
+        .filter(|r| r.headers.get("stage").is_some_and(|s| s == "match"))
+        .collect();
+    let mut reasons: Vec<&str> = letters.iter().map(|r| r.headers["reason"].as_str()).collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, ["the message has no CloudEvents headers", "the payload is not JSON"], "{letters:?}");
+    assert!(letters.iter().all(|r| r.headers["error_code"] == "unusable" && r.headers.contains_key("source_offset")));
+    // Run again: nothing is read twice, no dead letter is sent again.
+    let again = x.run_matcher("unusable");
+    assert_eq!(again["unusable"].as_u64(), Some(0), "{again}");
+    assert!(dead.until_quiet(Duration::from_secs(3)).await.is_empty());
+}

@@ -27,7 +27,7 @@ use backon::BackoffBuilder;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
 
@@ -176,13 +176,7 @@ pub async fn dead_letter(
     value: &[u8],
     headers: &[(&str, &str)],
 ) -> Result<(), DeliverError> {
-    let dlq = dead_letter_topic(topic);
-    let mut record = FutureRecord::to(&dlq).payload(value).headers(crate::envelope::headers(headers.iter().copied()));
-    if let Some(key) = key {
-        record = record.key(key);
-    }
-    producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| DeliverError::Kafka(e))?;
-    Ok(())
+    Ok(crate::kafka::send_dead_letter(producer, topic, key, value, headers).await?)
 }
 
 fn event_of(m: &BorrowedMessage<'_>) -> Result<Event, &'static str> {

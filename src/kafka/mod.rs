@@ -66,6 +66,24 @@ pub fn committed_consumer(settings: &KafkaSettings, group: &str) -> Result<Strea
     Ok(reader_config(settings, group).set("enable.auto.offset.store", "false").set("auto.offset.reset", "earliest").create()?)
 }
 
+/// Produces `value` (with `key` and `headers`) to the dead-letter topic of `topic`, and waits for
+/// the broker's acknowledgement.
+pub async fn send_dead_letter(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: &[(&str, &str)],
+) -> Result<(), KafkaError> {
+    let dlq = crate::topics::dead_letter_topic(topic);
+    let mut record = FutureRecord::to(&dlq).payload(value).headers(crate::envelope::headers(headers.iter().copied()));
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| KafkaError::Client(e))?;
+    Ok(())
+}
+
 /// The offset a list holds for a partition, if it is a real one.
 pub fn offset_in(tpl: &TopicPartitionList, topic: &str, partition: i32) -> Option<i64> {
     tpl.find_partition(topic, partition).and_then(|e| match e.offset() {

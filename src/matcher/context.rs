@@ -74,6 +74,10 @@ pub struct BatchOutcome {
     pub applied: u64,
     pub duplicates: u64,
     pub invalid: u64,
+    /// Messages without a CloudEvents envelope or a JSON payload: sent to the feed's dead-letter
+    /// topic, their offsets passed.
+    #[serde(default)]
+    pub unusable: u64,
     pub stale: u64,
     pub held: u64,
     pub households_evaluated: u64,
@@ -89,6 +93,7 @@ impl BatchOutcome {
         self.applied += o.applied;
         self.duplicates += o.duplicates;
         self.invalid += o.invalid;
+        self.unusable += o.unusable;
         self.stale += o.stale;
         self.held += o.held;
         self.households_evaluated += o.households_evaluated;

@@ -32,7 +32,10 @@ pub use worker::{MatchOptions, RunSummary, prune_outbox, relay, relay_during, ru
 /// Describes the matcher's metrics (the HELP lines of `/metrics`).
 pub(crate) fn describe_metrics() {
     use metrics::{describe_counter, describe_histogram};
-    describe_counter!("doudi_matcher_events_total", "Inbound events by outcome (applied, duplicate, invalid, stale, held).");
+    describe_counter!(
+        "doudi_matcher_events_total",
+        "Inbound events by outcome (applied, duplicate, invalid, stale, held, unusable: sent to the feed's dead-letter topic)."
+    );
     describe_histogram!("doudi_matcher_batch_seconds", "Time to apply one batch of events in one database transaction.");
     describe_histogram!(
         "doudi_matcher_end_to_end_seconds",

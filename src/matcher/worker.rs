@@ -217,7 +217,7 @@ pub async fn run(
         tracing::debug!(events = batch.len(), "applying a batch");
         follow_policy(db, &mut ctx).await?;
         let timer = Instant::now();
-        match apply(db, &ctx, options, &consumer, &mut owned, &positions, batch).await? {
+        match apply(db, &ctx, options, &consumer, &mut owned, &positions, batch, &producer).await? {
             Some(outcome) => {
                 summary.batches += 1;
                 summary.totals.add(&outcome);
@@ -228,6 +228,7 @@ pub async fn run(
                     ("invalid", outcome.invalid),
                     ("stale", outcome.stale),
                     ("held", outcome.held),
+                    ("unusable", outcome.unusable),
                 ] {
                     metrics::counter!("doudi_matcher_events_total", "outcome" => name).increment(n);
                 }
@@ -301,6 +302,7 @@ async fn collect_batch<'c>(
 }
 
 /// Applies one batch in one transaction. `None` when this instance was fenced off a partition.
+#[allow(clippy::too_many_arguments)]
 async fn apply(
     db: &Database,
     ctx: &Context,
@@ -309,6 +311,7 @@ async fn apply(
     owned: &mut BTreeMap<(String, i32), Owned>,
     positions: &Mutex<BTreeMap<(String, i32), i64>>,
     batch: Vec<BorrowedMessage<'_>>,
+    producer: &FutureProducer,
 ) -> Result<Option<BatchOutcome>, MatchError> {
     let mut tx = Tx::begin(db).await?;
     // Lock and read the stored offsets of the batch's partitions; check the epochs.
@@ -347,6 +350,7 @@ async fn apply(
     let mut events = Vec::with_capacity(batch.len());
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut first_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut unusable = Vec::new();
     for m in &batch {
         let tp = (m.topic().to_string(), m.partition());
         let Some((_, stored)) = partitions.get(&tp) else { continue };
@@ -356,13 +360,16 @@ async fn apply(
         }
         next.insert(tp.clone(), m.offset() + 1);
         match inbound(m, options) {
-            Some(e) => events.push(e),
-            None => {
-                tracing::warn!(topic = %tp.0, partition = tp.1, offset = m.offset(), "An inbound message has no CloudEvents envelope or JSON payload; it is skipped.")
+            Ok(e) => events.push(e),
+            Err(reason) => {
+                tracing::warn!(topic = %tp.0, partition = tp.1, offset = m.offset(), "An inbound message cannot be used and goes to the feed's dead-letter topic: {reason}.");
+                unusable.push((m, reason));
             }
         }
     }
-    let outcome = apply_batch(&mut tx.conn(), ctx, &events).await?;
+    let mut outcome = apply_batch(&mut tx.conn(), ctx, &events).await?;
+    outcome.events += unusable.len() as u64;
+    outcome.unusable = unusable.len() as u64;
     let now = now_rfc3339();
     for (tp, offset) in &next {
         let Some((epoch, _)) = partitions.get(tp) else { continue };
@@ -399,6 +406,20 @@ async fn apply(
             return Ok(None);
         }
     }
+    // Messages that cannot be used reach the feed's dead-letter topic before their offsets pass
+    // them; a crash between the two sends them again (their headers name the same offset).
+    for (m, reason) in unusable {
+        let (partition, offset) = (m.partition().to_string(), m.offset().to_string());
+        let headers = [
+            ("topic", m.topic()),
+            ("error_code", "unusable"),
+            ("stage", "match"),
+            ("reason", reason),
+            ("source_partition", partition.as_str()),
+            ("source_offset", offset.as_str()),
+        ];
+        crate::kafka::send_dead_letter(producer, m.topic(), m.key(), m.payload().unwrap_or_default(), &headers).await?;
+    }
     tx.commit().await?;
     // Only now may Kafka's committed offsets move, and only to what the database holds.
     let mut commit = TopicPartitionList::new();
@@ -424,11 +445,14 @@ fn header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
     headers.iter().find(|h| h.key == name).and_then(|h| h.value).and_then(|v| String::from_utf8(v.to_vec()).ok())
 }
 
-fn inbound(m: &BorrowedMessage<'_>, options: &MatchOptions) -> Option<Inbound> {
-    let feed = *options.inbound.get(m.topic())?;
-    let envelope = Envelope::from_headers(m.headers()?).ok()?;
-    let payload: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
-    Some(Inbound {
+/// The inbound event a message carries, or why it carries none.
+fn inbound(m: &BorrowedMessage<'_>, options: &MatchOptions) -> Result<Inbound, &'static str> {
+    let feed = *options.inbound.get(m.topic()).ok_or("the message is on a topic the matcher does not read")?;
+    let envelope = Envelope::from_headers(m.headers().ok_or("the message has no CloudEvents headers")?)
+        .map_err(|_| "the message has no valid CloudEvents envelope")?;
+    let payload: serde_json::Value =
+        serde_json::from_slice(m.payload().ok_or("the message has no payload")?).map_err(|_| "the payload is not JSON")?;
+    Ok(Inbound {
         topic: m.topic().to_string(),
         feed,
         partition: m.partition(),
