@@ -163,7 +163,8 @@ where
         }
         let delay = backoff.next().unwrap_or(MAX_RETRY_DELAY);
         tracing::warn!(component = health.component, retry_in = ?delay, "A server doudi depends on failed; waiting it out: {error}");
-        health.set(Some(error.message));
+        // `/readyz` says what is waited for, not the failure's text: the log names it.
+        health.set(Some(format!("waiting for a server it depends on, retrying in {delay:?} (the log names the failure)")));
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.clone().requested() => return Ok(None),
