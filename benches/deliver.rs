@@ -34,7 +34,7 @@ fn main() {
         let run = uuid::Uuid::new_v4().simple().to_string();
         let topic = format!("bench.{run}.exchange.entitlement.medical.v1");
         doudi::kafka::ensure_topic(&kafka, &topic, 3, 1).await.expect("topic");
-        doudi::kafka::ensure_topic(&kafka, &doudi::deliver::dead_letter_topic(&topic), 1, 1).await.expect("dead-letter topic");
+        doudi::kafka::ensure_topic(&kafka, &doudi::topics::dead_letter_topic(&topic), 1, 1).await.expect("dead-letter topic");
 
         // The events and their pending deliveries.
         let producer = doudi::kafka::idempotent_producer(&kafka).expect("producer");

@@ -126,6 +126,16 @@ impl Envelope {
         binary_mode_headers(&self.id, &self.source, &self.kind, &time, &self.dataschema, extra.iter().copied())
     }
 
+    /// Reads a consumed message's envelope and JSON payload, or says why it carries none (a reason
+    /// fit for a dead letter: it never quotes the message).
+    pub fn of_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Result<(Self, Value), &'static str> {
+        use rdkafka::Message as _;
+        let headers = m.headers().ok_or("the message has no CloudEvents headers")?;
+        let envelope = Envelope::from_headers(headers).map_err(|_| "the message has no valid CloudEvents envelope")?;
+        let payload = serde_json::from_slice(m.payload().ok_or("the message has no payload")?).map_err(|_| "the payload is not JSON")?;
+        Ok((envelope, payload))
+    }
+
     /// Reads the envelope back from a consumed message's headers.
     pub fn from_headers(headers: &BorrowedHeaders) -> Result<Self, EnvelopeError> {
         let get = |name: &'static str| -> Result<String, EnvelopeError> {

@@ -156,7 +156,7 @@ async fn drop_folder_daemon_processes_and_sorts_files() {
     std::fs::copy(root().join("connectors/samples/edu-student.csv"), drop.join("2019-09.csv")).unwrap();
     std::fs::write(drop.join("2019-10.csv"), encoding_rs::GBK.encode("学生姓名,身份证件号,学段,学校名称,在读状态,变动日期\r\n").0).unwrap();
     std::fs::write(drop.join("notes.txt"), "not a feed file").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let mut daemon = Command::new(common::doudi_bin())
         .args(["connect", "--config", config.to_str().unwrap(), "--schemas", schemas.to_str().unwrap()])
         .env("DOUDI_HTTP_PORT", port.to_string())

@@ -224,7 +224,7 @@ async fn webhook_retries_dead_letters_rejections_and_acknowledgements_close_the_
         let body = ack.to_string();
         producer.send(FutureRecord::to(&ack_topic).key("k").payload(&body), std::time::Duration::from_secs(10)).await.unwrap();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
     let acks = std::process::Command::new(common::doudi_bin())
         .args(["acks", "--listen", &listen, "--token", "medical=T_ACK_TOKEN", "--until-idle", "8s", "--topic-suffix", &x.suffix])

@@ -1,16 +1,11 @@
 //! Exit codes by error class, one family of subcommands at a time: a problem found in the data
 //! exits 1, bad usage or configuration 2, an infrastructure failure 3. None of these needs a
-//! running server: the servers named are closed ports.
+//! running server: the servers named are free ports where nothing listens.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::process::Command;
-
-/// A port on the loopback interface where nothing listens.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Runs doudi with only `env` among the DOUDI_* variables; the exit code and stderr.
 fn doudi(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
@@ -28,7 +23,7 @@ fn doudi(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 }
 
 fn no_database() -> String {
-    format!("postgres://doudi:doudi@127.0.0.1:{}/doudi", closed_port())
+    format!("postgres://doudi:doudi@127.0.0.1:{}/doudi", common::free_port())
 }
 
 #[test]
@@ -38,7 +33,7 @@ fn connect_a_daemon_without_its_token_is_a_configuration_error_found_before_any_
         std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors/hrss-employment.toml")).unwrap();
     let config = dir.path().join("hrss-employment.toml");
     std::fs::write(&config, shipped.replace("token_env = \"HRSS_PUSH_TOKEN\"", "token_env = \"DOUDI_TEST_UNSET_TOKEN\"")).unwrap();
-    let broker = format!("127.0.0.1:{}", closed_port());
+    let broker = format!("127.0.0.1:{}", common::free_port());
     let (code, err) = doudi(&["connect", "--config", config.to_str().unwrap()], &[("DOUDI_KAFKA_BOOTSTRAP_SERVERS", &broker)]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("transport.token_env") && err.contains("DOUDI_TEST_UNSET_TOKEN"), "{err}");

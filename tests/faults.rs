@@ -22,7 +22,7 @@ struct OwnPostgres {
 
 impl OwnPostgres {
     fn start() -> Self {
-        let port = free_port();
+        let port = common::free_port();
         let data = format!("/tmp/doudi-pg-fault-{}", uuid::Uuid::new_v4().simple());
         let mut server = OwnPostgres { port, data, url: String::new() };
         server.url = server.script("start").trim().to_string();
@@ -60,10 +60,6 @@ impl Drop for OwnPostgres {
         let _ = std::fs::remove_dir_all(&self.data);
         let _ = std::fs::remove_file(format!("{}.initdb.log", self.data));
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// `/readyz`'s status, or `None` when nothing answers.
@@ -128,7 +124,7 @@ async fn the_matcher_waits_out_a_postgresql_restart_and_loses_nothing() {
     common::synthetic::outbound_topics(&suffix).await;
     common::synthetic::produce(&suffix, HOUSEHOLDS).await;
 
-    let port = free_port();
+    let port = common::free_port();
     let (group, suffix_arg) = (common::unique("fault"), format!(".{suffix}"));
     let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas");
     let args =
@@ -159,9 +155,7 @@ async fn the_matcher_waits_out_a_postgresql_restart_and_loses_nothing() {
     let (_, metrics) = common::http_get(&format!("127.0.0.1:{port}"), "/metrics").await;
     assert!(metrics.contains("doudi_component_up{component=\"matcher\"} 1"), "{metrics}");
 
-    Command::new("kill").args(["-TERM", &matcher.id().to_string()]).status().unwrap();
-    let status = matcher.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "SIGTERM after the outage stops the matcher cleanly");
+    common::stop_by_sigterm(matcher, "the matcher, after the outage");
 
     let (decisions, entitlements, facts) = common::synthetic::final_state(&server.url).await;
     let (b_decisions, b_entitlements, b_facts) = common::synthetic::clean_reference(&suffix).await;
@@ -179,7 +173,7 @@ async fn a_daemon_started_before_its_database_waits_for_it() {
     server.stop();
     let suffix = format!(".{}", uuid::Uuid::new_v4().simple());
     doudi::kafka::ensure_topic(&common::kafka(), &format!("test.{}{suffix}", doudi::topics::ACK_TOPIC), 1, 1).await.unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let group = common::unique("fault-acks");
     let mut acks = daemon(&["acks", "--group", &group, "--topic-prefix", "test.", "--topic-suffix", &suffix], &server.url, port);
     wait_until("/readyz answers, not ready", Duration::from_secs(30), || async { readyz(port).await == Some(503) }).await;
@@ -187,6 +181,5 @@ async fn a_daemon_started_before_its_database_waits_for_it() {
     assert!(alive(&mut acks), "acks waits for its database instead of exiting");
     server.restart();
     wait_until("/readyz says ready once the database is up", Duration::from_secs(90), || async { readyz(port).await == Some(200) }).await;
-    Command::new("kill").args(["-TERM", &acks.id().to_string()]).status().unwrap();
-    assert_eq!(acks.wait().unwrap().code(), Some(0));
+    common::stop_by_sigterm(acks, "acks, after waiting for its database");
 }

@@ -219,7 +219,7 @@ async fn lag_serve_exports_metrics_and_a_status_page_chromium_can_render() {
         f.producer.send(FutureRecord::<str, str>::to(&dlq).payload("row"), Duration::from_secs(10)).await.unwrap();
     }
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
     let db = tempfile::tempdir().unwrap();
     let server = Command::new(common::doudi_bin())

@@ -1,6 +1,6 @@
 //! Every long-running process as Kubernetes runs it: it becomes ready once its database and broker
 //! answer, its `/metrics` passes `promtool check metrics`, and SIGTERM stops it with status 0
-//! within 10 s (the chart's grace period is longer).
+//! within 10 s (`common::STOP_WITHIN`; the chart's grace period is longer).
 //!
 //! The daemons: the connector's three transports (drop folder, HTTP push, table polling), `match`,
 //! `deliver` (webhook and table), `acks` and `lag serve`. Each runs against the test broker and its
@@ -13,17 +13,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The longest a daemon may take to stop after SIGTERM.
-const STOP_WITHIN: Duration = Duration::from_secs(10);
-
-/// A free TCP port on the loopback interface.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Starts `doudi args` with its ops endpoint on a free port; returns the process and the port.
 fn spawn(args: &[&str], database_url: &str, env: &[(&str, &str)]) -> (Child, u16) {
-    let port = free_port();
+    let port = common::free_port();
     let mut cmd = Command::new(common::doudi_bin());
     cmd.args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -70,29 +62,6 @@ async fn check_metrics(port: u16, what: &str) -> String {
     body
 }
 
-/// Sends SIGTERM and asserts that the process exits with status 0 within [`STOP_WITHIN`].
-fn stop(mut child: Child, what: &str) {
-    let pid = child.id().to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(sent.success());
-    let deadline = Instant::now() + STOP_WITHIN;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            assert_eq!(status.code(), Some(0), "{what} after SIGTERM: {err}");
-            return;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{what} did not stop within {STOP_WITHIN:?} of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A copy of a shipped connector config with another `[transport]` (and no fixtures).
 fn connector_with_transport(dir: &Path, feed: &str, transport: &str) -> String {
     let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors").join(format!("{feed}.toml"))).unwrap();
@@ -121,7 +90,7 @@ async fn lives_and_stops(what: &str, args: &[&str], database_url: &str, env: &[(
     let (mut child, port) = spawn(args, database_url, env);
     wait_ready(&mut child, port, what).await;
     let metrics = check_metrics(port, what).await;
-    stop(child, what);
+    common::stop_by_sigterm(child, what);
     metrics
 }
 
@@ -139,7 +108,7 @@ async fn every_connector_transport_is_ready_and_stops_on_sigterm() {
     let metrics = lives_and_stops("connect (drop folder)", &["connect", "--config", &drop_config], &pg.settings.url, &[]).await;
     assert!(metrics.contains("# HELP doudi_dependency_up"), "{metrics}");
 
-    let push_port = free_port();
+    let push_port = common::free_port();
     let push_config = connector_with_transport(
         dir.path(),
         "hrss-employment",
@@ -168,7 +137,7 @@ async fn the_matcher_acks_and_lag_serve_are_ready_and_stop_on_sigterm() {
     let ack_topic = format!("test.{}{suffix}", doudi::topics::ACK_TOPIC);
     doudi::kafka::ensure_topic(&common::kafka(), &ack_topic, 1, 1).await.unwrap();
     let acks_group = common::unique("lifecycle-acks");
-    let callback = format!("127.0.0.1:{}", free_port());
+    let callback = format!("127.0.0.1:{}", common::free_port());
     let token = ("TEST_ACK_TOKEN", "an-ack-token-of-thirty-two-chars");
     lives_and_stops(
         "acks",
@@ -190,12 +159,12 @@ async fn the_matcher_acks_and_lag_serve_are_ready_and_stop_on_sigterm() {
     )
     .await;
 
-    let port = free_port().to_string();
+    let port = common::free_port().to_string();
     let (mut child, _) = spawn(&["lag", "serve", "--listen", &format!("127.0.0.1:{port}"), "--interval", "1s"], &pg.settings.url, &[]);
     let port: u16 = port.parse().unwrap();
     wait_ready(&mut child, port, "lag serve").await;
     check_metrics(port, "lag serve").await;
-    stop(child, "lag serve");
+    common::stop_by_sigterm(child, "lag serve");
 }
 
 #[tokio::test]

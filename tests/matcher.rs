@@ -528,7 +528,7 @@ async fn sigkill_mid_batch_repeatedly_then_restart_equals_a_clean_run() {
 async fn the_running_matcher_serves_its_metrics() {
     let x = Exchange::new().await;
     x.feed("civil-household", &root().join("connectors/samples/civil-household.jsonl")).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let mut args = x.match_args("metrics");
     args.retain(|a| a != "--until-idle");
     let mut daemon = x.matcher_command(&args).env("DOUDI_HTTP_PORT", port.to_string()).spawn().unwrap();

@@ -20,10 +20,11 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::config::{Column, FileEncoding, FileFormat, column_value};
-use super::{DeliverError, dead_letter, mark_delivered, mark_failed};
+use super::{DeliverError, mark_delivered, mark_failed};
 use crate::config::KafkaSettings;
 use crate::db::{Database, china_day_start_ms};
 use crate::envelope::Envelope;
+use crate::kafka::send_dead_letter;
 
 /// What an export wrote.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -213,7 +214,7 @@ pub async fn export_day(
                     ("delivery", name),
                     ("source_column", column.as_str()),
                 ];
-                dead_letter(&producer, topic, e.key.as_deref(), &e.raw, &headers).await?;
+                send_dead_letter(&producer, topic, e.key.as_deref(), &e.raw, &headers).await?;
                 mark_failed(db, &e.ce_id, &label, &reason).await?;
                 summary.dead_lettered += 1;
             }

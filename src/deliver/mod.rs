@@ -27,13 +27,12 @@ use backon::BackoffBuilder;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use serde_json::Value;
 
 use crate::config::KafkaSettings;
 use crate::db::{Database, DbError, now_rfc3339};
 use crate::envelope::Envelope;
+use crate::kafka::send_dead_letter;
 use config::DeliveryConfig;
 use sink::{Event, SendError, Sink};
 
@@ -81,8 +80,6 @@ pub struct DeliverSummary {
     pub dead_lettered: u64,
     pub retries: u64,
 }
-
-pub use crate::topics::dead_letter_topic;
 
 /// The value of the environment variable a config's `field` names; a config error when unset.
 fn required_env(config: &DeliveryConfig, field: &str, var: &str) -> Result<String, DeliverError> {
@@ -168,23 +165,9 @@ async fn record_attempt(db: &Database, ce_id: &str, reason: &str) -> Result<(), 
     Ok(())
 }
 
-/// Writes a dead letter and waits for the broker's acknowledgement.
-pub async fn dead_letter(
-    producer: &FutureProducer,
-    topic: &str,
-    key: Option<&[u8]>,
-    value: &[u8],
-    headers: &[(&str, &str)],
-) -> Result<(), DeliverError> {
-    Ok(crate::kafka::send_dead_letter(producer, topic, key, value, headers).await?)
-}
-
 fn event_of(m: &BorrowedMessage<'_>) -> Result<Event, &'static str> {
-    let headers = m.headers().ok_or("the message has no CloudEvents headers")?;
-    let envelope = Envelope::from_headers(headers).map_err(|_| "the message has no valid CloudEvents envelope")?;
-    let raw = m.payload().ok_or("the message has no payload")?.to_vec();
-    let payload: Value = serde_json::from_slice(&raw).map_err(|_| "the payload is not JSON")?;
-    Ok(Event { ce_id: envelope.id, ce_type: envelope.kind, payload, raw })
+    let (envelope, payload) = Envelope::of_message(m)?;
+    Ok(Event { ce_id: envelope.id, ce_type: envelope.kind, payload, raw: m.payload().unwrap_or_default().to_vec() })
 }
 
 /// Events settled (accepted or dead-lettered) are marked and their offsets committed together, at
@@ -288,7 +271,7 @@ pub async fn run(
             Err(reason) => {
                 tracing::warn!(topic = %topic, partition, offset, "A message could not be delivered and was dead-lettered: {reason}");
                 let headers = [("error_code", "unreadable"), ("stage", "deliver"), ("reason", reason), ("delivery", name.as_str())];
-                dead_letter(&producer, &options.topic, m.key(), m.payload().unwrap_or_default(), &headers).await?;
+                send_dead_letter(&producer, &options.topic, m.key(), m.payload().unwrap_or_default(), &headers).await?;
                 summary.dead_lettered += 1;
             }
             Ok(event) => {
@@ -338,7 +321,7 @@ pub async fn run(
                             ("event_id", event.ce_id.as_str()),
                             ("delivery", name.as_str()),
                         ];
-                        dead_letter(&producer, &options.topic, m.key(), &event.raw, &headers).await?;
+                        send_dead_letter(&producer, &options.topic, m.key(), &event.raw, &headers).await?;
                         mark_failed(db, &event.ce_id, &label, &reason).await?;
                         summary.dead_lettered += 1;
                         metrics::counter!("doudi_delivery_events_total", "delivery" => name.clone(), "outcome" => "rejected").increment(1);

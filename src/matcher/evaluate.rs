@@ -252,26 +252,18 @@ pub(super) async fn evaluate_households(
             entitlements: &before,
             open_tasks: &open,
         };
-        let decided = match decide(&ctx.params, &standing) {
-            Step::Unchanged => {
-                if !members.is_empty() {
-                    solved.push(t(household_id));
-                }
-                continue;
-            }
-            Step::Unassessable(problem) => {
-                tracing::warn!(trigger_event = %trigger, "A household could not be assessed; its current decision stands until its facts are corrected: {problem}");
-                problems.push((household_id.clone(), problem, trigger.clone()));
-                outcome.assessment_problems += 1;
-                continue;
-            }
-            Step::Decided(d) => {
-                if !members.is_empty() {
-                    solved.push(t(household_id));
-                }
-                d
-            }
-        };
+        let step = decide(&ctx.params, &standing);
+        if let Step::Unassessable(problem) = step {
+            tracing::warn!(trigger_event = %trigger, "A household could not be assessed; its current decision stands until its facts are corrected: {problem}");
+            problems.push((household_id.clone(), problem, trigger.clone()));
+            outcome.assessment_problems += 1;
+            continue;
+        }
+        // An assessed household has no assessment problem left (one without members was not assessed).
+        if !members.is_empty() {
+            solved.push(t(household_id));
+        }
+        let Step::Decided(decided) = step else { continue };
         let Decided { summary, date, decision_json, members_status, head, changes, new_tasks, cleared: gone, status_moved } = *decided;
         let new_version = version + 1;
         outcome.decisions += 1;

@@ -448,10 +448,7 @@ fn header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
 /// The inbound event a message carries, or why it carries none.
 fn inbound(m: &BorrowedMessage<'_>, options: &MatchOptions) -> Result<Inbound, &'static str> {
     let feed = *options.inbound.get(m.topic()).ok_or("the message is on a topic the matcher does not read")?;
-    let envelope = Envelope::from_headers(m.headers().ok_or("the message has no CloudEvents headers")?)
-        .map_err(|_| "the message has no valid CloudEvents envelope")?;
-    let payload: serde_json::Value =
-        serde_json::from_slice(m.payload().ok_or("the message has no payload")?).map_err(|_| "the payload is not JSON")?;
+    let (envelope, payload) = Envelope::of_message(m)?;
     Ok(Inbound {
         topic: m.topic().to_string(),
         feed,

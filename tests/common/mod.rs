@@ -242,3 +242,33 @@ pub fn promtool_check(body: &str) -> Result<(), String> {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if out.status.success() && said.trim().is_empty() { Ok(()) } else { Err(said) }
 }
+
+/// A free TCP port on the loopback interface (nothing listens there once this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The longest a daemon may take to stop after SIGTERM (the chart's grace periods are longer).
+pub const STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends SIGTERM to `child` and asserts that it exits with status 0 within [`STOP_WITHIN`].
+pub fn stop_by_sigterm(mut child: std::process::Child, what: &str) {
+    let sent = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let deadline = std::time::Instant::now() + STOP_WITHIN;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            assert_eq!(status.code(), Some(0), "{what} after SIGTERM: {err}");
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not stop within {STOP_WITHIN:?} of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
