@@ -12,7 +12,7 @@ use crate::db::DbError;
 use crate::envelope::KeyDeriver;
 use crate::policy::Params;
 use crate::schema::Registry;
-use crate::topics::{AGENCIES, REVIEW_TOPIC, STATUS_TOPIC, agency_topic};
+use crate::topics::{AGENCIES, Affixes, REVIEW_TOPIC, STATUS_TOPIC, agency_topic};
 
 /// The CloudEvents source of everything the matcher derives.
 pub const MATCHER_SOURCE: &str = "doudi://matcher";
@@ -27,13 +27,10 @@ pub struct Outbound {
 impl Outbound {
     /// Every outbound catalogue topic, each named `prefix + name + suffix`.
     pub fn with_affixes(prefix: &str, suffix: &str) -> Self {
-        let mut names = BTreeMap::new();
+        let affixes = Affixes::new(prefix, suffix);
         let mut all = vec![STATUS_TOPIC.to_string(), REVIEW_TOPIC.to_string()];
         all.extend(AGENCIES.iter().map(|a| agency_topic(a)));
-        for n in all {
-            names.insert(n.clone(), format!("{prefix}{n}{suffix}"));
-        }
-        Outbound { names }
+        Outbound { names: all.into_iter().map(|n| (n.clone(), affixes.name(&n))).collect() }
     }
 
     pub fn actual(&self, catalogue: &str) -> String {

@@ -61,7 +61,8 @@ pub struct MatchOptions {
 impl MatchOptions {
     /// The catalogue topics, each named `prefix + name + suffix`.
     pub fn inbound_with_affixes(prefix: &str, suffix: &str) -> BTreeMap<String, Feed> {
-        Feed::ALL.iter().map(|f| (format!("{prefix}{}{suffix}", f.topic()), *f)).collect()
+        let affixes = crate::topics::Affixes::new(prefix, suffix);
+        Feed::ALL.iter().map(|f| (affixes.name(f.topic()), *f)).collect()
     }
 }
 
