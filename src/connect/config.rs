@@ -93,6 +93,10 @@ pub enum SourceSection {
         encoding: Encoding,
         #[serde(default = "comma")]
         delimiter: String,
+        /// The most bytes one row may span, quoted line breaks included. A longer row, or a quote
+        /// left open past it, is a dead letter naming the row, and reading goes on at the next line.
+        #[serde(default = "default_max_row_bytes")]
+        max_row_bytes: usize,
     },
     Xlsx {
         sheet: String,
@@ -102,6 +106,10 @@ pub enum SourceSection {
 
 fn comma() -> String {
     ",".into()
+}
+
+pub fn default_max_row_bytes() -> usize {
+    64 * 1024
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -330,6 +338,11 @@ impl ConnectorConfig {
         }
         if self.connector.batch_rows == 0 || self.connector.batch_rows > 100_000 {
             return field("connector.batch_rows".into(), "must be between 1 and 100000".into());
+        }
+        if let SourceSection::Csv { max_row_bytes, .. } = &self.source
+            && !(256..=16 * 1024 * 1024).contains(max_row_bytes)
+        {
+            return field("source.max_row_bytes".into(), "must be between 256 and 16777216".into());
         }
         if let SourceSection::Csv { delimiter, .. } = &self.source
             && delimiter.len() != 1

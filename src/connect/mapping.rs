@@ -28,6 +28,8 @@ pub enum ErrorCode {
     Validation,
     /// The same person appears more than once in one roster snapshot.
     Duplicate,
+    /// The row, or the record made from it, is larger than the source or the topic allows.
+    Size,
 }
 
 impl ErrorCode {
@@ -38,6 +40,7 @@ impl ErrorCode {
             ErrorCode::Mapping => "mapping",
             ErrorCode::Validation => "validation",
             ErrorCode::Duplicate => "duplicate",
+            ErrorCode::Size => "size",
         }
     }
 
@@ -45,6 +48,7 @@ impl ErrorCode {
     pub fn stage(self) -> &'static str {
         match self {
             ErrorCode::Decode | ErrorCode::Parse => "read",
+            ErrorCode::Size => "size",
             ErrorCode::Mapping => "map",
             ErrorCode::Validation => "validate",
             ErrorCode::Duplicate => "snapshot",

@@ -19,6 +19,9 @@ pub struct Event {
     pub record: Map<String, Value>,
     /// The ID number that keys the message (HMAC'd before it leaves the process).
     pub key_id: IdNumber,
+    /// The source row as read, kept until the event is serialised: a record too large for the
+    /// topic becomes a dead letter carrying it, cut short.
+    pub original: Vec<u8>,
 }
 
 /// An event serialised for Kafka: value, pseudonymous key and deterministic `ce_id`. The mapped
@@ -33,12 +36,42 @@ pub struct Prepared {
     pub identity: String,
 }
 
-/// Serialises an event; `identity` names the source record (e.g. `<sha256>:<row>`).
-pub fn prepare(event: Event, identity: String, source: &str, keys: &crate::envelope::KeyDeriver) -> Prepared {
+/// Room left in a record for its CloudEvents and provenance headers and the batch's framing.
+pub const RECORD_OVERHEAD_BYTES: usize = 2048;
+
+/// How much of an unusable row a dead letter keeps.
+pub const DEAD_LETTER_ORIGINAL_BYTES: usize = 4096;
+
+/// The first `DEAD_LETTER_ORIGINAL_BYTES` of a row, for a dead letter whose row is too large.
+pub fn cut_short(original: &[u8]) -> Vec<u8> {
+    original[..original.len().min(DEAD_LETTER_ORIGINAL_BYTES)].to_vec()
+}
+
+/// Serialises an event; `identity` names the source record (e.g. `<sha256>:<row>`). An event that
+/// would not fit in a record of `max_record_bytes` (the topic's `max.message.bytes`, headers
+/// included) becomes a dead letter: the broker would refuse it, and with it the whole transaction,
+/// again and again.
+pub fn prepare(event: Event, identity: String, source: &str, keys: &crate::envelope::KeyDeriver, max_record_bytes: usize) -> Ready {
     let payload = serde_json::to_vec(&event.record).unwrap_or_default();
-    let ce_id = crate::envelope::event_id_for_payload(source, &identity, &payload);
     let key = keys.key(&event.key_id);
-    Prepared { row: event.row, sheet: event.sheet, payload, key, ce_id, identity }
+    let size = payload.len() + key.len() + RECORD_OVERHEAD_BYTES;
+    if size > max_record_bytes {
+        let row = event.row;
+        return Ready::DeadLetter(DeadLetter {
+            row,
+            sheet: event.sheet,
+            code: ErrorCode::Size,
+            column: None,
+            reason: format!(
+                "第{row}行转换后约 {size} 字节，超过主题允许的 {max_record_bytes} 字节（原始行 {} 字节，死信只保留前 {} 字节）",
+                event.original.len(),
+                DEAD_LETTER_ORIGINAL_BYTES.min(event.original.len())
+            ),
+            original: cut_short(&event.original),
+        });
+    }
+    let ce_id = crate::envelope::event_id_for_payload(source, &identity, &payload);
+    Ready::Event(Box::new(Prepared { row: event.row, sheet: event.sheet, payload, key, ce_id, identity }))
 }
 
 /// A record that goes to `dlq.<topic>`.
@@ -108,7 +141,7 @@ pub fn process(config: &ConnectorConfig, schema: &Schema, item: Item, extra: &Ma
             record.original,
         );
     };
-    Outcome::Event(Event { row: record.row, sheet: record.sheet, record: mapped, key_id })
+    Outcome::Event(Event { row: record.row, sheet: record.sheet, record: mapped, key_id, original: record.original })
 }
 
 /// A mapped item: prepared for Kafka, or a dead letter.
@@ -128,12 +161,13 @@ pub fn process_batch(
     extra: &Map<String, Value>,
     keys: &crate::envelope::KeyDeriver,
     identity: &(dyn Fn(&Event) -> String + Sync),
+    max_record_bytes: usize,
 ) -> Result<Vec<Ready>, String> {
     let source = config.event_source();
     let one = |item: Item| match process(config, schema, item, extra) {
         Outcome::Event(e) => {
             let id = identity(&e);
-            Ready::Event(Box::new(prepare(e, id, &source, keys)))
+            prepare(e, id, &source, keys, max_record_bytes)
         }
         Outcome::DeadLetter(d) => Ready::DeadLetter(d),
     };

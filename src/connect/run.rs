@@ -42,6 +42,8 @@ pub const STATE_TOPIC: &str = "doudi.connect.snapshot.v1";
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long librdkafka keeps retrying a record of a transaction (below [`TXN_TIMEOUT`]).
 const MESSAGE_TIMEOUT_MS: &str = "45000";
+/// The most of a row a dead letter carries (a JSON line may be 64 MiB).
+const MAX_DEAD_LETTER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -130,7 +132,14 @@ pub struct Connector {
     turn: usize,
     settings: Settings,
     positions: HashMap<String, Position>,
+    /// The largest record the topic accepts, headers included (its `max.message.bytes`).
+    max_record_bytes: usize,
 }
+
+/// librdkafka's own default `message.max.bytes`: the most a record may be whatever the topic allows.
+const PRODUCER_MAX_MESSAGE_BYTES: usize = 1_000_000;
+/// The producer's batches, at most.
+const PRODUCER_BATCH_BYTES: usize = 1_000_000;
 
 /// What a transactional producer reports back: only failed deliveries. `commit_transaction`
 /// flushes and waits for every record of the transaction and fails if any of them failed, so
@@ -185,7 +194,11 @@ async fn acknowledged(producer: &ThreadedProducer<TxnContext>) -> Result<(), Con
 
 /// A transactional producer for one of a connector's two `transactional.id`s; `init_transactions`
 /// fences an older instance with the same id and aborts its open transaction.
-fn transactional_producer(settings: &Settings, transactional_id: String) -> Result<ThreadedProducer<TxnContext>, ConnectError> {
+fn transactional_producer(
+    settings: &Settings,
+    transactional_id: String,
+    max_record_bytes: usize,
+) -> Result<ThreadedProducer<TxnContext>, ConnectError> {
     let mut config = client_config(&settings.kafka);
     if !settings.kafka.options.contains_key("message.timeout.ms") {
         // A record the broker keeps refusing with a retriable error fails its delivery, and with it
@@ -202,12 +215,26 @@ fn transactional_producer(settings: &Settings, transactional_id: String) -> Resu
         // Each transaction ends by waiting for its records, so a long linger only adds latency.
         .set("linger.ms", "5")
         .set("retry.backoff.ms", "10")
-        .set("batch.size", "1000000")
+        // A batch larger than the topic's `max.message.bytes` is refused whole.
+        .set("batch.size", PRODUCER_BATCH_BYTES.min(max_record_bytes).to_string())
         .set("compression.type", "lz4")
         .set("transaction.timeout.ms", "120000")
         .create_with_context(TxnContext::default())?;
     producer.init_transactions(TXN_TIMEOUT).map_err(|e| ConnectError::Transaction(format!("init: {e}")))?;
     Ok(producer)
+}
+
+/// The largest record `topic` takes: its `max.message.bytes` as the broker describes it, capped by
+/// the producer's own limit. Not knowing it is no reason to stop: the producer's limit stands in.
+async fn record_limit(settings: &Settings, topic: &str) -> usize {
+    let configured = settings.kafka.options.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(PRODUCER_MAX_MESSAGE_BYTES);
+    match crate::kafka::topic_max_message_bytes(&settings.kafka, topic).await {
+        Ok(limit) => limit.min(configured),
+        Err(e) => {
+            tracing::warn!(topic, error = %e, limit = configured, "could not learn the topic's max.message.bytes; assuming the producer's limit");
+            configured
+        }
+    }
 }
 
 fn sha256_file(path: &Path) -> Result<String, ConnectError> {
@@ -237,14 +264,24 @@ impl Connector {
     /// Starts the transactional producer (fencing any older instance) and loads the positions.
     pub async fn start(config: ConnectorConfig, registry: Arc<Registry>, settings: &Settings) -> Result<Self, ConnectError> {
         registry.for_topic(&config.connector.topic).map_err(|e| ConnectError::Schema(e.to_string()))?;
+        let max_record_bytes = record_limit(settings, &config.connector.topic).await;
         let producers = [
-            transactional_producer(settings, format!("doudi-connect-{}", config.connector.name))?,
-            transactional_producer(settings, format!("doudi-connect-{}.1", config.connector.name))?,
+            transactional_producer(settings, format!("doudi-connect-{}", config.connector.name), max_record_bytes)?,
+            transactional_producer(settings, format!("doudi-connect-{}.1", config.connector.name), max_record_bytes)?,
         ];
         let prefix = format!("{}/", config.connector.name);
         let raw = read_latest(&settings.kafka, PROGRESS_TOPIC, &prefix, Duration::from_secs(60)).await?;
         let positions = raw.into_iter().filter_map(|(k, v)| serde_json::from_slice::<Position>(&v).ok().map(|p| (k, p))).collect();
-        Ok(Connector { keys: KeyDeriver::new(&settings.keys), config, registry, producers, turn: 0, settings: settings.clone(), positions })
+        Ok(Connector {
+            keys: KeyDeriver::new(&settings.keys),
+            config,
+            registry,
+            producers,
+            turn: 0,
+            settings: settings.clone(),
+            positions,
+            max_record_bytes,
+        })
     }
 
     fn feed(&self) -> &str {
@@ -317,8 +354,11 @@ impl Connector {
         for (prepared, provenance) in &batch.events {
             send(self.event_record(prepared, provenance, &shared))?;
         }
+        // A dead letter keeps as much of its row as a record can hold.
+        let room = self.max_record_bytes.saturating_sub(super::pipeline::RECORD_OVERHEAD_BYTES).min(MAX_DEAD_LETTER_BYTES);
         for d in &batch.dead_letters {
-            send(BaseRecord::to(dlq_topic).payload(d.original.as_slice()).headers(self.dead_letter_headers(d, batch.file, batch.sha)))?;
+            let original = &d.original[..d.original.len().min(room)];
+            send(BaseRecord::to(dlq_topic).payload(original).headers(self.dead_letter_headers(d, batch.file, batch.sha)))?;
         }
         for (key, value) in &batch.state {
             let mut record = BaseRecord::to(STATE_TOPIC).key(key.as_str());
@@ -415,6 +455,7 @@ impl Connector {
             let config = self.config.clone();
             let registry = self.registry.clone();
             let keys = self.keys.clone();
+            let max_record_bytes = self.max_record_bytes;
             let path = path.to_path_buf();
             let sha = sha.clone();
             tokio::task::spawn_blocking(move || -> Result<(), ConnectError> {
@@ -427,7 +468,7 @@ impl Connector {
                 // position committed never passes a row that was not produced or dead-lettered.
                 let flush = |chunk: &mut Vec<Item>, skipped: &mut Vec<(u64, Option<Ready>)>| -> Result<bool, String> {
                     let rows: Vec<u64> = chunk.iter().map(Item::row).collect();
-                    let ready = process_batch(&config, schema, std::mem::take(chunk), &extra, &keys, &identity)?;
+                    let ready = process_batch(&config, schema, std::mem::take(chunk), &extra, &keys, &identity, max_record_bytes)?;
                     let mut out = std::mem::take(skipped);
                     out.extend(rows.into_iter().zip(ready.into_iter().map(Some)));
                     Ok(tx.blocking_send(out).is_ok())
@@ -587,8 +628,16 @@ impl Connector {
             let row = change.row.unwrap_or(0);
             let identity = format!("{sha}:{}:{}", change.key, change.change);
             let provenance = vec![("source_file", file.to_string()), ("source_sha256", sha.to_string()), ("source_row", row.to_string())];
-            out_events
-                .push((prepare(Event { row, sheet: None, record, key_id }, identity, &self.config.event_source(), &self.keys), provenance));
+            let original = by_key.get(&change.key).map(|e| e.original.clone()).unwrap_or_default();
+            let event = Event { row, sheet: None, record, key_id, original };
+            match prepare(event, identity, &self.config.event_source(), &self.keys, self.max_record_bytes) {
+                Ready::Event(prepared) => out_events.push((*prepared, provenance)),
+                // Its state is left as it was: the next snapshot offers the change again.
+                Ready::DeadLetter(d) => {
+                    dead.push(d);
+                    continue;
+                }
+            }
             let value = if change.change == "removed" {
                 None
             } else {
@@ -671,7 +720,10 @@ impl Connector {
                 Outcome::Event(e) => {
                     let identity = format!("{source_id}:{}", e.row);
                     let provenance = vec![("source_request", source_id.to_string()), ("source_row", e.row.to_string())];
-                    events.push((prepare(e, identity, &self.config.event_source(), &self.keys), provenance));
+                    match prepare(e, identity, &self.config.event_source(), &self.keys, self.max_record_bytes) {
+                        Ready::Event(prepared) => events.push((*prepared, provenance)),
+                        Ready::DeadLetter(d) => dead.push(d),
+                    }
                 }
                 Outcome::DeadLetter(d) => dead.push(d),
             }
@@ -725,10 +777,13 @@ impl Connector {
                 continue;
             };
             let identity = format!("held:{key}:removed:{}", entry.fingerprint);
-            events.push((
-                prepare(Event { row: 0, sheet: None, record, key_id }, identity, &self.config.event_source(), &self.keys),
-                vec![("source_file", held.1.clone())],
-            ));
+            let event = Event { row: 0, sheet: None, record, key_id, original: Vec::new() };
+            match prepare(event, identity, &self.config.event_source(), &self.keys, self.max_record_bytes) {
+                Ready::Event(prepared) => events.push((*prepared, vec![("source_file", held.1.clone())])),
+                // The record was published before at this size; a topic shrunk since is a
+                // configuration to fix, not a removal to drop.
+                Ready::DeadLetter(d) => return Err(ConnectError::Config(d.reason)),
+            }
             tombstones.push((format!("{}/{key}", self.feed()), None));
         }
         let now = crate::db::now_rfc3339();

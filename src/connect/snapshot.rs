@@ -129,7 +129,7 @@ mod tests {
     fn event(row: u64, id: &str, status: &str) -> (String, Event, Vec<u8>) {
         let record = json!({"id_number": id, "status": status}).as_object().cloned().unwrap_or_default();
         let key_id = IdNumber::parse(id).expect("valid");
-        (format!("k-{id}"), Event { row, sheet: None, record, key_id }, vec![])
+        (format!("k-{id}"), Event { row, sheet: None, record, key_id, original: Vec::new() }, vec![])
     }
 
     fn state(entries: &[(&str, &str)]) -> HashMap<String, StateEntry> {

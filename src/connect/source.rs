@@ -61,8 +61,8 @@ pub enum SourceError {
 pub fn read(source: &SourceSection, path: &Path, emit: &mut dyn FnMut(Item) -> bool) -> Result<(), SourceError> {
     let file = std::fs::File::open(path).map_err(|e| SourceError::Open { path: path.display().to_string(), message: e.to_string() })?;
     match source {
-        SourceSection::Csv { encoding, delimiter } => {
-            read_csv(file, *encoding, delimiter.as_bytes().first().copied().unwrap_or(b','), path, emit)
+        SourceSection::Csv { encoding, delimiter, max_row_bytes } => {
+            read_csv(file, *encoding, delimiter.as_bytes().first().copied().unwrap_or(b','), *max_row_bytes, path, emit)
         }
         SourceSection::Xlsx { sheet } => read_xlsx(file, sheet, path, emit),
         SourceSection::Jsonl => read_jsonl(BufReader::new(file), path, emit),
@@ -135,6 +135,201 @@ impl<R: Read> Read for RecentBytes<R> {
     }
 }
 
+/// A line the CSV reader never sees: a quote left open, or a row longer than allowed.
+struct BadLine {
+    line: u64,
+    reason: String,
+    original: Vec<u8>,
+}
+
+/// Where a CSV scan stands within a record (the csv crate's own quoting rules: a quote opens a
+/// quoted field only at the field's start, and `""` inside one is a literal quote).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    FieldStart,
+    Unquoted,
+    Quoted,
+    /// A quote inside a quoted field: the field's end, or the first half of `""`.
+    QuoteInQuoted,
+}
+
+impl Quoting {
+    fn after(self, byte: u8, delimiter: u8) -> Quoting {
+        use Quoting::*;
+        match (self, byte) {
+            (Quoted, b'"') => QuoteInQuoted,
+            (Quoted, _) => Quoted,
+            (QuoteInQuoted, b'"') => Quoted,
+            (FieldStart, b'"') => Quoted,
+            (_, b'\n') => FieldStart,
+            (_, b) if b == delimiter => FieldStart,
+            _ => Unquoted,
+        }
+    }
+}
+
+/// Feeds the CSV reader whole records only. A record whose quote stays open for more than
+/// `max_row_bytes` (it would otherwise swallow the rest of the file into one field), or a line
+/// longer than that, is taken out: its first line becomes a [`BadLine`] and an empty line in its
+/// place (the reader skips it, and line numbers stay true), and reading goes on from the line after.
+struct CsvGuard<R> {
+    inner: R,
+    delimiter: u8,
+    max_row_bytes: usize,
+    /// Lines of the record not yet known to end, with their line numbers.
+    pending: std::collections::VecDeque<(u64, Vec<u8>)>,
+    pending_bytes: usize,
+    quoting: Quoting,
+    /// Bytes ready for the reader.
+    ready: Vec<u8>,
+    at: usize,
+    line: u64,
+    eof: bool,
+    bad: Arc<std::sync::Mutex<std::collections::VecDeque<BadLine>>>,
+}
+
+impl<R: BufRead> CsvGuard<R> {
+    /// Reads one physical line (with its `\n`), at most `max_row_bytes + 1` bytes of it; the rest of
+    /// a longer line is read and dropped. `None` at the end of the input.
+    fn next_line(&mut self) -> std::io::Result<Option<(Vec<u8>, bool)>> {
+        let mut line = Vec::new();
+        let limit = self.max_row_bytes as u64 + 1;
+        let n = self.inner.by_ref().take(limit).read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut too_long = false;
+        if !line.ends_with(b"\n") && n as u64 == limit {
+            too_long = true;
+            let mut rest = Vec::new();
+            loop {
+                rest.clear();
+                let m = self.inner.by_ref().take(1 << 20).read_until(b'\n', &mut rest)?;
+                if m == 0 || rest.ends_with(b"\n") {
+                    break;
+                }
+            }
+        }
+        Ok(Some((line, too_long)))
+    }
+
+    /// Adds a line to the pending record and releases what is settled.
+    fn push(&mut self, number: u64, line: Vec<u8>, too_long: bool) {
+        if too_long {
+            // Whatever was pending ended in an open quote, and this line is unusable itself.
+            self.reject_pending_first();
+            self.reject(number, &line, format!("第{number}行超过 {} 字节的行长上限", self.max_row_bytes));
+            self.rescan();
+            return;
+        }
+        for byte in &line {
+            self.quoting = self.quoting.after(*byte, self.delimiter);
+        }
+        self.pending_bytes += line.len();
+        self.pending.push_back((number, line));
+        self.settle();
+    }
+
+    /// Releases the pending lines once their record ends; takes out the first line when the
+    /// record has grown past the limit.
+    fn settle(&mut self) {
+        loop {
+            if self.pending_bytes > self.max_row_bytes {
+                self.reject_pending_first();
+                self.rescan();
+                continue;
+            }
+            if self.quoting != Quoting::Quoted && self.quoting != Quoting::QuoteInQuoted || self.eof {
+                for (_, line) in self.pending.drain(..) {
+                    self.ready.extend_from_slice(&line);
+                }
+                self.pending_bytes = 0;
+            }
+            return;
+        }
+    }
+
+    fn reject_pending_first(&mut self) {
+        if let Some((number, line)) = self.pending.pop_front() {
+            self.pending_bytes -= line.len();
+            let reason = if line.len() > self.max_row_bytes {
+                format!("第{number}行超过 {} 字节的行长上限", self.max_row_bytes)
+            } else {
+                format!("第{number}行的引号没有闭合（到 {} 字节内仍未闭合），该行未读入，从下一行继续读取", self.max_row_bytes)
+            };
+            self.reject(number, &line, reason);
+        }
+    }
+
+    fn reject(&mut self, line: u64, original: &[u8], reason: String) {
+        let original = original.strip_suffix(b"\n").unwrap_or(original);
+        let original = original.strip_suffix(b"\r").unwrap_or(original);
+        if let Ok(mut bad) = self.bad.lock() {
+            bad.push_back(BadLine { line, reason, original: super::pipeline::cut_short(original) });
+        }
+        self.ready.push(b'\n');
+    }
+
+    /// Scans the pending lines again from a record's start (after the first was taken out).
+    fn rescan(&mut self) {
+        let lines: Vec<(u64, Vec<u8>)> = self.pending.drain(..).collect();
+        self.pending_bytes = 0;
+        self.quoting = Quoting::FieldStart;
+        for (number, line) in lines {
+            for byte in &line {
+                self.quoting = self.quoting.after(*byte, self.delimiter);
+            }
+            self.pending_bytes += line.len();
+            self.pending.push_back((number, line));
+            if self.quoting != Quoting::Quoted && self.quoting != Quoting::QuoteInQuoted {
+                for (_, line) in self.pending.drain(..) {
+                    self.ready.extend_from_slice(&line);
+                }
+                self.pending_bytes = 0;
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Read for CsvGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at >= self.ready.len() {
+            self.ready.clear();
+            self.at = 0;
+            if self.eof {
+                return Ok(0);
+            }
+            match self.next_line()? {
+                Some((line, too_long)) => {
+                    self.line += 1;
+                    self.push(self.line, line, too_long);
+                }
+                None => {
+                    // A quote still open at the end of the file: its record is what is pending.
+                    self.eof = true;
+                    if self.quoting == Quoting::Quoted {
+                        while !self.pending.is_empty() {
+                            self.reject_pending_first();
+                            self.rescan();
+                            if self.quoting != Quoting::Quoted {
+                                break;
+                            }
+                        }
+                    }
+                    for (_, line) in self.pending.drain(..) {
+                        self.ready.extend_from_slice(&line);
+                    }
+                    self.pending_bytes = 0;
+                }
+            }
+        }
+        let n = buf.len().min(self.ready.len() - self.at);
+        buf[..n].copy_from_slice(&self.ready[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// The line a record really starts on, given the position csv reported for it.
 fn first_line(recent: &std::sync::Mutex<(u64, std::collections::VecDeque<u8>)>, byte: u64, line: u64) -> u64 {
     let Ok(guard) = recent.lock() else { return line };
@@ -156,25 +351,69 @@ fn read_csv(
     file: std::fs::File,
     encoding: Encoding,
     delimiter: u8,
+    max_row_bytes: usize,
     path: &Path,
     emit: &mut dyn FnMut(Item) -> bool,
 ) -> Result<(), SourceError> {
     let shown = path.display().to_string();
     let recent = std::sync::Arc::new(std::sync::Mutex::new((0u64, std::collections::VecDeque::with_capacity(RECENT_WINDOW))));
-    let tracked = RecentBytes { inner: BufReader::with_capacity(64 * 1024, file), recent: recent.clone() };
+    let bad = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    let guard = CsvGuard {
+        inner: BufReader::with_capacity(64 * 1024, file),
+        delimiter,
+        max_row_bytes,
+        pending: Default::default(),
+        pending_bytes: 0,
+        quoting: Quoting::FieldStart,
+        ready: Vec::with_capacity(64 * 1024),
+        at: 0,
+        line: 0,
+        eof: false,
+        bad: bad.clone(),
+    };
+    let tracked = RecentBytes { inner: guard, recent: recent.clone() };
     let mut reader =
         csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delimiter).buffer_capacity(64 * 1024).from_reader(tracked);
     let mut record = csv::ByteRecord::new();
     let mut header: Option<Arc<Header>> = None;
+    // Lines the guard took out, as dead letters, in order with the records around them.
+    let taken_out = |before: u64, header: bool, emit: &mut dyn FnMut(Item) -> bool| -> Result<bool, SourceError> {
+        let Ok(mut bad) = bad.lock() else { return Ok(true) };
+        while bad.front().is_some_and(|b| b.line < before) {
+            let Some(b) = bad.pop_front() else { break };
+            if !header {
+                return Err(SourceError::Header { path: shown.clone(), row: b.line, message: b.reason });
+            }
+            let item = Item::Failure(ReadFailure {
+                row: b.line,
+                sheet: None,
+                code: ErrorCode::Size,
+                column: None,
+                reason: b.reason,
+                original: b.original,
+            });
+            if !emit(item) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
     loop {
         let row = reader.position().line();
         match reader.read_byte_record(&mut record) {
-            Ok(false) => return Ok(()),
+            Ok(false) => {
+                taken_out(u64::MAX, header.is_some(), emit)?;
+                return Ok(());
+            }
             Ok(true) => {}
             Err(e) => {
                 let row = e.position().map(|p| p.line()).unwrap_or(row);
                 if header.is_none() {
-                    return Err(SourceError::Header { path: shown, row, message: format!("the header cannot be parsed as CSV: {e}") });
+                    return Err(SourceError::Header {
+                        path: shown.clone(),
+                        row,
+                        message: format!("the header cannot be parsed as CSV: {e}"),
+                    });
                 }
                 if !emit(Item::Failure(ReadFailure {
                     row,
@@ -190,6 +429,9 @@ fn read_csv(
             }
         }
         let row = record.position().map(|p| first_line(&recent, p.byte(), p.line())).unwrap_or(row);
+        if !taken_out(row, header.is_some(), emit)? {
+            return Ok(());
+        }
         let original = join_raw(&record, delimiter);
         let mut cells = Vec::with_capacity(record.len());
         let mut failed_column = None;
@@ -365,6 +607,9 @@ fn read_xlsx(file: std::fs::File, sheet: &str, path: &Path, emit: &mut dyn FnMut
     Ok(())
 }
 
+/// The longest JSON line read.
+const MAX_JSON_LINE_BYTES: u64 = 64 * 1024 * 1024;
+
 fn read_jsonl(mut reader: impl BufRead, path: &Path, emit: &mut dyn FnMut(Item) -> bool) -> Result<(), SourceError> {
     let mut line = Vec::new();
     let mut row = 0u64;
@@ -372,13 +617,40 @@ fn read_jsonl(mut reader: impl BufRead, path: &Path, emit: &mut dyn FnMut(Item) 
         line.clear();
         let n = reader
             .by_ref()
-            .take(64 * 1024 * 1024)
+            .take(MAX_JSON_LINE_BYTES)
             .read_until(b'\n', &mut line)
             .map_err(|e| SourceError::Read { path: path.display().to_string(), message: e.to_string() })?;
         if n == 0 {
             return Ok(());
         }
         row += 1;
+        if n as u64 == MAX_JSON_LINE_BYTES && !line.ends_with(b"\n") {
+            // The rest of the line is not the next row: skip to its end.
+            let mut rest = Vec::new();
+            loop {
+                rest.clear();
+                let m = reader
+                    .by_ref()
+                    .take(1 << 20)
+                    .read_until(b'\n', &mut rest)
+                    .map_err(|e| SourceError::Read { path: path.display().to_string(), message: e.to_string() })?;
+                if m == 0 || rest.ends_with(b"\n") {
+                    break;
+                }
+            }
+            let failure = ReadFailure {
+                row,
+                sheet: None,
+                code: ErrorCode::Size,
+                column: None,
+                reason: format!("第{row}行超过 {MAX_JSON_LINE_BYTES} 字节的行长上限"),
+                original: super::pipeline::cut_short(&line),
+            };
+            if !emit(Item::Failure(failure)) {
+                return Ok(());
+            }
+            continue;
+        }
         let bytes = line.strip_suffix(b"\n").unwrap_or(&line);
         let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
         let bytes = if row == 1 { bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes) } else { bytes };

@@ -38,31 +38,38 @@ fn cells(item: &Item) -> Vec<String> {
 fn gbk_and_gb18030_decode_and_bad_bytes_name_the_row() {
     let text = "姓名,类别\n张三,深度困难\n李四,相对困难\n";
     let (gbk, _, _) = encoding_rs::GBK.encode(text);
-    let items = read_all(&SourceSection::Csv { encoding: Encoding::Gbk, delimiter: ",".into() }, &gbk, ".csv").expect("reads");
+    let items = read_all(&SourceSection::Csv { encoding: Encoding::Gbk, delimiter: ",".into(), max_row_bytes: 64 * 1024 }, &gbk, ".csv")
+        .expect("reads");
     assert_eq!(items.len(), 2);
     assert_eq!(cells(&items[0]), vec![format!("{:?}", Cell::Text("张三".into())), format!("{:?}", Cell::Text("深度困难".into()))]);
     // A character outside GBK needs GB18030's four-byte form.
     let rare = "姓名\n𠀀某\n";
     let (gb18030, _, _) = encoding_rs::GB18030.encode(rare);
-    let items = read_all(&SourceSection::Csv { encoding: Encoding::Gb18030, delimiter: ",".into() }, &gb18030, ".csv").expect("reads");
+    let items =
+        read_all(&SourceSection::Csv { encoding: Encoding::Gb18030, delimiter: ",".into(), max_row_bytes: 64 * 1024 }, &gb18030, ".csv")
+            .expect("reads");
     assert_eq!(cells(&items[0]), vec![format!("{:?}", Cell::Text("𠀀某".into()))]);
     // Bytes that are not GBK in a data row: a decode failure naming that row; the rest goes on.
     let mut bad = gbk.to_vec();
     bad.extend_from_slice(b"\xff\xfe,x\n");
     bad.extend_from_slice(&encoding_rs::GBK.encode("王五,意外致困\n").0);
-    let items = read_all(&SourceSection::Csv { encoding: Encoding::Gbk, delimiter: ",".into() }, &bad, ".csv").expect("reads");
+    let items = read_all(&SourceSection::Csv { encoding: Encoding::Gbk, delimiter: ",".into(), max_row_bytes: 64 * 1024 }, &bad, ".csv")
+        .expect("reads");
     assert_eq!(items.len(), 4);
     assert!(matches!(&items[2], Item::Failure(f) if f.code == ErrorCode::Decode && f.row == 4 && f.reason.contains("第4行")));
     assert!(matches!(&items[3], Item::Record(r) if r.row == 5));
     // A GBK file declared as UTF-8 fails at its header, naming row 1.
-    let err = read_all(&SourceSection::Csv { encoding: Encoding::Utf8, delimiter: ",".into() }, &gbk, ".csv").expect_err("refused");
+    let err = read_all(&SourceSection::Csv { encoding: Encoding::Utf8, delimiter: ",".into(), max_row_bytes: 64 * 1024 }, &gbk, ".csv")
+        .expect_err("refused");
     assert!(err.to_string().contains("row 1"), "{err}");
 }
 
 #[test]
 fn utf8_bom_is_stripped_and_column_counts_checked() {
     let bytes = b"\xef\xbb\xbfa,b\n1,2\n3\n\n4,5\n";
-    let items = read_all(&SourceSection::Csv { encoding: Encoding::Utf8Bom, delimiter: ",".into() }, bytes, ".csv").expect("reads");
+    let items =
+        read_all(&SourceSection::Csv { encoding: Encoding::Utf8Bom, delimiter: ",".into(), max_row_bytes: 64 * 1024 }, bytes, ".csv")
+            .expect("reads");
     match &items[0] {
         Item::Record(r) => match &r.fields {
             Fields::Columns { header, .. } => assert_eq!(header.names, vec!["a", "b"]),
@@ -218,7 +225,9 @@ fn row_numbers_with_crlf_lf_and_blank_lines() {
         (&b"h,i\r\na,1\r\n\r\nb,2\r\n"[..], vec![2, 4]),
         (&b"h,i\na,\"x\ny\"\nb,2\n"[..], vec![2, 4]),
     ] {
-        let items = read_all(&SourceSection::Csv { encoding: Encoding::Utf8, delimiter: ",".into() }, bytes, ".csv").expect("reads");
+        let items =
+            read_all(&SourceSection::Csv { encoding: Encoding::Utf8, delimiter: ",".into(), max_row_bytes: 64 * 1024 }, bytes, ".csv")
+                .expect("reads");
         assert_eq!(items.iter().map(Item::row).collect::<Vec<_>>(), rows, "{:?}", String::from_utf8_lossy(bytes));
     }
 }
@@ -229,7 +238,12 @@ fn row_numbers_of_a_longer_crlf_file() {
     for i in 0..8 {
         text.push_str(&format!("某{i},{i}\r\n"));
     }
-    let items = read_all(&SourceSection::Csv { encoding: Encoding::Utf8, delimiter: ",".into() }, text.as_bytes(), ".csv").expect("reads");
+    let items = read_all(
+        &SourceSection::Csv { encoding: Encoding::Utf8, delimiter: ",".into(), max_row_bytes: 64 * 1024 },
+        text.as_bytes(),
+        ".csv",
+    )
+    .expect("reads");
     assert_eq!(items.iter().map(Item::row).collect::<Vec<_>>(), (2..10).collect::<Vec<u64>>());
 }
 
@@ -253,7 +267,7 @@ fn a_panicking_mapping_worker_fails_the_batch_instead_of_dropping_its_rows() {
     let keys = crate::envelope::KeyDeriver::new(&crate::config::Settings::default().keys);
     let extra = serde_json::Map::new();
     let fine = |e: &super::pipeline::Event| e.row.to_string();
-    let ready = super::pipeline::process_batch(&c, &schema, items(600), &extra, &keys, &fine).expect("no worker fails");
+    let ready = super::pipeline::process_batch(&c, &schema, items(600), &extra, &keys, &fine, 1_000_000).expect("no worker fails");
     assert_eq!(ready.len(), 600, "one result per row");
     let panics_on_row_500 = |e: &super::pipeline::Event| {
         assert!(e.row != 500, "a bug in one row");
@@ -261,7 +275,7 @@ fn a_panicking_mapping_worker_fails_the_batch_instead_of_dropping_its_rows() {
     };
     // With one core the batch is mapped on the calling thread, where a panic is the caller's.
     if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 {
-        let result = super::pipeline::process_batch(&c, &schema, items(600), &extra, &keys, &panics_on_row_500);
+        let result = super::pipeline::process_batch(&c, &schema, items(600), &extra, &keys, &panics_on_row_500, 1_000_000);
         let err = result.err().expect("the batch fails");
         assert!(err.contains("rows") && !err.contains("220102"), "{err}");
     }
@@ -269,4 +283,95 @@ fn a_panicking_mapping_worker_fails_the_batch_instead_of_dropping_its_rows() {
 
 fn row_fields() -> Fields {
     row("220102195003070015", "1.00")
+}
+
+fn csv_limited(max_row_bytes: usize) -> SourceSection {
+    SourceSection::Csv { encoding: Encoding::Utf8, delimiter: ",".into(), max_row_bytes }
+}
+
+fn failure_of(item: &Item) -> Option<(u64, ErrorCode, String)> {
+    match item {
+        Item::Failure(f) => Some((f.row, f.code, f.reason.clone())),
+        Item::Record(_) => None,
+    }
+}
+
+/// Regression: a quote left open used to swallow the rest of the file into one field, so one bad
+/// row cost every row after it. Now the row is a dead letter naming it and reading goes on.
+#[test]
+fn an_unclosed_quote_is_one_dead_letter_and_the_rest_of_the_file_is_read() {
+    let mut text = String::from("姓名,金额\n张三,\"100\n");
+    for i in 0..200 {
+        text.push_str(&format!("某{i},{i}\n"));
+    }
+    let items = read_all(&csv_limited(1024), text.as_bytes(), ".csv").expect("reads");
+    let failures: Vec<_> = items.iter().filter_map(failure_of).collect();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!((failures[0].0, failures[0].1), (2, ErrorCode::Size));
+    assert!(failures[0].2.contains("第2行的引号没有闭合"), "{}", failures[0].2);
+    let records: Vec<u64> = items.iter().filter(|i| matches!(i, Item::Record(_))).map(Item::row).collect();
+    assert_eq!(records, (3..203).collect::<Vec<u64>>(), "every later row is read, with its own line number");
+}
+
+#[test]
+fn an_unclosed_quote_at_the_end_of_the_file_is_a_dead_letter_too() {
+    let items = read_all(&csv_limited(1024), "h,i\na,1\nb,\"2\nc,3\n".as_bytes(), ".csv").expect("reads");
+    let rows: Vec<_> = items.iter().map(|i| (i.row(), failure_of(i).map(|f| f.1))).collect();
+    assert_eq!(rows, vec![(2, None), (3, Some(ErrorCode::Size)), (4, None)]);
+}
+
+#[test]
+fn quoted_line_breaks_within_the_limit_stay_one_record() {
+    let items = read_all(&csv_limited(1024), "h,i\na,\"x\ny\nz\"\nb,2\n".as_bytes(), ".csv").expect("reads");
+    assert_eq!(items.iter().map(Item::row).collect::<Vec<_>>(), vec![2, 5]);
+    assert_eq!(cells(&items[0])[1], format!("{:?}", Cell::Text("x\ny\nz".into())));
+}
+
+#[test]
+fn a_line_over_the_limit_is_a_dead_letter_naming_its_row_and_cut_short() {
+    let long = "x".repeat(10_000);
+    let text = format!("h,i\na,1\nb,{long}\nc,3\n");
+    let items = read_all(&csv_limited(1024), text.as_bytes(), ".csv").expect("reads");
+    let rows: Vec<_> = items.iter().map(|i| (i.row(), failure_of(i).map(|f| f.1))).collect();
+    assert_eq!(rows, vec![(2, None), (3, Some(ErrorCode::Size)), (4, None)]);
+    let Item::Failure(f) = &items[1] else { unreachable!() };
+    assert!(f.reason.contains("超过 1024 字节"), "{}", f.reason);
+    assert!(f.original.len() <= super::pipeline::DEAD_LETTER_ORIGINAL_BYTES);
+}
+
+#[test]
+fn a_stray_quote_inside_an_unquoted_field_is_literal_as_before() {
+    let items = read_all(&csv_limited(1024), "h,i\na,1\"2\nb,3\n".as_bytes(), ".csv").expect("reads");
+    assert_eq!(items.iter().map(|i| (i.row(), failure_of(i).is_none())).collect::<Vec<_>>(), vec![(2, true), (3, true)]);
+}
+
+#[test]
+fn an_over_long_json_line_is_one_dead_letter() {
+    // The JSONL limit is 64 MiB; the line after it keeps its own number.
+    let mut text = String::from("{\"a\":1}\n{\"b\":\"");
+    text.push_str(&"y".repeat(64 * 1024 * 1024 + 10));
+    text.push_str("\"}\n{\"c\":3}\n");
+    let items = read_all(&SourceSection::Jsonl, text.as_bytes(), ".jsonl").expect("reads");
+    let rows: Vec<_> = items.iter().map(|i| (i.row(), failure_of(i).map(|f| f.1))).collect();
+    assert_eq!(rows, vec![(1, None), (2, Some(ErrorCode::Size)), (3, None)]);
+}
+
+proptest! {
+    /// Whatever the bytes, every line ends up as a record, a dead letter or nothing (blank), in
+    /// order, and nothing after a bad line is lost.
+    #[test]
+    fn csv_rows_come_out_in_order_whatever_the_quoting(lines in proptest::collection::vec("[a-c\",]{0,12}", 1..40)) {
+        let mut text = String::from("h,i\n");
+        for l in &lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        let items = read_all(&csv_limited(256), text.as_bytes(), ".csv").expect("reads");
+        let rows: Vec<u64> = items.iter().map(Item::row).collect();
+        let mut sorted = rows.clone();
+        sorted.sort();
+        sorted.dedup();
+        prop_assert_eq!(&rows, &sorted);
+        prop_assert!(rows.iter().all(|r| *r >= 2 && *r <= lines.len() as u64 + 1));
+    }
 }

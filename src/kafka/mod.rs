@@ -27,6 +27,8 @@ pub enum KafkaError {
     Client(#[from] rdkafka::error::KafkaError),
     #[error("creating topic {topic} failed: {message}")]
     CreateTopic { topic: String, message: String },
+    #[error("describing topic {topic} failed: {message}")]
+    Describe { topic: String, message: String },
     #[error("timed out after {0:?} waiting for the round-trip message")]
     Timeout(Duration),
     #[error("the round-trip message came back different from what was sent")]
@@ -111,6 +113,22 @@ pub async fn ensure_topic(settings: &KafkaSettings, topic: &str, partitions: i32
         }
     }
     Ok(())
+}
+
+/// The largest record batch `topic` accepts (its `max.message.bytes`, the broker's default unless
+/// the topic overrides it), as the broker describes it.
+pub async fn topic_max_message_bytes(settings: &KafkaSettings, topic: &str) -> Result<usize, KafkaError> {
+    let admin = admin(settings)?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let results = admin.describe_configs([&rdkafka::admin::ResourceSpecifier::Topic(topic)], &options).await?;
+    let described =
+        results.into_iter().next().ok_or_else(|| KafkaError::Describe { topic: topic.to_string(), message: "no answer".into() })?;
+    let resource = described.map_err(|code| KafkaError::Describe { topic: topic.to_string(), message: code.to_string() })?;
+    resource
+        .get("max.message.bytes")
+        .and_then(|entry| entry.value.as_deref())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| KafkaError::Describe { topic: topic.to_string(), message: "max.message.bytes not described".into() })
 }
 
 /// Deletes topics; missing topics are ignored.
