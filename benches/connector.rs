@@ -58,7 +58,7 @@ fn main() {
     // The shipped edu-student connector, reading the generated file as GBK.
     let gbk_config = || {
         let mut config = ConnectorConfig::load(&root.join("connectors/edu-student.toml"), &root.join("schemas")).expect("config");
-        config.source = SourceSection::Csv { encoding: Encoding::Gbk, delimiter: ",".into() };
+        config.source = SourceSection::Csv { encoding: Encoding::Gbk, delimiter: ",".into(), max_row_bytes: 64 * 1024 };
         config
     };
     // One connector run on its own topic and connector name: (seconds, transactions, average
@@ -155,14 +155,23 @@ fn main() {
         doudi::connect::source::read(&config.source, &csv, &mut |item| {
             chunk.push(item);
             if chunk.len() == 1024 {
-                ready += doudi::connect::pipeline::process_batch(&config, schema, std::mem::take(&mut chunk), &extra, &keys, &identity)
-                    .expect("mapped")
-                    .len();
+                ready += doudi::connect::pipeline::process_batch(
+                    &config,
+                    schema,
+                    std::mem::take(&mut chunk),
+                    &extra,
+                    &keys,
+                    &identity,
+                    1_000_000,
+                )
+                .expect("mapped")
+                .len();
             }
             true
         })
         .expect("read");
-        ready += doudi::connect::pipeline::process_batch(&config, schema, chunk, &extra, &keys, &identity).expect("mapped").len();
+        ready +=
+            doudi::connect::pipeline::process_batch(&config, schema, chunk, &extra, &keys, &identity, 1_000_000).expect("mapped").len();
         assert_eq!(ready, rows, "every row mapped");
         rows as f64 / started.elapsed().as_secs_f64()
     };

@@ -151,7 +151,8 @@ async fn drop_folder_daemon_processes_and_sorts_files() {
     let drop = dir.path().join("drop");
     std::fs::create_dir(&drop).unwrap();
     let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replace("path = \"/var/lib/doudi/drop/edu-student\"", &format!("path = \"{}\"\npoll_secs = 1", drop.display()));
+    let text = text
+        .replace("path = \"/var/lib/doudi/drop/edu-student\"", &format!("path = \"{}\"\npoll_secs = 1\nstable_secs = 1", drop.display()));
     std::fs::write(&config, text).unwrap();
     std::fs::copy(root().join("connectors/samples/edu-student.csv"), drop.join("2019-09.csv")).unwrap();
     std::fs::write(drop.join("2019-10.csv"), encoding_rs::GBK.encode("学生姓名,身份证件号,学段,学校名称,在读状态,变动日期\r\n").0).unwrap();
@@ -206,4 +207,231 @@ async fn drop_folder_daemon_processes_and_sorts_files() {
     .await
     .unwrap();
     assert!(db.last_successful_runs().await.unwrap().iter().any(|r| r.component == "connector" && r.name == name));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A feed never stalls silently: rows the broker would refuse, quotes left open, files that keep
+// failing, partial uploads and the "late" signal across restarts.
+// ---------------------------------------------------------------------------------------------
+
+/// A topic of this test's own (and its dead-letter topic), with `max.message.bytes` if given.
+async fn topic_with_limit(topic: &str, max_message_bytes: Option<&str>) {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    let admin = doudi::kafka::admin(&common::kafka()).unwrap();
+    let mut new = NewTopic::new(topic, 3, TopicReplication::Fixed(1));
+    if let Some(limit) = max_message_bytes {
+        new = new.set("max.message.bytes", limit);
+    }
+    let dlq = format!("dlq.{topic}");
+    let results = admin.create_topics([&new, &NewTopic::new(&dlq, 1, TopicReplication::Fixed(1))], &AdminOptions::new()).await.unwrap();
+    for r in results {
+        r.unwrap();
+    }
+}
+
+async fn set_topic_limit(topic: &str, max_message_bytes: &str) {
+    use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin = doudi::kafka::admin(&common::kafka()).unwrap();
+    let alter = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("max.message.bytes", max_message_bytes);
+    for r in admin.alter_configs([&alter], &AdminOptions::new()).await.unwrap() {
+        r.unwrap();
+    }
+}
+
+/// A drop-folder daemon of `config` with its ops endpoint on a port of its own and an SQLite
+/// database in `dir` (its job runs survive a restart there).
+fn drop_daemon(dir: &Path, schemas: &Path, config: &Path) -> (std::process::Child, u16) {
+    let port = common::free_port();
+    let child = Command::new(common::doudi_bin())
+        .args(["connect", "--config", config.to_str().unwrap(), "--schemas", schemas.to_str().unwrap()])
+        .env("DOUDI_HTTP_PORT", port.to_string())
+        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
+        .env("DOUDI_DATABASE_URL", format!("sqlite://{}", dir.join("doudi.db").display()))
+        .env("DOUDI_LOG_LEVEL", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("DOUDI_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    (child, port)
+}
+
+/// A drop-folder workspace: the connector's transport replaced by `transport` lines.
+fn drop_workspace(dir: &Path, topic: &str, transport: &str) -> (PathBuf, PathBuf, PathBuf, String) {
+    let name = format!("drop{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (schemas, config) = workspace(dir, topic, &name);
+    let drop = dir.join("drop");
+    std::fs::create_dir(&drop).unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("path = \"/var/lib/doudi/drop/edu-student\"", &format!("path = \"{}\"\npoll_secs = 1\n{transport}", drop.display()));
+    std::fs::write(&config, text).unwrap();
+    (schemas, config, drop, name)
+}
+
+/// Waits until `done`; on a timeout, fails with the tail of the daemon's log in `dir`.
+async fn wait_for(dir: &Path, what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        if std::time::Instant::now() >= deadline {
+            let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!("{what}: not within {within:?}; the daemon's log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn student_row(i: usize, school: &str) -> String {
+    let birth = chrono::NaiveDate::from_ymd_opt(2010, 1, 1).unwrap() + chrono::Duration::days(i as i64);
+    let id = doudi::idnum::complete(&format!("220102{}{:03}", birth.format("%Y%m%d"), i % 1000)).unwrap();
+    format!("学生{i},{id},小学,{school},在读,2019/9/1\r\n")
+}
+
+const STUDENT_HEADER: &str = "学生姓名,身份证件号,学段,学校名称,在读状态,变动日期\r\n";
+
+fn gauge(metrics: &str, name: &str, connector: &str) -> Option<f64> {
+    let prefix = format!("{name}{{connector=\"{connector}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+}
+
+/// Regression: a row larger than the topic accepts failed its transaction five times and then the
+/// file stayed in place for ever (the feed stalled); an unclosed quote swallowed the rest of the file.
+/// Now both are dead letters naming their rows and the file completes. The "late" gauge comes back
+/// from the job runs after a restart, not from the restart's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_row_and_an_open_quote_are_dead_letters_and_the_file_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("test.oversize.{}", uuid::Uuid::new_v4().simple());
+    // A student record is ≈ 2.3 kB with the room kept for its headers; one with a 200-character
+    // school name is ≈ 2.9 kB.
+    topic_with_limit(&topic, Some("2600")).await;
+    let (schemas, config, drop, name) = drop_workspace(dir.path(), &topic, "complete = \"rename\"");
+    let mut text = String::from(STUDENT_HEADER);
+    text.push_str(&student_row(1, "某小学"));
+    text.push_str(&student_row(2, &"校".repeat(200)));
+    text.push_str(&student_row(3, "\"某小学"));
+    for i in 4..7 {
+        text.push_str(&student_row(i, "某小学"));
+    }
+    std::fs::write(drop.join("2019-09.csv"), &text).unwrap();
+    let reader = common::Reader::new(&[topic.as_str(), format!("dlq.{topic}").as_str()]);
+    let (daemon, port) = drop_daemon(dir.path(), &schemas, &config);
+    wait_for(dir.path(), "the file moves to done/", Duration::from_secs(60), || drop.join("done/2019-09.csv").exists()).await;
+    let records = reader.until_quiet(Duration::from_secs(4)).await;
+    let events: Vec<_> = records.iter().filter(|r| r.topic == topic).collect();
+    let dead: Vec<_> = records.iter().filter(|r| r.topic != topic).collect();
+    assert_eq!(events.len(), 4, "rows 2, 5, 6 and 7 (the good ones) are produced once each");
+    let mut reasons: Vec<(String, String, String)> =
+        dead.iter().map(|d| (d.headers["source_row"].clone(), d.headers["error_code"].clone(), d.headers["reason"].clone())).collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert_eq!((reasons[0].0.as_str(), reasons[0].1.as_str()), ("3", "size"));
+    assert!(reasons[0].2.contains("超过主题允许的 2600 字节"), "{}", reasons[0].2);
+    assert_eq!((reasons[1].0.as_str(), reasons[1].1.as_str()), ("4", "size"));
+    assert!(reasons[1].2.contains("引号没有闭合"), "{}", reasons[1].2);
+    for r in &reasons {
+        assert!(!r.2.contains("2201"), "no ID number in a reason: {}", r.2);
+    }
+
+    let (_, before) = common::http_get(&format!("127.0.0.1:{port}"), "/metrics").await;
+    let last = gauge(&before, "doudi_connector_last_success_timestamp_seconds", &name).expect("the gauge after a success");
+    common::stop_by_sigterm(daemon, "the drop-folder daemon");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (daemon, port) = drop_daemon(dir.path(), &schemas, &config);
+    let mut after = String::new();
+    wait_for(dir.path(), "the restarted daemon serves /metrics", Duration::from_secs(30), || {
+        after = metrics_now(port);
+        after.contains("doudi_connector_last_success_timestamp_seconds")
+    })
+    .await;
+    let restored = gauge(&after, "doudi_connector_last_success_timestamp_seconds", &name).expect("the gauge after the restart");
+    assert!((restored - last).abs() <= 1.0, "the last success survives the restart ({last} before, {restored} after)");
+    common::stop_by_sigterm(daemon, "the restarted drop-folder daemon");
+}
+
+/// `/metrics` of a local port, blocking (for use inside a polling closure).
+fn metrics_now(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+/// Regression: a file whose transaction kept failing stayed in the folder for ever, and every file
+/// after it waited. Now it moves to failed/ after `max_attempts` failures in a row, with the reason
+/// beside it and a metric the alert rule watches, and the next file goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_keeps_failing_moves_to_failed_and_the_next_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("test.failing.{}", uuid::Uuid::new_v4().simple());
+    topic_with_limit(&topic, None).await;
+    let (schemas, config, drop, name) = drop_workspace(dir.path(), &topic, "complete = \"rename\"\nmax_attempts = 2");
+    let (daemon, port) = drop_daemon(dir.path(), &schemas, &config);
+    // Started with the broker's default limit; an operator then shrinks the topic's, so the broker
+    // refuses every record of the next file.
+    wait_for(dir.path(), "the daemon is up", Duration::from_secs(30), || {
+        gauge(&metrics_now(port), "doudi_connector_last_success_timestamp_seconds", &name).is_some()
+    })
+    .await;
+    set_topic_limit(&topic, "200").await;
+    let rows: String = std::iter::once(STUDENT_HEADER.to_string()).chain((1..4).map(|i| student_row(i, "某小学"))).collect();
+    std::fs::write(drop.join("a.csv"), &rows).unwrap();
+    wait_for(dir.path(), "the failing file moves to failed/", Duration::from_secs(120), || drop.join("failed/a.csv").exists()).await;
+    let reason = std::fs::read_to_string(drop.join("failed/a.reason.txt")).unwrap();
+    assert!(reason.contains("2 attempts in a row failed"), "{reason}");
+    let metrics = metrics_now(port);
+    assert_eq!(gauge(&metrics, "doudi_connector_files_failed_total", &name), Some(1.0), "{metrics}");
+    set_topic_limit(&topic, "1048588").await;
+    std::fs::write(drop.join("b.csv"), &rows).unwrap();
+    wait_for(dir.path(), "the next file goes through", Duration::from_secs(60), || drop.join("done/b.csv").exists()).await;
+    common::stop_by_sigterm(daemon, "the drop-folder daemon");
+}
+
+/// A file appended in chunks while the daemon watches is read once complete: every row is produced
+/// exactly once (size and modification time unchanged for `stable_secs`). Under the marker
+/// convention a complete file waits for its marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_upload_is_never_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("test.partial.{}", uuid::Uuid::new_v4().simple());
+    topic_with_limit(&topic, None).await;
+    let (schemas, config, drop, _) = drop_workspace(dir.path(), &topic, "complete = \"stable\"\nstable_secs = 2");
+    let reader = common::Reader::new(&[topic.as_str()]);
+    let (daemon, _) = drop_daemon(dir.path(), &schemas, &config);
+    let path = drop.join("2019-09.csv");
+    std::fs::write(&path, STUDENT_HEADER).unwrap();
+    for chunk in 0..8 {
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let text: String = (chunk * 5..chunk * 5 + 5).map(|i| student_row(i, "某小学")).collect();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        drop_file(file);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(path.exists(), "the file was taken while still being written (after chunk {chunk})");
+    }
+    wait_for(dir.path(), "the complete file moves to done/", Duration::from_secs(30), || drop.join("done/2019-09.csv").exists()).await;
+    let records = reader.until_quiet(Duration::from_secs(4)).await;
+    let ids: HashSet<String> = records.iter().map(|r| r.payload["id_number"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!((records.len(), ids.len()), (40, 40), "every row exactly once");
+    common::stop_by_sigterm(daemon, "the drop-folder daemon");
+
+    // The marker convention: nothing is read before `<file>.done` exists.
+    let dir = tempfile::tempdir().unwrap();
+    let (schemas, config, drop, _) = drop_workspace(dir.path(), &topic, "complete = \"marker\"");
+    let (daemon, _) = drop_daemon(dir.path(), &schemas, &config);
+    let path = drop.join("2019-10.csv");
+    std::fs::write(&path, format!("{STUDENT_HEADER}{}", student_row(99, "某小学"))).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(path.exists() && !drop.join("done").exists(), "a file without its marker is left alone");
+    std::fs::write(drop.join("2019-10.csv.done"), "").unwrap();
+    wait_for(dir.path(), "the marked file moves to done/", Duration::from_secs(30), || drop.join("done/2019-10.csv").exists()).await;
+    assert!(drop.join("done/2019-10.csv.done").exists(), "the marker moves with its file");
+    common::stop_by_sigterm(daemon, "the drop-folder daemon");
+}
+
+fn drop_file(file: std::fs::File) {
+    file.sync_all().unwrap();
 }

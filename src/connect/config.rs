@@ -140,6 +140,16 @@ pub enum Transport {
         pattern: String,
         #[serde(default = "default_poll_secs")]
         poll_secs: u64,
+        /// How the connector knows a file is completely uploaded.
+        #[serde(default)]
+        complete: Completion,
+        /// For `complete = "stable"`: how long a file's size and modification time must stay
+        /// unchanged before it is read.
+        #[serde(default = "default_stable_secs")]
+        stable_secs: u64,
+        /// Failed attempts in a row after which a file moves to `failed/` and the next file goes on.
+        #[serde(default = "default_max_attempts")]
+        max_attempts: u32,
     },
     /// Serve HTTP push: `POST /v1/records` with a JSON or JSON Lines body.
     Http {
@@ -169,6 +179,27 @@ pub enum Transport {
 
 fn default_poll_secs() -> u64 {
     10
+}
+fn default_stable_secs() -> u64 {
+    10
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+
+/// The convention by which a department's upload tells the connector a file is complete. A file
+/// is never read while it is still being written. Under every convention, names starting with `.`
+/// or ending in `.tmp`, `.part`, `.partial`, `.filepart` or `.uploading` are never read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Completion {
+    /// `x.csv` is read once `x.csv.done` or `x.csv.ok` exists beside it; the marker moves with it.
+    Marker,
+    /// Files are uploaded under a temporary name and renamed into place: any file present is complete.
+    Rename,
+    /// A file is complete once its size and modification time stay unchanged for `stable_secs`.
+    #[default]
+    Stable,
 }
 fn default_bind() -> String {
     "0.0.0.0".into()
@@ -338,6 +369,14 @@ impl ConnectorConfig {
         }
         if self.connector.batch_rows == 0 || self.connector.batch_rows > 100_000 {
             return field("connector.batch_rows".into(), "must be between 1 and 100000".into());
+        }
+        if let Transport::DropFolder { max_attempts, stable_secs, .. } = &self.transport {
+            if *max_attempts == 0 {
+                return field("transport.max_attempts".into(), "must be at least 1".into());
+            }
+            if *stable_secs > 86_400 {
+                return field("transport.stable_secs".into(), "must be at most 86400 (one day)".into());
+            }
         }
         if let SourceSection::Csv { max_row_bytes, .. } = &self.source
             && !(256..=16 * 1024 * 1024).contains(max_row_bytes)

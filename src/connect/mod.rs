@@ -31,6 +31,7 @@ pub(crate) fn describe_metrics() {
     );
     describe_gauge!(
         "doudi_connector_last_success_timestamp_seconds",
-        "Unix time of the connector's last source processed without failure."
+        "Unix time of the connector's last source processed without failure (a file, a pushed request, a polled batch), restored from its job runs at start."
     );
+    describe_counter!("doudi_connector_files_failed_total", "Files moved to failed/: unreadable, or failed max_attempts times in a row.");
 }

@@ -10,10 +10,10 @@ use std::time::Duration;
 use sqlx::Row;
 use sqlx::postgres::PgPoolOptions;
 
+use super::daemon::RunLog;
 use super::mapping::{ErrorCode, Fields};
 use super::run::{ConnectError, Connector};
 use super::source::{Item, RawRecord, ReadFailure};
-use crate::db::Database;
 
 /// The SQL that reads the next batch (identifiers were checked by the config loader).
 pub fn batch_query(table: &str, cursor_column: &str, cursor_type: &str) -> String {
@@ -68,7 +68,7 @@ pub async fn poll_once(
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut connector: Connector,
-    db: Option<Database>,
+    runs: RunLog,
     url_env: &str,
     table: &str,
     cursor_column: &str,
@@ -91,7 +91,7 @@ pub async fn run(
     loop {
         match poll_once(&mut connector, &pool, &query, batch_rows).await {
             Ok((n, summary)) if n > 0 => {
-                super::daemon::record_run(db.as_ref(), "connector", &feed, "ok", &serde_json::to_value(&summary).unwrap_or_default()).await;
+                runs.record("ok", &serde_json::to_value(&summary).unwrap_or_default()).await;
                 if n as usize == batch_rows && !shutdown.is_requested() {
                     continue; // more rows are waiting
                 }

@@ -18,15 +18,15 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Mutex;
 
+use super::daemon::RunLog;
 use super::mapping::{ErrorCode, Fields};
 use super::run::{ConnectError, Connector};
 use super::source::{Item, RawRecord, ReadFailure, parse_json_line};
-use crate::db::Database;
 
 struct Push {
     connector: Mutex<Connector>,
     token_hash: [u8; 32],
-    db: Option<Database>,
+    runs: Option<RunLog>,
 }
 
 /// Splits a body into items: a JSON array or object, or JSON Lines.
@@ -107,7 +107,9 @@ async fn receive(State(push): State<Arc<Push>>, headers: HeaderMap, body: Bytes)
     match connector.process_items(&source, "http", items, None, Some(&content)).await {
         Ok(summary) => {
             let json = serde_json::to_value(&summary).unwrap_or_default();
-            super::daemon::record_run(push.db.as_ref(), "connector", &feed, "ok", &json).await;
+            if let Some(runs) = &push.runs {
+                runs.record("ok", &json).await;
+            }
             (StatusCode::OK, axum::Json(json)).into_response()
         }
         Err(ConnectError::Conflict(_)) => problem(
@@ -126,15 +128,15 @@ async fn receive(State(push): State<Arc<Push>>, headers: HeaderMap, body: Bytes)
 }
 
 /// The push router for one connector.
-pub fn router(connector: Connector, token: &str, db: Option<Database>, max_body_bytes: usize) -> Router {
-    let state = Arc::new(Push { connector: Mutex::new(connector), token_hash: Sha256::digest(token.as_bytes()).into(), db });
+pub fn router(connector: Connector, token: &str, runs: Option<RunLog>, max_body_bytes: usize) -> Router {
+    let state = Arc::new(Push { connector: Mutex::new(connector), token_hash: Sha256::digest(token.as_bytes()).into(), runs });
     Router::new().route("/v1/records", post(receive)).layer(DefaultBodyLimit::max(max_body_bytes)).with_state(state)
 }
 
 /// Serves push until `shutdown`; a request in progress is answered first.
 pub async fn serve(
     connector: Connector,
-    db: Option<Database>,
+    runs: RunLog,
     bind: &str,
     port: u16,
     token_env: &str,
@@ -147,7 +149,7 @@ pub async fn serve(
         ))
     })?;
     let feed = connector.config.connector.name.clone();
-    let app = router(connector, &token, db, max_body_bytes);
+    let app = router(connector, &token, Some(runs), max_body_bytes);
     let addr: std::net::SocketAddr =
         format!("{bind}:{port}").parse().map_err(|e| ConnectError::Config(format!("transport.bind/port: {e}")))?;
     let (bound, task) = crate::http::serve(addr, app, shutdown.requested())

@@ -284,6 +284,17 @@ impl Connector {
         })
     }
 
+    /// Replaces both transactional producers with new ones (same ids, a new epoch).
+    fn renew_producers(&mut self) -> Result<(), ConnectError> {
+        let name = &self.config.connector.name;
+        self.producers = [
+            transactional_producer(&self.settings, format!("doudi-connect-{name}"), self.max_record_bytes)?,
+            transactional_producer(&self.settings, format!("doudi-connect-{name}.1"), self.max_record_bytes)?,
+        ];
+        self.turn = 0;
+        Ok(())
+    }
+
     fn feed(&self) -> &str {
         &self.config.connector.name
     }
@@ -418,6 +429,12 @@ impl Connector {
                     self.turn = 1 - self.turn;
                     tracing::warn!(connector = self.feed(), attempt, reason = %reason, "a Kafka transaction failed and was aborted; retrying the batch");
                     if attempt >= 5 {
+                        // A producer whose transactions keep failing may be left in a state only a
+                        // new epoch clears (e.g. sequence numbers skipped by refused records): the
+                        // next batch starts with new producers, which fence these.
+                        if let Err(e) = self.renew_producers() {
+                            tracing::warn!(connector = self.feed(), error = %e, "could not start new transactional producers; the next batch tries again");
+                        }
                         return Err(ConnectError::Transaction(reason));
                     }
                     tokio::time::sleep(Duration::from_millis(200 * attempt)).await;

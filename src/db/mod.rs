@@ -189,6 +189,21 @@ impl Database {
         rows.iter().map(job_run_from_row).collect()
     }
 
+    /// When a component last finished a run well (RFC 3339), or else when it first ran at all.
+    pub async fn last_success_or_first_run(&self, component: &str, name: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query(
+            "SELECT MAX(CASE WHEN outcome = 'ok' THEN finished_at END) AS ok_at, MIN(started_at) AS first_at \
+             FROM job_runs WHERE component = $1 AND name = $2",
+        )
+        .bind(component)
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await?;
+        let ok_at: Option<String> = row.try_get("ok_at")?;
+        let first_at: Option<String> = row.try_get("first_at")?;
+        Ok(ok_at.or(first_at))
+    }
+
     /// One job run by id.
     pub async fn job(&self, id: i64) -> Result<Option<JobRun>, DbError> {
         let row = sqlx::query("SELECT id, component, name, started_at, finished_at, outcome, summary FROM job_runs WHERE id = $1")

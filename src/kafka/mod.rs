@@ -94,6 +94,18 @@ pub fn offset_in(tpl: &TopicPartitionList, topic: &str, partition: i32) -> Optio
     })
 }
 
+/// Whether a broker answers a metadata request within a few seconds: tells a broker outage from
+/// a failure of one record or one transaction.
+pub async fn reachable(settings: &KafkaSettings) -> bool {
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || {
+        let Ok(consumer) = client_config(&settings).create::<rdkafka::consumer::BaseConsumer>() else { return false };
+        consumer.fetch_metadata(None, Duration::from_secs(5)).is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
 /// An admin client for topic management.
 pub fn admin(settings: &KafkaSettings) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
     Ok(client_config(settings).create()?)
