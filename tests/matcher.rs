@@ -841,3 +841,46 @@ async fn unusable_inbound_messages_become_dead_letters_and_the_batch_goes_on() {
     assert_eq!(again["unusable"].as_u64(), Some(0), "{again}");
     assert!(dead.until_quiet(Duration::from_secs(3)).await.is_empty());
 }
+
+/// Regression: an event the database refuses (a NUL character in a name: PostgreSQL stores no
+/// NUL in text) failed its whole batch, and the matcher retried that batch for ever while lag
+/// grew. Now the batch is applied event by event within savepoints, the refused event goes to the
+/// feed's dead-letter topic with the SQLSTATE (never the value), and everything else is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_database_refuses_is_set_aside_and_the_batch_goes_on() {
+    let x = Exchange::new().await;
+    let topic = format!("test.{}.{}", doudi::matcher::Feed::Household.topic(), x.suffix);
+    let dlq = doudi::topics::dead_letter_topic(&topic);
+    doudi::kafka::ensure_topic(&common::kafka(), &dlq, 1, 1).await.unwrap();
+    let dead = common::Reader::new(&[dlq.as_str()]);
+    let sample = std::fs::read_to_string(root().join("connectors/samples/civil-household.jsonl")).unwrap();
+    let poisoned = sample.replacen("\"name\": \"王某\"", "\"name\": \"王\\u0000某\"", 1);
+    assert_ne!(poisoned, sample, "the sample's first member is named 王某");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("civil-household.jsonl");
+    std::fs::write(&input, poisoned).unwrap();
+    x.feed("civil-household", &input).await;
+    let summary = x.run_matcher("refused");
+    assert_eq!(summary["unusable"].as_u64(), Some(1), "{summary}");
+    assert!(summary["applied"].as_u64().unwrap_or(0) > 0, "the rest of the batch is applied: {summary}");
+    let letters: Vec<common::Record> = dead
+        .until_quiet(Duration::from_secs(5))
+        .await
+        .into_iter()
+        .filter(|r| r.headers.get("stage").is_some_and(|s| s == "match"))
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let reason = &letters[0].headers["reason"];
+    assert!(reason.contains("the database refused it (SQLSTATE 22"), "{reason}");
+    assert!(!reason.contains("2201") && !reason.contains('王'), "no personal data in the reason: {reason}");
+    // The other households of the file are in the database; the refused one is not.
+    let pool = sqlx::PgPool::connect(&x.pg.settings.url).await.unwrap();
+    let households: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM households").fetch_one(&pool).await.unwrap();
+    assert!(households > 0);
+    let refused: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM households WHERE household_id = 'JL-220102-2019-000123'").fetch_one(&pool).await.unwrap();
+    assert_eq!(refused, 0, "the refused household left nothing behind (its savepoint was rolled back)");
+    // Lag is back to 0: a second run reads nothing.
+    let again = x.run_matcher("refused");
+    assert_eq!((again["unusable"].as_u64(), again["events"].as_u64()), (Some(0), Some(0)), "{again}");
+}

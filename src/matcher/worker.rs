@@ -349,9 +349,10 @@ async fn apply(
     }
     // Skip what the database already holds; the rest of each partition follows in order.
     let mut events = Vec::with_capacity(batch.len());
+    let mut messages = Vec::with_capacity(batch.len());
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut first_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    let mut unusable = Vec::new();
+    let mut unusable: Vec<(&BorrowedMessage<'_>, String)> = Vec::new();
     for m in &batch {
         let tp = (m.topic().to_string(), m.partition());
         let Some((_, stored)) = partitions.get(&tp) else { continue };
@@ -361,14 +362,39 @@ async fn apply(
         }
         next.insert(tp.clone(), m.offset() + 1);
         match inbound(m, options) {
-            Ok(e) => events.push(e),
+            Ok(e) => {
+                events.push(e);
+                messages.push(m);
+            }
             Err(reason) => {
                 tracing::warn!(topic = %tp.0, partition = tp.1, offset = m.offset(), "An inbound message cannot be used and goes to the feed's dead-letter topic: {reason}.");
-                unusable.push((m, reason));
+                unusable.push((m, reason.to_string()));
             }
         }
     }
-    let mut outcome = apply_batch(&mut tx.conn(), ctx, &events).await?;
+    let mut outcome = match isolated(&mut tx, ctx, &events).await? {
+        Ok(outcome) => outcome,
+        // One event the database or an outbound schema refuses must not hold up the others, nor
+        // fail this batch again and again: the events are applied one by one, each within a
+        // savepoint, and those refused on their own go to the dead-letter topic.
+        Err(refused) => {
+            tracing::warn!(
+                events = events.len(),
+                "A batch was refused ({refused}); applying its events one by one to set aside the one that cannot be applied."
+            );
+            let mut total = BatchOutcome::default();
+            for (event, m) in events.iter().zip(&messages) {
+                match isolated(&mut tx, ctx, std::slice::from_ref(event)).await? {
+                    Ok(one) => total.add(&one),
+                    Err(reason) => {
+                        tracing::warn!(topic = %event.topic, partition = event.partition, offset = event.offset, "An inbound event cannot be applied and goes to the feed's dead-letter topic: {reason}.");
+                        unusable.push((m, reason));
+                    }
+                }
+            }
+            total
+        }
+    };
     outcome.events += unusable.len() as u64;
     outcome.unusable = unusable.len() as u64;
     let now = now_rfc3339();
@@ -415,7 +441,7 @@ async fn apply(
             ("topic", m.topic()),
             ("error_code", "unusable"),
             ("stage", "match"),
-            ("reason", reason),
+            ("reason", reason.as_str()),
             ("source_partition", partition.as_str()),
             ("source_offset", offset.as_str()),
         ];
@@ -439,6 +465,51 @@ async fn apply(
     }
     drop(known);
     Ok(Some(outcome))
+}
+
+const SAVEPOINT: &str = "doudi_events";
+
+/// Applies `events` within a savepoint of `tx`. `Ok(Err(reason))` when the database or an
+/// outbound schema refused them (the savepoint is rolled back, the transaction goes on); `Err`
+/// when the database cannot be reached or the transaction cannot go on. The reason names no value.
+async fn isolated(tx: &mut Tx, ctx: &Context, events: &[Inbound]) -> Result<Result<BatchOutcome, String>, MatchError> {
+    tx.conn().execute(format!("SAVEPOINT {SAVEPOINT}"), Vec::new()).await?;
+    match apply_batch(&mut tx.conn(), ctx, events).await {
+        Ok(outcome) => {
+            tx.conn().execute(format!("RELEASE SAVEPOINT {SAVEPOINT}"), Vec::new()).await?;
+            Ok(Ok(outcome))
+        }
+        Err(e) => match refusal(&e) {
+            Some(reason) => {
+                tx.conn().execute(format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"), Vec::new()).await?;
+                tx.conn().execute(format!("RELEASE SAVEPOINT {SAVEPOINT}"), Vec::new()).await?;
+                Ok(Err(reason))
+            }
+            None => Err(e.into()),
+        },
+    }
+}
+
+/// Why the events were refused, when the refusal is theirs: a value the database will not store
+/// (say a NUL character in a name), a constraint, an outbound event its schema refuses. A lost
+/// connection, a deadlock or a serialisation failure is not the events' doing (`None`).
+fn refusal(e: &ApplyError) -> Option<String> {
+    match e {
+        ApplyError::InvalidOutbound { topic, reason } => {
+            Some(format!("the outbound event for {topic} does not match its schema ({reason})"))
+        }
+        ApplyError::Db(DbError::Query(sqlx::Error::Database(db))) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            // SQLSTATE classes 08 (connection), 40 (transaction rollback), 53 (resources), 57
+            // (operator intervention) and 58 (system) are the server's state, not the event's.
+            let transient = ["08", "40", "53", "57", "58"].iter().any(|class| code.starts_with(class));
+            // SQLite reports busy and locked databases with codes 5 and 6.
+            let busy = matches!(code.as_str(), "5" | "6" | "261" | "262" | "517");
+            (!transient && !busy).then(|| format!("the database refused it (SQLSTATE {code})"))
+        }
+        ApplyError::Db(DbError::Encoding(what)) => Some(format!("its rows for {what} could not be encoded")),
+        _ => None,
+    }
 }
 
 fn header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
@@ -744,4 +815,21 @@ async fn mark_sent(db: &Database, ids: &[Bind]) -> Result<(), MatchError> {
     let mut conn = Pooled::acquire(db).await.map_err(DbError::Query)?;
     crate::db::sql::execute_in(&mut conn.conn(), "DELETE FROM outbox_pending WHERE id IN", &[], ids).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outbound_schema_refusal_is_the_events_and_a_lost_server_is_not() {
+        let outbound = ApplyError::InvalidOutbound { topic: "exchange.recipient.status.v1".into(), reason: "/category".into() };
+        assert_eq!(
+            refusal(&outbound).as_deref(),
+            Some("the outbound event for exchange.recipient.status.v1 does not match its schema (/category)")
+        );
+        for server in [sqlx::Error::PoolTimedOut, sqlx::Error::Io(std::io::Error::other("reset")), sqlx::Error::WorkerCrashed] {
+            assert_eq!(refusal(&ApplyError::Db(DbError::Query(server))), None, "waited out, never dead-lettered");
+        }
+    }
 }
