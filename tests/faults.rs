@@ -183,3 +183,110 @@ async fn a_daemon_started_before_its_database_waits_for_it() {
     wait_until("/readyz says ready once the database is up", Duration::from_secs(90), || async { readyz(port).await == Some(200) }).await;
     common::stop_by_sigterm(acks, "acks, after waiting for its database");
 }
+
+/// `doudi args` as a daemon against `database_url` and the broker at `bootstrap`.
+fn daemon_on(args: &[&str], database_url: &str, port: u16, bootstrap: &str) -> Child {
+    Command::new(common::doudi_bin())
+        .args(args)
+        .env_remove("DOUDI_CONFIG")
+        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("DOUDI_DATABASE_URL", database_url)
+        .env("DOUDI_HTTP_PORT", port.to_string())
+        .env("DOUDI_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Every record on `topics` of the broker at `kafka` (read_committed), by `ce_id`: how many times each.
+async fn ce_ids(kafka: &doudi::config::KafkaSettings, topics: &[String]) -> std::collections::HashMap<String, usize> {
+    use rdkafka::Message;
+    use rdkafka::consumer::Consumer;
+    use rdkafka::message::Headers;
+    let consumer = doudi::kafka::committed_consumer(kafka, &common::unique("fault-reader")).unwrap();
+    consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let mut seen = std::collections::HashMap::new();
+    while let Ok(m) = tokio::time::timeout(Duration::from_secs(6), consumer.recv()).await {
+        let m = m.unwrap();
+        let id = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
+        *seen.entry(id.unwrap_or_default()).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// The matcher and its relay under load while the network to the broker is cut for 8 s, and
+/// then while the broker itself restarts: the matcher keeps running, says not ready while it
+/// cannot reach the broker, resumes by itself, and ends in the state of a clean run. Every change
+/// is published, and a change published twice (the relay re-sends what it had not marked sent)
+/// carries the same `ce_id`, which consumers drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_matcher_and_relay_wait_out_a_network_cut_and_a_broker_restart() {
+    const HOUSEHOLDS: u32 = 400;
+    let kafka = common::proxy::OwnKafka::start().await;
+    let settings = kafka.settings();
+    let pg = common::fresh_postgres().await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    for feed in doudi::matcher::Feed::ALL {
+        doudi::kafka::ensure_topic(&settings, &format!("test.{}.{suffix}", feed.topic()), 3, 1).await.unwrap();
+    }
+    let outbound = common::synthetic::outbound_topics_on(&settings, &suffix).await;
+    common::synthetic::produce_on(&settings, &suffix, HOUSEHOLDS).await;
+
+    let port = common::free_port();
+    let (group, suffix_arg) = (common::unique("fault-broker"), format!(".{suffix}"));
+    let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas");
+    let args =
+        ["match", "--group", &group, "--topic-prefix", "test.", "--topic-suffix", &suffix_arg, "--batch-size", "10", "--schemas", schemas];
+    let mut matcher = daemon_on(&args, &pg.settings.url, port, &settings.bootstrap_servers);
+    let url = pg.settings.url.clone();
+    let processed = "SELECT COUNT(*) FROM processed_events";
+    let events = i64::from(HOUSEHOLDS) * 2;
+
+    wait_until("the matcher applies its first batches", Duration::from_secs(90), || async {
+        count(&url, processed).await.is_some_and(|n| n > 0)
+    })
+    .await;
+    // A network cut of 8 s between doudi and the broker.
+    let cut_at = Instant::now();
+    kafka.proxy.cut();
+    wait_until("/readyz says not ready while the broker cannot be reached", Duration::from_secs(30), || async {
+        readyz(port).await == Some(503)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(cut_at.elapsed())).await;
+    assert!(alive(&mut matcher), "the matcher keeps running while the network is cut");
+    kafka.proxy.resume();
+    let before = count(&url, processed).await.unwrap_or(0);
+    wait_until("the matcher goes on after the network returns", Duration::from_secs(90), || async {
+        count(&url, processed).await.is_some_and(|n| n > before || n == events)
+    })
+    .await;
+    // The broker restarts.
+    kafka.script("stop").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(alive(&mut matcher), "the matcher keeps running while the broker is down");
+    kafka.script("start").await;
+    wait_until("every event applied after the broker returned", Duration::from_secs(240), || async {
+        count(&url, processed).await == Some(events)
+    })
+    .await;
+    wait_until("everything published", Duration::from_secs(90), || async {
+        count(&url, "SELECT COUNT(*) FROM outbox_pending").await == Some(0)
+    })
+    .await;
+    wait_until("/readyz says ready again", Duration::from_secs(60), || async { readyz(port).await == Some(200) }).await;
+    common::stop_by_sigterm(matcher, "the matcher, after the broker's outages");
+
+    let published = ce_ids(&settings, &outbound).await;
+    let outbox = count(&url, "SELECT COUNT(DISTINCT ce_id) FROM outbox").await.unwrap();
+    assert_eq!(published.len() as i64, outbox, "every change in the outbox is on its topic, none lost");
+    let (decisions, entitlements, facts) = common::synthetic::final_state(&url).await;
+    let (b_decisions, b_entitlements, b_facts) = common::synthetic::clean_reference_on(&settings, &suffix).await;
+    assert_eq!(decisions.len(), HOUSEHOLDS as usize);
+    assert_eq!(decisions, b_decisions, "the decisions equal a clean run's");
+    assert_eq!(entitlements, b_entitlements);
+    assert_eq!(facts, b_facts);
+}

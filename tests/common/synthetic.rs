@@ -7,9 +7,14 @@ use sqlx::Row;
 
 /// Creates every outbound topic the matcher writes, named `test.<name>.<suffix>`; returns their names.
 pub async fn outbound_topics(suffix: &str) -> Vec<String> {
+    outbound_topics_on(&super::kafka(), suffix).await
+}
+
+/// [`outbound_topics`] on the broker of `kafka`.
+pub async fn outbound_topics_on(kafka: &doudi::config::KafkaSettings, suffix: &str) -> Vec<String> {
     let names: Vec<String> = doudi::matcher::Outbound::with_affixes("test.", &format!(".{suffix}")).names.into_values().collect();
     for name in &names {
-        doudi::kafka::ensure_topic(&super::kafka(), name, 3, 1).await.unwrap();
+        doudi::kafka::ensure_topic(kafka, name, 3, 1).await.unwrap();
     }
     names
 }
@@ -17,10 +22,15 @@ pub async fn outbound_topics(suffix: &str) -> Vec<String> {
 /// `households` synthetic households (a registration and an employment event each) on the inbound
 /// topics `test.<feed>.<suffix>`, as a connector would write them (CloudEvents headers, HMAC keys).
 pub async fn produce(suffix: &str, households: u32) {
+    produce_on(&super::kafka(), suffix, households).await
+}
+
+/// [`produce`] on the broker of `kafka`.
+pub async fn produce_on(kafka: &doudi::config::KafkaSettings, suffix: &str, households: u32) {
     use doudi::envelope::{Envelope, KeyDeriver};
     use doudi::matcher::synthetic;
     use rdkafka::producer::FutureRecord;
-    let producer = doudi::kafka::idempotent_producer(&super::kafka()).unwrap();
+    let producer = doudi::kafka::idempotent_producer(kafka).unwrap();
     let keys = KeyDeriver::new(&doudi::config::Settings::default().keys);
     let mut pending = Vec::new();
     for n in 0..households {
@@ -90,6 +100,11 @@ pub async fn final_state(url: &str) -> (Vec<String>, Vec<String>, i64) {
 /// The same input applied by one uninterrupted run into another database, publishing to other
 /// topics: the state every other run must end in.
 pub async fn clean_reference(suffix: &str) -> (Vec<String>, Vec<String>, i64) {
+    clean_reference_on(&super::kafka(), suffix).await
+}
+
+/// [`clean_reference`] reading the broker of `kafka`.
+pub async fn clean_reference_on(kafka: &doudi::config::KafkaSettings, suffix: &str) -> (Vec<String>, Vec<String>, i64) {
     let clean = super::fresh_postgres().await;
     let reference_suffix = format!("{}-clean", suffix);
     let ctx = doudi::matcher::Context {
@@ -101,7 +116,7 @@ pub async fn clean_reference(suffix: &str) -> (Vec<String>, Vec<String>, i64) {
         outbound: doudi::matcher::Outbound::with_affixes("test.", &format!(".{reference_suffix}")),
         today: chrono::Local::now().date_naive(),
     };
-    outbound_topics(&reference_suffix).await;
+    outbound_topics_on(kafka, &reference_suffix).await;
     let options = doudi::matcher::MatchOptions {
         group: super::unique("clean"),
         inbound: doudi::matcher::MatchOptions::inbound_with_affixes("test.", &format!(".{}", suffix)),
@@ -114,6 +129,6 @@ pub async fn clean_reference(suffix: &str) -> (Vec<String>, Vec<String>, i64) {
         outbox_retention: None,
     };
     let clean_db = doudi::db::Database::connect(&clean.settings).await.unwrap();
-    doudi::matcher::run(&clean_db, &super::kafka(), &ctx, &options, std::future::pending()).await.unwrap();
+    doudi::matcher::run(&clean_db, kafka, &ctx, &options, std::future::pending()).await.unwrap();
     final_state(&clean.settings.url).await
 }
