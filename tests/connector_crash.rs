@@ -435,3 +435,30 @@ async fn a_partial_upload_is_never_read() {
 fn drop_file(file: std::fs::File) {
     file.sync_all().unwrap();
 }
+
+/// A full disk under the drop folder: the daemon keeps running, produces the complete file once
+/// and moves it to done/ (a rename needs no room); an unreadable file still moves to failed/ even
+/// though its reason cannot be written beside it (the log and the job run keep the reason).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_drop_folder_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("test.fulldisk.{}", uuid::Uuid::new_v4().simple());
+    topic_with_limit(&topic, None).await;
+    let (schemas, config, drop, _) = drop_workspace(dir.path(), &topic, "complete = \"rename\"");
+    let disk = common::Tmpfs::mount(&drop, "256k");
+    let rows: String = std::iter::once(STUDENT_HEADER.to_string()).chain((1..21).map(|i| student_row(i, "某小学"))).collect();
+    std::fs::write(drop.join("a.csv"), &rows).unwrap();
+    std::fs::write(drop.join("b.csv"), encoding_rs::GBK.encode(STUDENT_HEADER).0).unwrap();
+    disk.fill();
+    let reader = common::Reader::new(&[topic.as_str()]);
+    let (mut daemon, _) = drop_daemon(dir.path(), &schemas, &config);
+    wait_for(dir.path(), "both files sorted on the full disk", Duration::from_secs(60), || {
+        drop.join("done/a.csv").exists() && drop.join("failed/b.csv").exists()
+    })
+    .await;
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon keeps running on a full disk");
+    let records = reader.until_quiet(Duration::from_secs(4)).await;
+    assert_eq!(records.len(), 20, "every row of the complete file, once");
+    common::stop_by_sigterm(daemon, "the drop-folder daemon on a full disk");
+    std::mem::drop(disk);
+}

@@ -551,3 +551,38 @@ async fn a_run_stopped_during_retries_leaves_everything_before_settled_and_the_r
     assert_eq!(seen.lock().unwrap().iter().map(|s| s.0.clone()).collect::<Vec<_>>(), vec![c.clone()]);
     assert_eq!(x.states().await[&c].0, "delivered");
 }
+
+/// A full disk under the export folder: the day's export fails with the reason and exit code 3,
+/// leaves no half-written file (nor temporary file) for an importer to pick up, and marks nothing
+/// delivered. Once there is room again, the same command writes the whole day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_export_disk_fails_the_day_cleanly_and_the_rerun_completes_it() {
+    let x = Exchange::new().await;
+    let granted = x.publish("housing", "220102195003070015", "housing_assistance", "granted", json!({"category": "dibao"})).await;
+    let out = x.dir.path().join("exports");
+    let disk = common::Tmpfs::mount(&out, "64k");
+    let filler = disk.fill();
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/connectors/housing-out.toml")).unwrap();
+    let config = x.config(
+        "housing-out.toml",
+        &shipped
+            .replace("directory = \"exports/housing\"", &format!("directory = \"{}\"", out.display()))
+            .replace("name = \"housing-out\"", &format!("name = \"t-full-{}\"", &x.suffix[1..9])),
+    );
+    let today = doudi::db::china_date(chrono::Utc::now()).to_string();
+    let args = ["deliver", "--config", config.to_str().unwrap(), "--date", &today, "--topic-suffix", &x.suffix];
+    let (code, _, stderr) = x.doudi(&args, &[]);
+    assert_eq!(code, 3, "a full disk is an infrastructure failure: {stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec![".filler".to_string()], "nothing half-written is left: {names:?}");
+    assert_ne!(x.states().await.get(&granted).map(|s| s.0.as_str()), Some("delivered"), "nothing is marked delivered");
+
+    std::fs::remove_file(&filler).unwrap();
+    let (code, stdout, stderr) = x.doudi(&args, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["rows"].as_u64(), Some(1));
+    assert_eq!(x.states().await[&granted].0, "delivered");
+    drop(disk);
+}

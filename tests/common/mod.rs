@@ -273,3 +273,38 @@ pub fn stop_by_sigterm(mut child: std::process::Child, what: &str) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A small tmpfs mounted for a test (a disk that fills up), unmounted when dropped, even when
+/// the test fails. Mounting needs root, as `make test` runs on this project's machines.
+pub struct Tmpfs {
+    pub path: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mounting a tmpfs (this test needs root): {}", String::from_utf8_lossy(&out.stderr));
+        Tmpfs { path: path.to_path_buf() }
+    }
+
+    /// Writes a filler file until the disk is full; returns its path.
+    pub fn fill(&self) -> std::path::PathBuf {
+        let filler = self.path.join(".filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while std::io::Write::write_all(&mut f, &block).is_ok() {}
+        let _ = std::io::Write::write_all(&mut f, &[0u8; 1]);
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).output();
+    }
+}
