@@ -462,3 +462,212 @@ async fn a_full_disk_under_the_drop_folder_loses_nothing() {
     common::stop_by_sigterm(daemon, "the drop-folder daemon on a full disk");
     std::mem::drop(disk);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Repeated SIGKILL of each connector transport as a daemon: whatever the moment, the topic ends
+// with every record exactly once.
+// ---------------------------------------------------------------------------------------------
+
+/// The workspace's connector with `transport` (TOML lines) in place of its drop folder.
+fn with_transport(config: &Path, transport: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let shipped = "[transport]\nkind = \"drop_folder\"\npath = \"/var/lib/doudi/drop/edu-student\"\npattern = \"*.csv\"";
+    assert!(text.contains(shipped));
+    std::fs::write(config, text.replace(shipped, &format!("[transport]\n{transport}"))).unwrap();
+}
+
+fn sigkill(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// How many times each `ce_id` is on `topic` (read_committed).
+async fn ce_id_counts(topic: &str) -> std::collections::HashMap<String, usize> {
+    let consumer = doudi::kafka::committed_consumer(&common::kafka(), &common::unique("test-group")).unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut seen = std::collections::HashMap::new();
+    while let Ok(m) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+        let m = m.unwrap();
+        let id = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
+        *seen.entry(id.unwrap_or_default()).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// The drop-folder daemon killed four times while it works through a large file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drop_folder_daemon_killed_again_and_again_produces_each_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("test.killdrop.{}", uuid::Uuid::new_v4().simple());
+    topic_with_limit(&topic, None).await;
+    let (schemas, config, drop, _) = drop_workspace(dir.path(), &topic, "complete = \"rename\"");
+    let (input, bad) = students(dir.path());
+    std::fs::rename(&input, drop.join("students.csv")).unwrap();
+    for (i, delay_ms) in [1500u64, 900, 1200, 700].into_iter().enumerate() {
+        let (mut daemon, _) = drop_daemon(dir.path(), &schemas, &config);
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        sigkill(&mut daemon);
+        if i < 2 {
+            assert!(!drop.join("done/students.csv").exists(), "kill {} came after the file was finished: make the file longer", i + 1);
+        }
+    }
+    let (daemon, _) = drop_daemon(dir.path(), &schemas, &config);
+    wait_for(dir.path(), "the file is finished after the kills", Duration::from_secs(120), || drop.join("done/students.csv").exists())
+        .await;
+    common::stop_by_sigterm(daemon, "the drop-folder daemon");
+    let counts = ce_id_counts(&topic).await;
+    assert_eq!(counts.len(), ROWS - bad, "every good row");
+    assert!(counts.values().all(|n| *n == 1), "none twice");
+}
+
+/// The HTTP push daemon killed three times while a department's system sends 20 requests, each
+/// retried with its Idempotency-Key until answered: every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_daemon_killed_again_and_again_takes_each_request_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("test.killpush.{}", uuid::Uuid::new_v4().simple());
+    topic_with_limit(&topic, None).await;
+    let name = format!("push{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (schemas, config) = workspace(dir.path(), &topic, &name);
+    let port = common::free_port();
+    with_transport(&config, &format!("kind = \"http\"\nbind = \"127.0.0.1\"\nport = {port}\ntoken_env = \"TEST_PUSH_TOKEN\""));
+    let token = "a-department-token-of-some-length";
+    let spawn = || {
+        Command::new(common::doudi_bin())
+            .args(["connect", "--config", config.to_str().unwrap(), "--schemas", schemas.to_str().unwrap()])
+            .env("DOUDI_HTTP_PORT", common::free_port().to_string())
+            .env("TEST_PUSH_TOKEN", token)
+            .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
+            .env("DOUDI_DATABASE_URL", format!("sqlite://{}", dir.path().join("doudi.db").display()))
+            .env("DOUDI_LOG_LEVEL", "warn")
+            .env_remove("DOUDI_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let request = |n: usize| -> String {
+        (0..100)
+            .map(|i| {
+                let row = student_row(n * 100 + i, "某小学");
+                let cells: Vec<&str> = row.trim_end().split(',').collect();
+                serde_json::json!({"学生姓名": cells[0], "身份证件号": cells[1], "学段": cells[2], "学校名称": cells[3], "在读状态": cells[4], "变动日期": cells[5]}).to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut daemon = spawn();
+    let mut kills = 0;
+    for n in 0..20 {
+        let body = request(n);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // Kill the daemon while requests 3, 9 and 15 are in flight, and start it again: the
+        // department's system gets no reply (or an error) and retries with the same key.
+        if kills < 3 && n == 3 + 6 * kills {
+            let in_flight = std::thread::spawn({
+                let body = body.clone();
+                move || push_request(port, token, n, &body)
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            sigkill(&mut daemon);
+            kills += 1;
+            daemon = spawn();
+            let _ = in_flight.join();
+        }
+        while push_request(port, token, n, &body) != Some(200) {
+            assert!(std::time::Instant::now() < deadline, "request {n} was never answered");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    // Every request once more, as a department's retry after a lost reply would: nothing new.
+    for n in [0, 3, 9, 15, 19] {
+        assert_eq!(push_request(port, token, n, &request(n)), Some(200));
+    }
+    common::stop_by_sigterm(daemon, "the push daemon");
+    let counts = ce_id_counts(&topic).await;
+    assert_eq!(counts.len(), 2000, "every record");
+    assert!(counts.values().all(|c| *c == 1), "none twice");
+}
+
+/// POSTs one request of JSON lines to HTTP push; the reply's status, or `None` without a reply.
+fn push_request(port: u16, token: &str, n: usize, body: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let head = format!(
+        "POST /v1/records HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nIdempotency-Key: request-{n}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body.as_bytes()).ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    reply.split_whitespace().nth(1).and_then(|s| s.parse().ok())
+}
+
+/// Table polling killed three times while it reads a source table in batches: every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_polling_daemon_killed_again_and_again_reads_each_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("test.killpoll.{}", uuid::Uuid::new_v4().simple());
+    topic_with_limit(&topic, None).await;
+    let name = format!("poll{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (schemas, config) = workspace(dir.path(), &topic, &name);
+    let source = common::fresh_postgres().await;
+    let pool = sqlx::PgPool::connect(&source.settings.url).await.unwrap();
+    sqlx::query("CREATE TABLE student_changes (seq BIGSERIAL PRIMARY KEY, \"学生姓名\" TEXT, \"身份证件号\" TEXT, \"学段\" TEXT, \"学校名称\" TEXT, \"在读状态\" TEXT, \"变动日期\" TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    const SOURCE_ROWS: usize = 4000;
+    for chunk in 0..(SOURCE_ROWS / 500) {
+        let mut insert = String::from(
+            "INSERT INTO student_changes (\"学生姓名\", \"身份证件号\", \"学段\", \"学校名称\", \"在读状态\", \"变动日期\") VALUES ",
+        );
+        let values: Vec<String> = (chunk * 500..chunk * 500 + 500)
+            .map(|i| {
+                let row = student_row(i, "某小学");
+                let cells: Vec<String> = row.trim_end().split(',').map(|c| format!("'{c}'")).collect();
+                format!("({})", cells.join(","))
+            })
+            .collect();
+        insert.push_str(&values.join(","));
+        sqlx::query(sqlx::AssertSqlSafe(insert)).execute(&pool).await.unwrap();
+    }
+    with_transport(
+        &config,
+        "kind = \"postgres_poll\"\nurl_env = \"TEST_SOURCE_URL\"\ntable = \"student_changes\"\ncursor_column = \"seq\"\ncursor_type = \"bigint\"\npoll_secs = 1\nbatch_rows = 100",
+    );
+    let spawn = || {
+        Command::new(common::doudi_bin())
+            .args(["connect", "--config", config.to_str().unwrap(), "--schemas", schemas.to_str().unwrap()])
+            .env("DOUDI_HTTP_PORT", common::free_port().to_string())
+            .env("TEST_SOURCE_URL", &source.settings.url)
+            .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
+            .env("DOUDI_DATABASE_URL", format!("sqlite://{}", dir.path().join("doudi.db").display()))
+            .env("DOUDI_LOG_LEVEL", "warn")
+            .env_remove("DOUDI_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    for delay_ms in [2500u64, 1200, 1800] {
+        let mut daemon = spawn();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        sigkill(&mut daemon);
+    }
+    let daemon = spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let counts = loop {
+        let counts = ce_id_counts(&topic).await;
+        if counts.len() >= SOURCE_ROWS || std::time::Instant::now() > deadline {
+            break counts;
+        }
+    };
+    common::stop_by_sigterm(daemon, "the polling daemon");
+    assert_eq!(counts.len(), SOURCE_ROWS, "every row of the table");
+    assert!(counts.values().all(|c| *c == 1), "none twice");
+}
