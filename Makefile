@@ -10,7 +10,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 DOUDI := $(CARGO_TARGET_DIR)/release/doudi
 CARGO_TEST_FLAGS ?=
 
-.PHONY: demo test setup build services lint unit bench stop
+.PHONY: demo test setup build services lint unit bench chaos stop
 
 setup:
 	@scripts/setup
@@ -43,6 +43,13 @@ UNIT_TESTS := --lib --bins --test cli --test schemas --test ops_http --test metr
 
 unit: setup
 	cargo test --release --locked $(UNIT_TESTS) -- --test-threads=2
+
+# A soak of load and random faults (network cuts, broker and PostgreSQL restarts, SIGKILLs) for
+# CHAOS_SECONDS (default 600); prints what went in and out and the time to recover from each fault.
+CHAOS_SECONDS ?= 600
+chaos: build services
+	CHAOS_SECONDS=$(CHAOS_SECONDS) DOUDI_TEST_DATABASE_URL=$$(scripts/postgres url) DOUDI_KAFKA_BOOTSTRAP_SERVERS=$$(scripts/kafka bootstrap) \
+	  cargo test --release --locked --test faults chaos -- --ignored --nocapture
 
 bench: build services
 	scripts/bench

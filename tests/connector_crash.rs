@@ -638,7 +638,7 @@ async fn the_polling_daemon_killed_again_and_again_reads_each_row_once() {
     }
     with_transport(
         &config,
-        "kind = \"postgres_poll\"\nurl_env = \"TEST_SOURCE_URL\"\ntable = \"student_changes\"\ncursor_column = \"seq\"\ncursor_type = \"bigint\"\npoll_secs = 1\nbatch_rows = 100",
+        "kind = \"postgres_poll\"\nurl_env = \"TEST_SOURCE_URL\"\ntable = \"student_changes\"\ncursor_column = \"seq\"\ncursor_type = \"bigint\"\npoll_secs = 1\nbatch_rows = 100\nsettle_secs = 0",
     );
     let spawn = || {
         Command::new(common::doudi_bin())

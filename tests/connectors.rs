@@ -240,20 +240,95 @@ async fn postgres_table_polling_resumes_from_the_cursor() {
         cursor_type: "bigint".into(),
         poll_secs: 1,
         batch_rows: 2,
+        settle_secs: 0,
     };
     let query = doudi::connect::poll::batch_query(&table, "seq", "bigint");
+    let mut settling = doudi::connect::poll::Settling::new(&table, "seq", Duration::ZERO);
     let mut connector = Connector::start(config.clone(), registry.clone(), &settings()).await.unwrap();
-    let (n, first) = doudi::connect::poll::poll_once(&mut connector, &pool, &query, 2).await.unwrap();
+    let (n, first) =
+        doudi::connect::poll::poll_once(&mut connector, &pool, &query, 2, settling.settled(&pool).await.unwrap().as_deref()).await.unwrap();
     assert_eq!((n, first.produced, first.dead_lettered), (2, 1, 1));
     // A restart resumes after the committed cursor.
     drop(connector);
     let mut connector = Connector::start(config, registry, &settings()).await.unwrap();
-    let (n, second) = doudi::connect::poll::poll_once(&mut connector, &pool, &query, 2).await.unwrap();
+    let (n, second) =
+        doudi::connect::poll::poll_once(&mut connector, &pool, &query, 2, settling.settled(&pool).await.unwrap().as_deref()).await.unwrap();
     assert_eq!((n, second.produced), (1, 1));
-    assert_eq!(doudi::connect::poll::poll_once(&mut connector, &pool, &query, 2).await.unwrap().0, 0);
+    assert_eq!(
+        doudi::connect::poll::poll_once(&mut connector, &pool, &query, 2, settling.settled(&pool).await.unwrap().as_deref())
+            .await
+            .unwrap()
+            .0,
+        0
+    );
     insert("220102195003070015", "hukou_moved_out").await;
-    assert_eq!(doudi::connect::poll::poll_once(&mut connector, &pool, &query, 2).await.unwrap().0, 1);
+    assert_eq!(
+        doudi::connect::poll::poll_once(&mut connector, &pool, &query, 2, settling.settled(&pool).await.unwrap().as_deref())
+            .await
+            .unwrap()
+            .0,
+        1
+    );
     assert_eq!(committed(&topic).await.len(), 3);
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}"))).execute(&pool).await.unwrap();
+}
+
+/// Regression: polling by a sequence read whatever was committed, so a row whose transaction took
+/// a lower sequence value but committed after a higher one was skipped for ever (shown here with
+/// `settle_secs = 0`). With a settle time, rows are read only up to the highest cursor seen that
+/// long ago, and the late row is read with the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_polling_reads_rows_committed_out_of_cursor_order() {
+    let table = format!("vital_{}", uuid::Uuid::new_v4().simple());
+    let url = common::postgres().url;
+    let pool = sqlx::postgres::PgPoolOptions::new().connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (seq bigserial primary key, id_number text, name text, event text, date text, source text)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let insert = format!("INSERT INTO {table} (id_number, name, event, date, source) VALUES ($1, '某人', 'death', '2019-12-20', '殡葬')");
+    // A slow transaction takes sequence value 1; a quick one takes 2 and commits first.
+    let mut slow = pool.begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(insert.clone())).bind("220102195003070015").execute(&mut *slow).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(insert.clone())).bind("22010220110601003X").execute(&pool).await.unwrap();
+    let start = |suffix: String| async move {
+        let (mut config, registry) = common::isolated_in("vital-event", &suffix).await;
+        config.transport = doudi::connect::config::Transport::PostgresPoll {
+            url_env: "UNUSED".into(),
+            table: String::new(),
+            cursor_column: "seq".into(),
+            cursor_type: "bigint".into(),
+            poll_secs: 1,
+            batch_rows: 100,
+            settle_secs: 0,
+        };
+        let topic = config.connector.topic.clone();
+        (Connector::start(config, registry, &settings()).await.unwrap(), topic)
+    };
+    let query = doudi::connect::poll::batch_query(&table, "seq", "bigint");
+    let (mut eager, eager_topic) = start(uuid::Uuid::new_v4().simple().to_string()).await;
+    let (mut settled, settled_topic) = start(uuid::Uuid::new_v4().simple().to_string()).await;
+    let mut now = doudi::connect::poll::Settling::new(&table, "seq", Duration::ZERO);
+    let mut later = doudi::connect::poll::Settling::new(&table, "seq", Duration::from_secs(3));
+    let bound = now.settled(&pool).await.unwrap();
+    assert_eq!(doudi::connect::poll::poll_once(&mut eager, &pool, &query, 100, bound.as_deref()).await.unwrap().0, 1);
+    let bound = later.settled(&pool).await.unwrap();
+    assert_eq!(bound, None, "2 has not been the highest value for 3 s yet");
+    assert_eq!(doudi::connect::poll::poll_once(&mut settled, &pool, &query, 100, bound.as_deref()).await.unwrap().0, 0);
+    slow.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let bound = now.settled(&pool).await.unwrap();
+    assert_eq!(
+        doudi::connect::poll::poll_once(&mut eager, &pool, &query, 100, bound.as_deref()).await.unwrap().0,
+        0,
+        "without settling, the late row is skipped for ever: the hazard is real"
+    );
+    let bound = later.settled(&pool).await.unwrap();
+    assert_eq!(bound.as_deref(), Some("2"));
+    assert_eq!(doudi::connect::poll::poll_once(&mut settled, &pool, &query, 100, bound.as_deref()).await.unwrap().0, 2, "both rows");
+    assert_eq!((committed(&eager_topic).await.len(), committed(&settled_topic).await.len()), (1, 2));
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}"))).execute(&pool).await.unwrap();
 }
 

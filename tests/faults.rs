@@ -290,3 +290,173 @@ async fn the_matcher_and_relay_wait_out_a_network_cut_and_a_broker_restart() {
     assert_eq!(entitlements, b_entitlements);
     assert_eq!(facts, b_facts);
 }
+
+/// What the soak measured after one fault.
+struct Recovery {
+    fault: &'static str,
+    seconds: f64,
+}
+
+/// `make chaos`: load plus random faults for `CHAOS_SECONDS` (default 120), then a table of what
+/// went in and came out and how long each fault took to recover from. Not part of `make test`.
+///
+/// The load is synthetic households arriving every second on the inbound topics (two events
+/// each), applied by the matcher, published by its relay, and delivered to education's table by
+/// `doudi deliver`. The faults, chosen at random: a network cut of 4–10 s between doudi and the
+/// broker, a broker restart, a PostgreSQL restart, a SIGKILL of the matcher, a SIGKILL of the
+/// delivery (each killed daemon is started again at once, as Kubernetes would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a soak of minutes: run it with `make chaos`"]
+async fn chaos() {
+    let seconds: u64 = std::env::var("CHAOS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    let mut seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    println!("chaos: {seconds} s of load and faults, seed {seed} (CHAOS_SEED to repeat)");
+    let mut random = move |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let kafka = common::proxy::OwnKafka::start().await;
+    let settings = kafka.settings();
+    let pg = OwnPostgres::start();
+    let url = pg.url.clone();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    for feed in doudi::matcher::Feed::ALL {
+        doudi::kafka::ensure_topic(&settings, &format!("test.{}.{suffix}", feed.topic()), 3, 1).await.unwrap();
+    }
+    let outbound = common::synthetic::outbound_topics_on(&settings, &suffix).await;
+    let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas");
+    let (group, suffix_arg) = (common::unique("chaos"), format!(".{suffix}"));
+    let match_args =
+        ["match", "--group", &group, "--topic-prefix", "test.", "--topic-suffix", &suffix_arg, "--batch-size", "50", "--schemas", schemas];
+    let dir = tempfile::tempdir().unwrap();
+    let table = format!("chaos_aid_{}", &suffix[..8]);
+    let delivery = dir.path().join("education-out.toml");
+    std::fs::write(
+        &delivery,
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/connectors/education-out.toml"))
+            .unwrap()
+            .replace("table = \"education_student_aid\"", &format!("table = \"{table}\"")),
+    )
+    .unwrap();
+    let deliver_args = ["deliver", "--config", delivery.to_str().unwrap(), "--topic-prefix", "test.", "--topic-suffix", &suffix_arg];
+    let (match_port, deliver_port) = (common::free_port(), common::free_port());
+    let mut matcher = daemon_on(&match_args, &url, match_port, &settings.bootstrap_servers);
+    let mut deliver = daemon_on(&deliver_args, &url, deliver_port, &settings.bootstrap_servers);
+
+    // The load: 20 households a second, produced in the background (a producer that meets a fault
+    // waits it out, as a connector does).
+    let produced = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let stop_load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (settings, suffix, produced, stop_load) = (settings.clone(), suffix.clone(), produced.clone(), stop_load.clone());
+        async move {
+            let mut next = 0u32;
+            while !stop_load.load(std::sync::atomic::Ordering::SeqCst) {
+                common::synthetic::produce_range_on(&settings, &suffix, next..next + 20).await;
+                next += 20;
+                produced.store(next, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
+    let processed = "SELECT COUNT(*) FROM processed_events";
+    let started = Instant::now();
+    let mut recoveries = Vec::new();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep(Duration::from_secs(3 + random(5))).await;
+        let fault = match random(5) {
+            0 => {
+                kafka.proxy.cut();
+                tokio::time::sleep(Duration::from_secs(4 + random(7))).await;
+                kafka.proxy.resume();
+                "network cut to the broker"
+            }
+            1 => {
+                kafka.script("stop").await;
+                kafka.script("start").await;
+                "broker restart"
+            }
+            2 => {
+                pg.stop();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                pg.restart();
+                "PostgreSQL restart"
+            }
+            3 => {
+                let _ = matcher.kill();
+                let _ = matcher.wait();
+                matcher = daemon_on(&match_args, &url, match_port, &settings.bootstrap_servers);
+                "SIGKILL of the matcher"
+            }
+            _ => {
+                let _ = deliver.kill();
+                let _ = deliver.wait();
+                deliver = daemon_on(&deliver_args, &url, deliver_port, &settings.bootstrap_servers);
+                "SIGKILL of the delivery"
+            }
+        };
+        // Recovered: new load got through after the fault ended, and everything produced so far
+        // is applied (lag 0).
+        let before = produced.load(std::sync::atomic::Ordering::SeqCst);
+        let ended = Instant::now();
+        wait_until(&format!("recovery from a {fault}"), Duration::from_secs(300), || async {
+            let now = produced.load(std::sync::atomic::Ordering::SeqCst);
+            now > before && count(&url, processed).await.is_some_and(|n| n >= i64::from(now) * 2)
+        })
+        .await;
+        recoveries.push(Recovery { fault, seconds: ended.elapsed().as_secs_f64() });
+        assert!(alive(&mut matcher) && alive(&mut deliver), "no daemon exits because a server went away");
+    }
+    stop_load.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.await.unwrap();
+    let households = produced.load(std::sync::atomic::Ordering::SeqCst);
+    let events = i64::from(households) * 2;
+    wait_until("every event applied", Duration::from_secs(300), || async { count(&url, processed).await == Some(events) }).await;
+    wait_until("everything published", Duration::from_secs(120), || async {
+        count(&url, "SELECT COUNT(*) FROM outbox_pending").await == Some(0)
+    })
+    .await;
+    let to_deliver = "SELECT COUNT(*) FROM deliveries WHERE agency = 'education' AND state NOT IN ('delivered', 'applied')";
+    wait_until("everything delivered", Duration::from_secs(120), || async { count(&url, to_deliver).await == Some(0) }).await;
+    common::stop_by_sigterm(matcher, "the matcher after the soak");
+    common::stop_by_sigterm(deliver, "the delivery after the soak");
+
+    let applied = count(&url, "SELECT COUNT(DISTINCT ce_id) FROM processed_events").await.unwrap();
+    let outbox = count(&url, "SELECT COUNT(DISTINCT ce_id) FROM outbox").await.unwrap();
+    let published = ce_ids(&settings, &outbound).await;
+    let published_twice: usize = published.values().map(|n| n - 1).sum();
+    let to_education = count(&url, "SELECT COUNT(*) FROM deliveries WHERE agency = 'education'").await.unwrap();
+    let delivered =
+        count(&url, "SELECT COUNT(*) FROM deliveries WHERE agency = 'education' AND state IN ('delivered', 'applied')").await.unwrap();
+    let rows = count(&url, &format!("SELECT COUNT(*) FROM {table}")).await.unwrap();
+    let distinct_rows = count(&url, &format!("SELECT COUNT(DISTINCT (id_number, kind)) FROM {table}")).await.unwrap();
+    let lost = (events - applied) + (outbox - published.len() as i64) + (to_education - delivered);
+    println!();
+    println!("| measure | count |");
+    println!("|---|---|");
+    println!("| seconds of load and faults | {} |", started.elapsed().as_secs());
+    println!("| events in (households × 2) | {events} |");
+    println!("| applied (distinct events in the database) | {applied} |");
+    println!("| published (distinct changes on the outbound topics / in the outbox) | {} / {outbox} |", published.len());
+    println!("| published again with the same ce_id (consumers drop them) | {published_twice} |");
+    println!("| delivered to education (of its deliveries) | {delivered} / {to_education} |");
+    println!("| lost | {lost} |");
+    println!("| effects applied twice (rows in education's table per entitlement) | {} |", rows - distinct_rows);
+    println!();
+    println!("| fault | seconds to recover |");
+    println!("|---|---|");
+    for r in &recoveries {
+        println!("| {} | {:.1} |", r.fault, r.seconds);
+    }
+    assert_eq!(lost, 0, "nothing lost");
+    assert_eq!(rows, distinct_rows, "nothing applied twice");
+    let (decisions, entitlements, facts) = common::synthetic::final_state(&url).await;
+    let (b_decisions, b_entitlements, b_facts) = common::synthetic::clean_reference_on(&settings, &suffix).await;
+    assert_eq!(decisions.len(), households as usize);
+    assert_eq!(decisions, b_decisions, "the decisions equal a clean run's");
+    assert_eq!(entitlements, b_entitlements);
+    assert_eq!(facts, b_facts);
+}

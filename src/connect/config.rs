@@ -174,11 +174,20 @@ pub enum Transport {
         poll_secs: u64,
         #[serde(default = "default_batch_rows")]
         batch_rows: usize,
+        /// How long a cursor value must have been the table's highest before rows up to it are
+        /// read. A transaction that took a lower value (a sequence) but commits later than a
+        /// higher one is still read if it commits within this time; set it above the longest
+        /// transaction that writes the table. 0 reads at once and may skip such rows.
+        #[serde(default = "default_settle_secs")]
+        settle_secs: u64,
     },
 }
 
 fn default_poll_secs() -> u64 {
     10
+}
+fn default_settle_secs() -> u64 {
+    30
 }
 fn default_stable_secs() -> u64 {
     10

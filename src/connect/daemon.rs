@@ -44,8 +44,10 @@ pub async fn run(connector: Connector, settings: &Settings, shutdown: Shutdown) 
         Transport::Http { bind, port, token_env, max_body_bytes } => {
             super::push::serve(connector, runs, &bind, port, &token_env, max_body_bytes, shutdown).await
         }
-        Transport::PostgresPoll { url_env, table, cursor_column, cursor_type, poll_secs, batch_rows } => {
-            super::poll::run(connector, runs, &url_env, &table, &cursor_column, &cursor_type, poll_secs, batch_rows, shutdown).await
+        Transport::PostgresPoll { url_env, table, cursor_column, cursor_type, poll_secs, batch_rows, settle_secs } => {
+            let source =
+                super::poll::Source { url_env, table, cursor_column, cursor_type, batch_rows, settle: Duration::from_secs(settle_secs) };
+            super::poll::run(connector, runs, &source, poll_secs, shutdown).await
         }
     }
 }

@@ -27,13 +27,18 @@ pub async fn produce(suffix: &str, households: u32) {
 
 /// [`produce`] on the broker of `kafka`.
 pub async fn produce_on(kafka: &doudi::config::KafkaSettings, suffix: &str, households: u32) {
+    produce_range_on(kafka, suffix, 0..households).await
+}
+
+/// Households numbered `range` (two events each) on the broker of `kafka`.
+pub async fn produce_range_on(kafka: &doudi::config::KafkaSettings, suffix: &str, range: std::ops::Range<u32>) {
     use doudi::envelope::{Envelope, KeyDeriver};
     use doudi::matcher::synthetic;
     use rdkafka::producer::FutureRecord;
     let producer = doudi::kafka::idempotent_producer(kafka).unwrap();
     let keys = KeyDeriver::new(&doudi::config::Settings::default().keys);
     let mut pending = Vec::new();
-    for n in 0..households {
+    for n in range {
         for (feed, data, who) in [
             (doudi::matcher::Feed::Household, synthetic::household(n), synthetic::person(n, 0)),
             (doudi::matcher::Feed::Employment, synthetic::employment(n), synthetic::person(n, 1)),
