@@ -621,3 +621,58 @@ async fn review_catches_a_medical_settlement_leaving_its_twelve_months() {
     })
     .await;
 }
+
+/// The state that must not depend on the order facts arrive in: the household's current decision
+/// and the entitlements in force.
+async fn order_free_state(db: &Database, household_id: &str) -> (String, String, Vec<String>) {
+    let (category, payment) = category(db, household_id).await;
+    let entitlements = sqlx::query(
+        "SELECT agency, kind, id_number FROM entitlements WHERE household_id = $1 AND ended_on IS NULL ORDER BY agency, kind, id_number",
+    )
+    .bind(household_id)
+    .fetch_all(db.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| format!("{} {} {}", r.get::<String, _>(0), r.get::<String, _>(1), doudi::idnum::mask(&r.get::<String, _>(2))))
+    .collect();
+    (category, payment, entitlements)
+}
+
+/// A household's six events — its registration, a member's employment, a child's schooling, the
+/// housing office's finding, a death and the death's revocation — applied one by one in `order`.
+async fn household_in_order(order: &[usize]) -> (String, String, Vec<String>) {
+    const HH: &str = "JL-220102-2019-000124";
+    let events = [
+        (Feed::Household, household(HH)),
+        (Feed::Employment, fixture("hrss-employment", |v| v["id_number"] == "220102198506150029")),
+        (Feed::Student, fixture("edu-student", |v| v["id_number"] == "22010220110601003X")),
+        (Feed::Housing, fixture("housing-difficulty", |v| v["id_number"] == "220102198506150029")),
+        (Feed::Vital, json!({"id_number": "220102198506150029", "name": "李某", "event": "death", "date": "2019-12-20", "source": "殡葬"})),
+        (Feed::Vital, json!({"id_number": "220102198506150029", "event": "death_revoked", "date": "2019-12-28", "source": "公安"})),
+    ];
+    let (settings, _dir) = common::sqlite();
+    let db = Database::connect(&settings).await.unwrap();
+    let ctx = context();
+    let mut f = Feeder { offset: 0 };
+    for &i in order {
+        let (feed, payload) = events[i].clone();
+        apply(&db, &ctx, &[f.event(feed, payload)]).await;
+    }
+    order_free_state(&db, HH).await
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..proptest::prelude::ProptestConfig::default() })]
+    /// Out-of-order facts: whatever order a household's events arrive in, it ends with the same
+    /// decision and the same entitlements in force as when they arrive in order.
+    #[test]
+    fn any_order_of_a_households_events_gives_the_same_final_state(
+        order in proptest::strategy::Strategy::prop_shuffle(proptest::strategy::Just((0..6).collect::<Vec<usize>>()))
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (in_order, shuffled) = runtime.block_on(async { (household_in_order(&[0, 1, 2, 3, 4, 5]).await, household_in_order(&order).await) });
+        proptest::prop_assert!(!in_order.2.is_empty(), "the household holds entitlements: {:?}", in_order);
+        proptest::prop_assert_eq!(in_order, shuffled, "order {:?}", order);
+    }
+}
