@@ -884,3 +884,71 @@ async fn an_event_the_database_refuses_is_set_aside_and_the_batch_goes_on() {
     let again = x.run_matcher("refused");
     assert_eq!((again["unusable"].as_u64(), again["events"].as_u64()), (Some(0), Some(0)), "{again}");
 }
+
+/// A fence forced while a matcher works: another connection claims every partition of the group
+/// (the epochs bumped, as a new instance's claim does). The claim waits for the batch in flight
+/// (its row locks), which commits whole; the matcher then stops applying those partitions
+/// (`doudi_matcher_fenced_total`), and a second instance that joins the group applies the rest
+/// from the offsets the database holds. Nothing is lost or applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_forced_mid_work_stops_the_old_instance_and_the_new_one_resumes_from_the_stored_offsets() {
+    const HOUSEHOLDS: u32 = 400;
+    let x = Exchange::new().await;
+    common::synthetic::produce(&x.suffix, HOUSEHOLDS).await;
+    let mut args = x.match_args("fence");
+    args.retain(|a| a != "--until-idle");
+    args.extend(["--batch-size".to_string(), "20".to_string()]);
+    let port = common::free_port();
+    let first = x.matcher_command(&args).env("DOUDI_HTTP_PORT", port.to_string()).spawn().unwrap();
+    let pool = sqlx::PgPool::connect(&x.pg.settings.url).await.unwrap();
+    // Zero until the matcher has migrated the database.
+    let processed = || async { sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM processed_events").fetch_one(&pool).await.unwrap_or(0) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while processed().await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the first matcher did not start applying");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let group = args[args.iter().position(|a| a == "--group").unwrap() + 1].clone();
+    let bumped = sqlx::query("UPDATE consumer_offsets SET epoch = epoch + 1 WHERE consumer_group = $1")
+        .bind(&group)
+        .execute(&pool)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert!(bumped >= 1, "the first matcher had claimed its partitions");
+    let at_fence = processed().await;
+    assert!(at_fence < i64::from(HOUSEHOLDS) * 2, "the fence came while work remained");
+    let fenced = loop {
+        let (_, metrics) = common::http_get(&format!("127.0.0.1:{port}"), "/metrics").await;
+        let n: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("doudi_matcher_fenced_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if n >= 1.0 || std::time::Instant::now() > deadline + Duration::from_secs(30) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(fenced >= 1.0, "the first matcher noticed the fence");
+    // The second instance joins; the group's partitions are split again and each owner applies
+    // from the database's offsets.
+    let second = x.matcher_command(&args).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while processed().await < i64::from(HOUSEHOLDS) * 2 {
+        assert!(std::time::Instant::now() < deadline, "the rest was not applied after the fence");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    while sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox_pending").fetch_one(&pool).await.unwrap() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the rest was not published");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    common::stop_by_sigterm(first, "the fenced matcher");
+    common::stop_by_sigterm(second, "the second matcher");
+    assert_eq!(processed().await, i64::from(HOUSEHOLDS) * 2, "every event applied exactly once");
+    let (decisions, entitlements, facts) = common::synthetic::final_state(&x.pg.settings.url).await;
+    let (b_decisions, b_entitlements, b_facts) = common::synthetic::clean_reference(&x.suffix).await;
+    assert_eq!(decisions, b_decisions);
+    assert_eq!(entitlements, b_entitlements);
+    assert_eq!(facts, b_facts);
+}

@@ -44,5 +44,9 @@ pub(crate) fn describe_metrics() {
     describe_counter!("doudi_matcher_entitlement_changes_total", "Entitlement events written, by agency and change.");
     describe_counter!("doudi_matcher_review_tasks_total", "Review tasks raised, by kind.");
     describe_counter!("doudi_matcher_published_total", "Outbox rows published to their topic.");
+    describe_counter!(
+        "doudi_matcher_fenced_total",
+        "Partitions this instance stopped applying because another instance claimed them (when: batch_start, or batch_end with the batch rolled back)."
+    );
     describe_counter!("doudi_matcher_outbox_pruned_total", "Sent outbox rows deleted after their retention.");
 }

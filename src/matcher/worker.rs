@@ -317,6 +317,10 @@ async fn apply(
     let mut tx = Tx::begin(db).await?;
     // Lock and read the stored offsets of the batch's partitions; check the epochs.
     let mut partitions: BTreeMap<(String, i32), (i64, Option<i64>)> = BTreeMap::new();
+    // The row locks taken here make a claim by another instance wait until this batch ends, so a
+    // fence shows at the start of a batch; the epoch checked again at the end (the rollback below)
+    // guards a database without row locks.
+    let mut fenced_at_start = false;
     for m in &batch {
         let tp = (m.topic().to_string(), m.partition());
         if partitions.contains_key(&tp) {
@@ -342,7 +346,9 @@ async fn apply(
         };
         if epoch != own.epoch {
             tracing::warn!(topic = %tp.0, partition = tp.1, "Another matcher instance claimed this partition; this instance stops applying it.");
+            metrics::counter!("doudi_matcher_fenced_total", "when" => "batch_start").increment(1);
             owned.remove(&tp);
+            fenced_at_start = true;
             continue;
         }
         partitions.insert(tp, (epoch, (next >= 0).then_some(next)));
@@ -371,6 +377,11 @@ async fn apply(
                 unusable.push((m, reason.to_string()));
             }
         }
+    }
+    if fenced_at_start && events.is_empty() && unusable.is_empty() {
+        // Nothing of the batch is this instance's any more.
+        tx.rollback().await?;
+        return Ok(None);
     }
     let mut outcome = match isolated(&mut tx, ctx, &events).await? {
         Ok(outcome) => outcome,
@@ -416,6 +427,7 @@ async fn apply(
             )
             .await?;
         if updated != 1 {
+            metrics::counter!("doudi_matcher_fenced_total", "when" => "batch_end").increment(1);
             tx.rollback().await?;
             owned.remove(tp);
             tracing::warn!(topic = %tp.0, partition = tp.1, "The batch was rolled back: another matcher instance claimed one of its partitions.");
