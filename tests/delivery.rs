@@ -20,6 +20,7 @@ struct Exchange {
     pg: common::FreshPostgres,
     db: Database,
     dir: tempfile::TempDir,
+    producer: rdkafka::producer::FutureProducer,
 }
 
 impl Exchange {
@@ -33,7 +34,8 @@ impl Exchange {
         doudi::kafka::ensure_topic(&common::kafka(), &format!("exchange.entitlement.ack.v1{suffix}"), 1, 1).await.unwrap();
         let pg = common::fresh_postgres().await;
         let db = Database::connect(&pg.settings).await.unwrap();
-        Exchange { suffix, pg, db, dir: tempfile::tempdir().unwrap() }
+        let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
+        Exchange { suffix, pg, db, dir: tempfile::tempdir().unwrap(), producer }
     }
 
     fn topic(&self, agency: &str) -> String {
@@ -50,7 +52,7 @@ impl Exchange {
         for (k, v) in extra.as_object().unwrap() {
             payload[k] = v.clone();
         }
-        let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
+        let producer = &self.producer;
         let catalogue = doudi::topics::agency_topic(agency);
         let now = doudi::db::now_rfc3339();
         let headers = doudi::envelope::binary_mode_headers(
@@ -585,4 +587,61 @@ async fn a_full_export_disk_fails_the_day_cleanly_and_the_rerun_completes_it() {
     assert_eq!(summary["rows"].as_u64(), Some(1));
     assert_eq!(x.states().await[&granted].0, "delivered");
     drop(disk);
+}
+
+/// `doudi deliver` into a table, killed three times while it works through 400 events: once
+/// started again it ends with every event delivered and one row per entitlement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_daemon_killed_again_and_again_delivers_everything() {
+    const PEOPLE: usize = 400;
+    let x = Exchange::new().await;
+    for i in 0..PEOPLE {
+        let birth = chrono::NaiveDate::from_ymd_opt(2008, 1, 1).unwrap() + chrono::Duration::days(i as i64);
+        let id = doudi::idnum::complete(&format!("220102{}{:03}", birth.format("%Y%m%d"), i % 1000)).unwrap();
+        x.publish("education", &id, "student_aid", "granted", json!({"student_level": "primary"})).await;
+    }
+    let table = format!("t_kill_{}", &x.suffix[1..9]);
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/connectors/education-out.toml")).unwrap();
+    let config = x.config(
+        "education-out.toml",
+        &shipped
+            .replace("table = \"education_student_aid\"", &format!("table = \"{table}\""))
+            .replace("name = \"education-out\"", &format!("name = \"t-kill-{}\"", &x.suffix[1..9])),
+    );
+    let spawn = |port: u16| {
+        std::process::Command::new(common::doudi_bin())
+            .args(["deliver", "--config", config.to_str().unwrap(), "--topic-suffix", &x.suffix])
+            .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
+            .env("DOUDI_KAFKA_OPTIONS_SESSION_TIMEOUT_MS", "6000")
+            .env("DOUDI_DATABASE_URL", &x.pg.settings.url)
+            .env("DOUDI_HTTP_PORT", port.to_string())
+            .env("DOUDI_LOG_LEVEL", "warn")
+            .env_remove("DOUDI_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    for delay_ms in [1500u64, 700, 1100] {
+        let mut daemon = spawn(common::free_port());
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+    let port = common::free_port();
+    let daemon = spawn(port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let ready = || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+            && common::http_get(&format!("127.0.0.1:{port}"), "/readyz").await.0 == 200
+    };
+    while x.states().await.values().any(|s| s.0 != "delivered") || !ready().await {
+        assert!(std::time::Instant::now() < deadline, "not everything was delivered after the kills");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    common::stop_by_sigterm(daemon, "the delivery daemon");
+    let rows: i64 =
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n FROM {table}"))).fetch_one(x.db.pool()).await.unwrap().get("n");
+    assert_eq!(rows, PEOPLE as i64, "one row per entitlement");
+    assert_eq!(x.states().await.len(), PEOPLE);
 }
