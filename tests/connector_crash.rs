@@ -241,11 +241,16 @@ async fn set_topic_limit(topic: &str, max_message_bytes: &str) {
 /// A drop-folder daemon of `config` with its ops endpoint on a port of its own and an SQLite
 /// database in `dir` (its job runs survive a restart there).
 fn drop_daemon(dir: &Path, schemas: &Path, config: &Path) -> (std::process::Child, u16) {
+    drop_daemon_on(dir, schemas, config, &common::kafka().bootstrap_servers)
+}
+
+/// [`drop_daemon`] against the broker at `bootstrap`.
+fn drop_daemon_on(dir: &Path, schemas: &Path, config: &Path, bootstrap: &str) -> (std::process::Child, u16) {
     let port = common::free_port();
     let child = Command::new(common::doudi_bin())
         .args(["connect", "--config", config.to_str().unwrap(), "--schemas", schemas.to_str().unwrap()])
         .env("DOUDI_HTTP_PORT", port.to_string())
-        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
+        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", bootstrap)
         .env("DOUDI_DATABASE_URL", format!("sqlite://{}", dir.join("doudi.db").display()))
         .env("DOUDI_LOG_LEVEL", "info")
         .env("NO_COLOR", "1")
@@ -483,7 +488,12 @@ fn sigkill(child: &mut std::process::Child) {
 
 /// How many times each `ce_id` is on `topic` (read_committed).
 async fn ce_id_counts(topic: &str) -> std::collections::HashMap<String, usize> {
-    let consumer = doudi::kafka::committed_consumer(&common::kafka(), &common::unique("test-group")).unwrap();
+    ce_id_counts_on(&common::kafka(), topic).await
+}
+
+/// [`ce_id_counts`] on the broker of `kafka`.
+async fn ce_id_counts_on(kafka: &doudi::config::KafkaSettings, topic: &str) -> std::collections::HashMap<String, usize> {
+    let consumer = doudi::kafka::committed_consumer(kafka, &common::unique("test-group")).unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut seen = std::collections::HashMap::new();
     while let Ok(m) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
@@ -670,4 +680,39 @@ async fn the_polling_daemon_killed_again_and_again_reads_each_row_once() {
     common::stop_by_sigterm(daemon, "the polling daemon");
     assert_eq!(counts.len(), SOURCE_ROWS, "every row of the table");
     assert!(counts.values().all(|c| *c == 1), "none twice");
+}
+
+/// The drop-folder daemon on a broker of the test's own, behind a proxy: the network to the
+/// broker is cut for 5 s and then the broker restarts, both in the middle of a large file. The
+/// daemon keeps running, says not ready meanwhile, and finishes the file with every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drop_folder_daemon_waits_out_a_network_cut_and_a_broker_restart_mid_file() {
+    let kafka = common::proxy::OwnKafka::start().await;
+    let settings = kafka.settings();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("test.brokerdrop.{}", uuid::Uuid::new_v4().simple());
+    for t in [topic.clone(), format!("dlq.{topic}")] {
+        doudi::kafka::ensure_topic(&settings, &t, 3, 1).await.unwrap();
+    }
+    let (schemas, config, drop, _) = drop_workspace(dir.path(), &topic, "complete = \"rename\"");
+    let (input, bad) = students(dir.path());
+    std::fs::rename(&input, drop.join("students.csv")).unwrap();
+    let (mut daemon, port) = drop_daemon_on(dir.path(), &schemas, &config, &settings.bootstrap_servers);
+    wait_for(dir.path(), "the daemon starts", Duration::from_secs(60), || metrics_now(port).contains("doudi_connector")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kafka.proxy.cut();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon keeps running while the network is cut");
+    kafka.proxy.resume();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    kafka.script("stop").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon keeps running while the broker is down");
+    kafka.script("start").await;
+    wait_for(dir.path(), "the file is finished after the outages", Duration::from_secs(240), || drop.join("done/students.csv").exists())
+        .await;
+    common::stop_by_sigterm(daemon, "the drop-folder daemon after the outages");
+    let counts = ce_id_counts_on(&settings, &topic).await;
+    assert_eq!(counts.len(), ROWS - bad, "every good row");
+    assert!(counts.values().all(|n| *n == 1), "none twice");
 }

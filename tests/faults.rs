@@ -217,8 +217,8 @@ async fn ce_ids(kafka: &doudi::config::KafkaSettings, topics: &[String]) -> std:
     seen
 }
 
-/// The matcher and its relay under load while the network to the broker is cut for 8 s, and
-/// then while the broker itself restarts: the matcher keeps running, says not ready while it
+/// The matcher, its relay and education's delivery under load while the network to the broker is
+/// cut for 8 s, and then while the broker itself restarts: the matcher keeps running, says not ready while it
 /// cannot reach the broker, resumes by itself, and ends in the state of a clean run. Every change
 /// is published, and a change published twice (the relay re-sends what it had not marked sent)
 /// carries the same `ce_id`, which consumers drop.
@@ -241,6 +241,19 @@ async fn the_matcher_and_relay_wait_out_a_network_cut_and_a_broker_restart() {
     let args =
         ["match", "--group", &group, "--topic-prefix", "test.", "--topic-suffix", &suffix_arg, "--batch-size", "10", "--schemas", schemas];
     let mut matcher = daemon_on(&args, &pg.settings.url, port, &settings.bootstrap_servers);
+    // Education's delivery into a table works beside it through the same outages.
+    let dir = tempfile::tempdir().unwrap();
+    let delivery = dir.path().join("education-out.toml");
+    std::fs::write(
+        &delivery,
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/connectors/education-out.toml"))
+            .unwrap()
+            .replace("table = \"education_student_aid\"", &format!("table = \"broker_aid_{}\"", &suffix[..8])),
+    )
+    .unwrap();
+    let deliver_args = ["deliver", "--config", delivery.to_str().unwrap(), "--topic-prefix", "test.", "--topic-suffix", &suffix_arg];
+    let deliver_port = common::free_port();
+    let mut deliver = daemon_on(&deliver_args, &pg.settings.url, deliver_port, &settings.bootstrap_servers);
     let url = pg.settings.url.clone();
     let processed = "SELECT COUNT(*) FROM processed_events";
     let events = i64::from(HOUSEHOLDS) * 2;
@@ -268,6 +281,7 @@ async fn the_matcher_and_relay_wait_out_a_network_cut_and_a_broker_restart() {
     kafka.script("stop").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(alive(&mut matcher), "the matcher keeps running while the broker is down");
+    assert!(alive(&mut deliver), "the delivery keeps running while the broker is down");
     kafka.script("start").await;
     wait_until("every event applied after the broker returned", Duration::from_secs(240), || async {
         count(&url, processed).await == Some(events)
@@ -278,6 +292,11 @@ async fn the_matcher_and_relay_wait_out_a_network_cut_and_a_broker_restart() {
     })
     .await;
     wait_until("/readyz says ready again", Duration::from_secs(60), || async { readyz(port).await == Some(200) }).await;
+    let undelivered = "SELECT COUNT(*) FROM deliveries WHERE agency = 'education' AND state <> 'delivered'";
+    wait_until("every education entitlement delivered", Duration::from_secs(90), || async { count(&url, undelivered).await == Some(0) })
+        .await;
+    assert!(count(&url, "SELECT COUNT(*) FROM deliveries WHERE agency = 'education'").await.unwrap_or(0) > 0, "education had work");
+    common::stop_by_sigterm(deliver, "the delivery, after the broker's outages");
     common::stop_by_sigterm(matcher, "the matcher, after the broker's outages");
 
     let published = ce_ids(&settings, &outbound).await;
@@ -456,6 +475,61 @@ async fn chaos() {
     let (decisions, entitlements, facts) = common::synthetic::final_state(&url).await;
     let (b_decisions, b_entitlements, b_facts) = common::synthetic::clean_reference_on(&settings, &suffix).await;
     assert_eq!(decisions.len(), households as usize);
+    assert_eq!(decisions, b_decisions, "the decisions equal a clean run's");
+    assert_eq!(entitlements, b_entitlements);
+    assert_eq!(facts, b_facts);
+}
+
+/// The matcher under load while the network to PostgreSQL is cut for 8 s (a TCP proxy between
+/// them closes every connection and refuses new ones): it keeps running, says not ready, resumes
+/// by itself, and ends in the state of a clean run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_matcher_waits_out_a_network_cut_to_postgresql() {
+    const HOUSEHOLDS: u32 = 400;
+    let server = OwnPostgres::start();
+    let proxy = common::proxy::Proxy::start(server.port).await;
+    let through_proxy = server.url.replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    assert_ne!(through_proxy, server.url, "the URL names the server's port: {}", server.url);
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    for feed in doudi::matcher::Feed::ALL {
+        doudi::kafka::ensure_topic(&common::kafka(), &format!("test.{}.{suffix}", feed.topic()), 3, 1).await.unwrap();
+    }
+    common::synthetic::outbound_topics(&suffix).await;
+    common::synthetic::produce(&suffix, HOUSEHOLDS).await;
+    let port = common::free_port();
+    let (group, suffix_arg) = (common::unique("fault-pgcut"), format!(".{suffix}"));
+    let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas");
+    let args =
+        ["match", "--group", &group, "--topic-prefix", "test.", "--topic-suffix", &suffix_arg, "--batch-size", "20", "--schemas", schemas];
+    let mut matcher = daemon(&args, &through_proxy, port);
+    let events = i64::from(HOUSEHOLDS) * 2;
+    let processed = "SELECT COUNT(*) FROM processed_events";
+    wait_until("the matcher applies its first batches", Duration::from_secs(60), || async {
+        count(&server.url, processed).await.is_some_and(|n| n > 0)
+    })
+    .await;
+    let cut_at = Instant::now();
+    proxy.cut();
+    wait_until("/readyz says not ready while the database cannot be reached", Duration::from_secs(30), || async {
+        readyz(port).await == Some(503)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(cut_at.elapsed())).await;
+    assert!(alive(&mut matcher), "the matcher keeps running while the network is cut");
+    proxy.resume();
+    wait_until("every event applied after the network returned", Duration::from_secs(180), || async {
+        count(&server.url, processed).await == Some(events)
+    })
+    .await;
+    wait_until("everything published", Duration::from_secs(60), || async {
+        count(&server.url, "SELECT COUNT(*) FROM outbox_pending").await == Some(0)
+    })
+    .await;
+    wait_until("/readyz says ready again", Duration::from_secs(60), || async { readyz(port).await == Some(200) }).await;
+    common::stop_by_sigterm(matcher, "the matcher, after the cut");
+    let (decisions, entitlements, facts) = common::synthetic::final_state(&server.url).await;
+    let (b_decisions, b_entitlements, b_facts) = common::synthetic::clean_reference(&suffix).await;
+    assert_eq!(decisions.len(), HOUSEHOLDS as usize);
     assert_eq!(decisions, b_decisions, "the decisions equal a clean run's");
     assert_eq!(entitlements, b_entitlements);
     assert_eq!(facts, b_facts);
