@@ -699,8 +699,8 @@ async fn the_drop_folder_daemon_waits_out_a_network_cut_and_a_broker_restart_mid
     std::fs::rename(&input, drop.join("students.csv")).unwrap();
     let (mut daemon, port) = drop_daemon_on(dir.path(), &schemas, &config, &settings.bootstrap_servers);
     wait_for(dir.path(), "the daemon starts", Duration::from_secs(60), || metrics_now(port).contains("doudi_connector")).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     kafka.proxy.cut();
+    assert!(!drop.join("done/students.csv").exists(), "the cut came after the file was finished: make the file longer");
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(daemon.try_wait().unwrap().is_none(), "the daemon keeps running while the network is cut");
     kafka.proxy.resume();
