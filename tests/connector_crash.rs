@@ -486,26 +486,6 @@ fn sigkill(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
-/// How many times each `ce_id` is on `topic` (read_committed).
-async fn ce_id_counts(topic: &str) -> std::collections::HashMap<String, usize> {
-    ce_id_counts_on(&common::kafka(), topic).await
-}
-
-/// [`ce_id_counts`] on the broker of `kafka`.
-async fn ce_id_counts_on(kafka: &doudi::config::KafkaSettings, topic: &str) -> std::collections::HashMap<String, usize> {
-    let consumer = doudi::kafka::committed_consumer(kafka, &common::unique("test-group")).unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut seen = std::collections::HashMap::new();
-    while let Ok(m) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
-        let m = m.unwrap();
-        let id = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
-        *seen.entry(id.unwrap_or_default()).or_insert(0) += 1;
-    }
-    seen
-}
-
 /// The drop-folder daemon killed four times while it works through a large file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drop_folder_daemon_killed_again_and_again_produces_each_row_once() {
@@ -515,19 +495,29 @@ async fn the_drop_folder_daemon_killed_again_and_again_produces_each_row_once() 
     let (schemas, config, drop, _) = drop_workspace(dir.path(), &topic, "complete = \"rename\"");
     let (input, bad) = students(dir.path());
     std::fs::rename(&input, drop.join("students.csv")).unwrap();
-    for (i, delay_ms) in [1500u64, 900, 1200, 700].into_iter().enumerate() {
-        let (mut daemon, _) = drop_daemon(dir.path(), &schemas, &config);
+    for delay_ms in [0u64, 300, 150, 450] {
+        let (mut daemon, port) = drop_daemon(dir.path(), &schemas, &config);
+        // Each kill comes once this process has committed a batch, and then after a delay that
+        // varies: always in the middle of the file, however fast the host.
+        wait_for(dir.path(), "the daemon commits a batch", Duration::from_secs(60), || {
+            drop.join("done/students.csv").exists()
+                || metrics_now(port).lines().any(|l| l.starts_with("doudi_connector_records_produced_total{") && !l.ends_with(" 0"))
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         sigkill(&mut daemon);
-        if i < 2 {
-            assert!(!drop.join("done/students.csv").exists(), "kill {} came after the file was finished: make the file longer", i + 1);
+        if delay_ms == 0 {
+            assert!(!drop.join("done/students.csv").exists(), "the first kill came after the file was finished: make the file longer");
         }
     }
-    let (daemon, _) = drop_daemon(dir.path(), &schemas, &config);
+    let (daemon, port) = drop_daemon(dir.path(), &schemas, &config);
     wait_for(dir.path(), "the file is finished after the kills", Duration::from_secs(120), || drop.join("done/students.csv").exists())
         .await;
+    // SIGTERM once the daemon is up (a signal in its first milliseconds, before its handler is
+    // installed, ends it as the signal's default would).
+    wait_for(dir.path(), "the last daemon is up", Duration::from_secs(60), || metrics_now(port).contains("doudi_connector")).await;
     common::stop_by_sigterm(daemon, "the drop-folder daemon");
-    let counts = ce_id_counts(&topic).await;
+    let counts = common::ce_id_counts(&common::kafka(), &[topic.as_str()]).await;
     assert_eq!(counts.len(), ROWS - bad, "every good row");
     assert!(counts.values().all(|n| *n == 1), "none twice");
 }
@@ -596,7 +586,7 @@ async fn the_push_daemon_killed_again_and_again_takes_each_request_once() {
         assert_eq!(push_request(port, token, n, &request(n)), Some(200));
     }
     common::stop_by_sigterm(daemon, "the push daemon");
-    let counts = ce_id_counts(&topic).await;
+    let counts = common::ce_id_counts(&common::kafka(), &[topic.as_str()]).await;
     assert_eq!(counts.len(), 2000, "every record");
     assert!(counts.values().all(|c| *c == 1), "none twice");
 }
@@ -672,7 +662,7 @@ async fn the_polling_daemon_killed_again_and_again_reads_each_row_once() {
     let daemon = spawn();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let counts = loop {
-        let counts = ce_id_counts(&topic).await;
+        let counts = common::ce_id_counts(&common::kafka(), &[topic.as_str()]).await;
         if counts.len() >= SOURCE_ROWS || std::time::Instant::now() > deadline {
             break counts;
         }
@@ -698,7 +688,11 @@ async fn the_drop_folder_daemon_waits_out_a_network_cut_and_a_broker_restart_mid
     let (input, bad) = students(dir.path());
     std::fs::rename(&input, drop.join("students.csv")).unwrap();
     let (mut daemon, port) = drop_daemon_on(dir.path(), &schemas, &config, &settings.bootstrap_servers);
-    wait_for(dir.path(), "the daemon starts", Duration::from_secs(60), || metrics_now(port).contains("doudi_connector")).await;
+    // The cut comes once the daemon has committed a batch of the file.
+    wait_for(dir.path(), "the daemon commits a batch", Duration::from_secs(60), || {
+        metrics_now(port).lines().any(|l| l.starts_with("doudi_connector_records_produced_total{") && !l.ends_with(" 0"))
+    })
+    .await;
     kafka.proxy.cut();
     assert!(!drop.join("done/students.csv").exists(), "the cut came after the file was finished: make the file longer");
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -712,7 +706,7 @@ async fn the_drop_folder_daemon_waits_out_a_network_cut_and_a_broker_restart_mid
     wait_for(dir.path(), "the file is finished after the outages", Duration::from_secs(240), || drop.join("done/students.csv").exists())
         .await;
     common::stop_by_sigterm(daemon, "the drop-folder daemon after the outages");
-    let counts = ce_id_counts_on(&settings, &topic).await;
+    let counts = common::ce_id_counts(&settings, &[topic.as_str()]).await;
     assert_eq!(counts.len(), ROWS - bad, "every good row");
     assert!(counts.values().all(|n| *n == 1), "none twice");
 }

@@ -199,24 +199,6 @@ fn daemon_on(args: &[&str], database_url: &str, port: u16, bootstrap: &str) -> C
         .unwrap()
 }
 
-/// Every record on `topics` of the broker at `kafka` (read_committed), by `ce_id`: how many times each.
-async fn ce_ids(kafka: &doudi::config::KafkaSettings, topics: &[String]) -> std::collections::HashMap<String, usize> {
-    use rdkafka::Message;
-    use rdkafka::consumer::Consumer;
-    use rdkafka::message::Headers;
-    let consumer = doudi::kafka::committed_consumer(kafka, &common::unique("fault-reader")).unwrap();
-    consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-    let mut seen = std::collections::HashMap::new();
-    while let Ok(m) = tokio::time::timeout(Duration::from_secs(6), consumer.recv()).await {
-        let m = m.unwrap();
-        let id = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
-        *seen.entry(id.unwrap_or_default()).or_insert(0) += 1;
-    }
-    seen
-}
-
 /// The matcher, its relay and education's delivery under load while the network to the broker is
 /// cut for 8 s, and then while the broker itself restarts: the matcher keeps running, says not ready while it
 /// cannot reach the broker, resumes by itself, and ends in the state of a clean run. Every change
@@ -299,7 +281,7 @@ async fn the_matcher_and_relay_wait_out_a_network_cut_and_a_broker_restart() {
     common::stop_by_sigterm(deliver, "the delivery, after the broker's outages");
     common::stop_by_sigterm(matcher, "the matcher, after the broker's outages");
 
-    let published = ce_ids(&settings, &outbound).await;
+    let published = common::ce_id_counts(&settings, &outbound.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let outbox = count(&url, "SELECT COUNT(DISTINCT ce_id) FROM outbox").await.unwrap();
     assert_eq!(published.len() as i64, outbox, "every change in the outbox is on its topic, none lost");
     let (decisions, entitlements, facts) = common::synthetic::final_state(&url).await;
@@ -445,7 +427,7 @@ async fn chaos() {
 
     let applied = count(&url, "SELECT COUNT(DISTINCT ce_id) FROM processed_events").await.unwrap();
     let outbox = count(&url, "SELECT COUNT(DISTINCT ce_id) FROM outbox").await.unwrap();
-    let published = ce_ids(&settings, &outbound).await;
+    let published = common::ce_id_counts(&settings, &outbound.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let published_twice: usize = published.values().map(|n| n - 1).sum();
     let to_education = count(&url, "SELECT COUNT(*) FROM deliveries WHERE agency = 'education'").await.unwrap();
     let delivered =

@@ -952,3 +952,50 @@ async fn a_fence_forced_mid_work_stops_the_old_instance_and_the_new_one_resumes_
     assert_eq!(entitlements, b_entitlements);
     assert_eq!(facts, b_facts);
 }
+
+/// An outbound event its schema refuses: this test's copy of the schemas makes the status topic
+/// refuse one household. That household's event goes to the feed's dead-letter topic with the
+/// reason; the other households are applied and published, and lag returns to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_outbound_event_its_schema_refuses_is_set_aside() {
+    let x = Exchange::new().await;
+    let topic = format!("test.{}.{}", doudi::matcher::Feed::Household.topic(), x.suffix);
+    let dlq = doudi::topics::dead_letter_topic(&topic);
+    doudi::kafka::ensure_topic(&common::kafka(), &dlq, 1, 1).await.unwrap();
+    let dead = common::Reader::new(&[dlq.as_str()]);
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(root().join("schemas")).unwrap().flatten() {
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    let status = dir.path().join("exchange.recipient.status.v1.json");
+    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&status).unwrap()).unwrap();
+    schema["properties"]["household_id"] = json!({"type": "string", "not": {"const": "JL-220102-2019-000123"}});
+    std::fs::write(&status, schema.to_string()).unwrap();
+    x.feed("civil-household", &root().join("connectors/samples/civil-household.jsonl")).await;
+    let mut args = x.match_args("outbound");
+    *args.last_mut().unwrap() = dir.path().display().to_string();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = x.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, stdout, stderr) = common::run_doudi_env(&args, &env);
+    assert_eq!(code, 0, "{stderr}");
+    let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["unusable"].as_u64(), Some(1), "{summary}");
+    assert!(summary["applied"].as_u64().unwrap_or(0) > 0, "{summary}");
+    let letters: Vec<common::Record> = dead
+        .until_quiet(Duration::from_secs(5))
+        .await
+        .into_iter()
+        .filter(|r| r.headers.get("stage").is_some_and(|s| s == "match"))
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let reason = &letters[0].headers["reason"];
+    assert!(reason.contains("does not match its schema"), "{reason}");
+    let pool = sqlx::PgPool::connect(&x.pg.settings.url).await.unwrap();
+    let refused: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM households WHERE household_id = 'JL-220102-2019-000123'").fetch_one(&pool).await.unwrap();
+    let others: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM households").fetch_one(&pool).await.unwrap();
+    assert_eq!((refused, others > 0), (0, true));
+}

@@ -308,3 +308,22 @@ impl Drop for Tmpfs {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).output();
     }
 }
+
+/// How many times each `ce_id` is on `topics` of the broker of `kafka` (read_committed), read
+/// until 5 s pass without a record.
+pub async fn ce_id_counts(kafka: &KafkaSettings, topics: &[&str]) -> std::collections::HashMap<String, usize> {
+    use rdkafka::Message;
+    use rdkafka::consumer::Consumer;
+    use rdkafka::message::Headers;
+    let consumer = doudi::kafka::committed_consumer(kafka, &unique("test-ce-ids")).unwrap();
+    consumer.subscribe(topics).unwrap();
+    let mut seen = std::collections::HashMap::new();
+    while let Ok(m) = tokio::time::timeout(std::time::Duration::from_secs(5), consumer.recv()).await {
+        let m = m.unwrap();
+        let id = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
+        *seen.entry(id.unwrap_or_default()).or_insert(0) += 1;
+    }
+    seen
+}
