@@ -241,11 +241,12 @@ async fn set_topic_limit(topic: &str, max_message_bytes: &str) {
 /// A drop-folder daemon of `config` with its ops endpoint on a port of its own and an SQLite
 /// database in `dir` (its job runs survive a restart there).
 fn drop_daemon(dir: &Path, schemas: &Path, config: &Path) -> (std::process::Child, u16) {
-    drop_daemon_on(dir, schemas, config, &common::kafka().bootstrap_servers)
+    connector_daemon(dir, schemas, config, &common::kafka().bootstrap_servers, &[])
 }
 
-/// [`drop_daemon`] against the broker at `bootstrap`.
-fn drop_daemon_on(dir: &Path, schemas: &Path, config: &Path, bootstrap: &str) -> (std::process::Child, u16) {
+/// `doudi connect` as a daemon of any transport against the broker at `bootstrap`, with `env`
+/// added; its log goes to `daemon.log` in `dir`, which [`wait_for`] shows on a timeout.
+fn connector_daemon(dir: &Path, schemas: &Path, config: &Path, bootstrap: &str, env: &[(&str, &str)]) -> (std::process::Child, u16) {
     let port = common::free_port();
     let child = Command::new(common::doudi_bin())
         .args(["connect", "--config", config.to_str().unwrap(), "--schemas", schemas.to_str().unwrap()])
@@ -255,6 +256,7 @@ fn drop_daemon_on(dir: &Path, schemas: &Path, config: &Path, bootstrap: &str) ->
         .env("DOUDI_LOG_LEVEL", "info")
         .env("NO_COLOR", "1")
         .env_remove("DOUDI_CONFIG")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).unwrap())
         .spawn()
@@ -413,7 +415,7 @@ async fn a_partial_upload_is_never_read() {
         let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         let text: String = (chunk * 5..chunk * 5 + 5).map(|i| student_row(i, "某小学")).collect();
         std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
-        drop_file(file);
+        file.sync_all().unwrap();
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert!(path.exists(), "the file was taken while still being written (after chunk {chunk})");
     }
@@ -435,10 +437,6 @@ async fn a_partial_upload_is_never_read() {
     wait_for(dir.path(), "the marked file moves to done/", Duration::from_secs(30), || drop.join("done/2019-10.csv").exists()).await;
     assert!(drop.join("done/2019-10.csv.done").exists(), "the marker moves with its file");
     common::stop_by_sigterm(daemon, "the drop-folder daemon");
-}
-
-fn drop_file(file: std::fs::File) {
-    file.sync_all().unwrap();
 }
 
 /// A full disk under the drop folder: the daemon keeps running, produces the complete file once
@@ -534,20 +532,7 @@ async fn the_push_daemon_killed_again_and_again_takes_each_request_once() {
     let port = common::free_port();
     with_transport(&config, &format!("kind = \"http\"\nbind = \"127.0.0.1\"\nport = {port}\ntoken_env = \"TEST_PUSH_TOKEN\""));
     let token = "a-department-token-of-some-length";
-    let spawn = || {
-        Command::new(common::doudi_bin())
-            .args(["connect", "--config", config.to_str().unwrap(), "--schemas", schemas.to_str().unwrap()])
-            .env("DOUDI_HTTP_PORT", common::free_port().to_string())
-            .env("TEST_PUSH_TOKEN", token)
-            .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
-            .env("DOUDI_DATABASE_URL", format!("sqlite://{}", dir.path().join("doudi.db").display()))
-            .env("DOUDI_LOG_LEVEL", "warn")
-            .env_remove("DOUDI_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || connector_daemon(dir.path(), &schemas, &config, &common::kafka().bootstrap_servers, &[("TEST_PUSH_TOKEN", token)]).0;
     let request = |n: usize| -> String {
         (0..100)
             .map(|i| {
@@ -641,18 +626,8 @@ async fn the_polling_daemon_killed_again_and_again_reads_each_row_once() {
         "kind = \"postgres_poll\"\nurl_env = \"TEST_SOURCE_URL\"\ntable = \"student_changes\"\ncursor_column = \"seq\"\ncursor_type = \"bigint\"\npoll_secs = 1\nbatch_rows = 100\nsettle_secs = 0",
     );
     let spawn = || {
-        Command::new(common::doudi_bin())
-            .args(["connect", "--config", config.to_str().unwrap(), "--schemas", schemas.to_str().unwrap()])
-            .env("DOUDI_HTTP_PORT", common::free_port().to_string())
-            .env("TEST_SOURCE_URL", &source.settings.url)
-            .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
-            .env("DOUDI_DATABASE_URL", format!("sqlite://{}", dir.path().join("doudi.db").display()))
-            .env("DOUDI_LOG_LEVEL", "warn")
-            .env_remove("DOUDI_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        let env = [("TEST_SOURCE_URL", source.settings.url.as_str())];
+        connector_daemon(dir.path(), &schemas, &config, &common::kafka().bootstrap_servers, &env).0
     };
     for delay_ms in [2500u64, 1200, 1800] {
         let mut daemon = spawn();
@@ -687,7 +662,7 @@ async fn the_drop_folder_daemon_waits_out_a_network_cut_and_a_broker_restart_mid
     let (schemas, config, drop, _) = drop_workspace(dir.path(), &topic, "complete = \"rename\"");
     let (input, bad) = students(dir.path());
     std::fs::rename(&input, drop.join("students.csv")).unwrap();
-    let (mut daemon, port) = drop_daemon_on(dir.path(), &schemas, &config, &settings.bootstrap_servers);
+    let (mut daemon, port) = connector_daemon(dir.path(), &schemas, &config, &settings.bootstrap_servers, &[]);
     // The cut comes once the daemon has committed a batch of the file.
     wait_for(dir.path(), "the daemon commits a batch", Duration::from_secs(60), || {
         metrics_now(port).lines().any(|l| l.starts_with("doudi_connector_records_produced_total{") && !l.ends_with(" 0"))

@@ -90,20 +90,9 @@ async fn count(url: &str, sql: &str) -> Option<i64> {
     row.try_get::<i64, _>(0).ok()
 }
 
-/// `doudi args` as a daemon against `database_url`, its ops endpoint on `port`.
+/// `doudi args` as a daemon against `database_url` and the test broker, its ops endpoint on `port`.
 fn daemon(args: &[&str], database_url: &str, port: u16) -> Child {
-    Command::new(common::doudi_bin())
-        .args(args)
-        .env_remove("DOUDI_CONFIG")
-        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
-        .env("DOUDI_DATABASE_URL", database_url)
-        .env("DOUDI_DATABASE_CONNECT_TIMEOUT_SECS", "2")
-        .env("DOUDI_HTTP_PORT", port.to_string())
-        .env("DOUDI_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    daemon_on(args, database_url, port, &common::kafka().bootstrap_servers)
 }
 
 fn alive(child: &mut Child) -> bool {
@@ -184,13 +173,15 @@ async fn a_daemon_started_before_its_database_waits_for_it() {
     common::stop_by_sigterm(acks, "acks, after waiting for its database");
 }
 
-/// `doudi args` as a daemon against `database_url` and the broker at `bootstrap`.
+/// `doudi args` as a daemon against `database_url` and the broker at `bootstrap`, its ops endpoint
+/// on `port`; a database connection attempt gives up after 2 s, so outages show quickly.
 fn daemon_on(args: &[&str], database_url: &str, port: u16, bootstrap: &str) -> Child {
     Command::new(common::doudi_bin())
         .args(args)
         .env_remove("DOUDI_CONFIG")
         .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", bootstrap)
         .env("DOUDI_DATABASE_URL", database_url)
+        .env("DOUDI_DATABASE_CONNECT_TIMEOUT_SECS", "2")
         .env("DOUDI_HTTP_PORT", port.to_string())
         .env("DOUDI_LOG_LEVEL", "warn")
         .stdout(Stdio::null())

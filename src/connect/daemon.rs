@@ -237,8 +237,11 @@ impl DropFolder {
                     }
                     Err(e) => {
                         runs.record("failed", &serde_json::json!({"file": label, "error": e.to_string()})).await;
-                        state_failed(&mut seen, &file);
-                        let failures = seen.get(&file).map_or(1, |s| s.failures);
+                        let failures = {
+                            let state = seen.entry(file.clone()).or_default();
+                            state.failures += 1;
+                            state.failures
+                        };
                         if failures >= self.max_attempts {
                             tracing::error!(connector = %feed, file = %label, failures, error = %e, "the file failed too many times in a row; moved to failed/ — an operator must act");
                             let reason = format!("{failures} attempts in a row failed; the last: {e}");
@@ -260,8 +263,4 @@ impl DropFolder {
             }
         }
     }
-}
-
-fn state_failed(seen: &mut HashMap<PathBuf, Seen>, file: &Path) {
-    seen.entry(file.to_path_buf()).or_default().failures += 1;
 }
