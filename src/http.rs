@@ -16,6 +16,17 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+/// Whether a presented secret (a bearer token) equals the expected one, in constant time: the
+/// SHA-256 digests are compared, so neither the time taken nor an early exit reveals how much of a
+/// guess was right or how long the secret is. An empty secret never matches.
+pub fn secret_matches(given: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+    let expected_digest: [u8; 32] = Sha256::digest(expected.as_bytes()).into();
+    !expected.is_empty() && bool::from(given.ct_eq(&expected_digest))
+}
+
 /// A named readiness check. It returns `Err(reason)` when the process should not get traffic.
 pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 

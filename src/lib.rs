@@ -1,6 +1,7 @@
 //! doudi (兜底): the inter-agency data exchange of a provincial social-assistance system, built for
 //! Jilin's 吉民发〔2019〕38号. See `docs/architecture.md` for how the parts fit together.
 
+pub mod acl;
 pub mod config;
 pub mod connect;
 pub mod dates;

@@ -20,8 +20,8 @@ use crate::schema::catalogue::Cleanup;
 pub const STATUS_TOPIC: &str = "exchange.recipient.status.v1";
 /// Review tasks for caseworkers.
 pub const REVIEW_TOPIC: &str = "exchange.review-task.v1";
-/// Agencies' acknowledgements of entitlement events.
-pub const ACK_TOPIC: &str = "exchange.entitlement.ack.v1";
+/// The schema of every agency's acknowledgement topic.
+pub const ACK_SCHEMA: &str = "exchange.entitlement.ack.v1.json";
 
 /// Every agency's entitlement topic starts so.
 pub const ENTITLEMENT_TOPIC_PREFIX: &str = "exchange.entitlement.";
@@ -35,6 +35,17 @@ pub const DEAD_LETTER_PREFIX: &str = "dlq.";
 /// The catalogue topic of an agency's entitlements.
 pub fn agency_topic(agency: &str) -> String {
     format!("{ENTITLEMENT_TOPIC_PREFIX}{agency}.v1")
+}
+
+/// The catalogue topic an agency acknowledges on. Only the agency's own principal may write it
+/// (`doudi acl plan`), so the agency of an acknowledgement is the topic it came on, never a field.
+pub fn ack_topic(agency: &str) -> String {
+    format!("exchange.ack.{agency}.v1")
+}
+
+/// The agency whose acknowledgement topic `catalogue_name` is.
+pub fn agency_of_ack_topic(catalogue_name: &str) -> Option<&'static str> {
+    AGENCIES.into_iter().find(|a| ack_topic(a) == catalogue_name)
 }
 
 /// Whether `name` is one of [`AGENCIES`].

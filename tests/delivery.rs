@@ -30,8 +30,8 @@ impl Exchange {
             let topic = format!("{}{suffix}", doudi::topics::agency_topic(agency));
             doudi::kafka::ensure_topic(&common::kafka(), &topic, 3, 1).await.unwrap();
             doudi::kafka::ensure_topic(&common::kafka(), &format!("dlq.{topic}"), 1, 1).await.unwrap();
+            doudi::kafka::ensure_topic(&common::kafka(), &format!("{}{suffix}", doudi::topics::ack_topic(agency)), 1, 1).await.unwrap();
         }
-        doudi::kafka::ensure_topic(&common::kafka(), &format!("exchange.entitlement.ack.v1{suffix}"), 1, 1).await.unwrap();
         let pg = common::fresh_postgres().await;
         let db = Database::connect(&pg.settings).await.unwrap();
         let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
@@ -214,17 +214,19 @@ async fn webhook_retries_dead_letters_rejections_and_acknowledgements_close_the_
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(stdout.trim()).unwrap()["read"], 0);
 
-    // Acknowledgements: a by the ack topic; c by the HTTP callback; a wrong agency and a bad body
-    // change nothing.
+    // Acknowledgements: a by medical's ack topic; c by the HTTP callback. Another agency's
+    // acknowledgement of c on its own topic, an acknowledgement on medical's topic that claims to
+    // be education's, and a bad body change nothing.
     let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
-    let ack_topic = format!("exchange.entitlement.ack.v1{}", x.suffix);
-    for ack in [
-        json!({"event_id": a, "agency": "medical", "status": "applied", "applied_at": "2020-01-16T09:30:00+08:00"}),
-        json!({"event_id": c, "agency": "education", "status": "applied"}),
-        json!({"event_id": c, "agency": "medical"}),
+    let ack_topic = |agency: &str| format!("{}{}", doudi::topics::ack_topic(agency), x.suffix);
+    for (agency, ack) in [
+        ("medical", json!({"event_id": a, "agency": "medical", "status": "applied", "applied_at": "2020-01-16T09:30:00+08:00"})),
+        ("education", json!({"event_id": c, "agency": "education", "status": "applied"})),
+        ("medical", json!({"event_id": c, "agency": "education", "status": "applied"})),
+        ("medical", json!({"event_id": c, "agency": "medical"})),
     ] {
         let body = ack.to_string();
-        producer.send(FutureRecord::to(&ack_topic).key("k").payload(&body), std::time::Duration::from_secs(10)).await.unwrap();
+        producer.send(FutureRecord::to(&ack_topic(agency)).key("k").payload(&body), std::time::Duration::from_secs(10)).await.unwrap();
     }
     let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -264,6 +266,8 @@ async fn webhook_retries_dead_letters_rejections_and_acknowledgements_close_the_
         status(post(json!({"event_id": c, "agency": "medical", "status": "applied"}), Some("wrong-token-0123456789")).await.unwrap()),
         401
     );
+    let forged = post(json!({"event_id": c, "agency": "housing", "status": "applied"}), Some("medical-ack-token-0123456789")).await.unwrap();
+    assert_eq!(forged.status().as_u16(), 403, "medical's token cannot acknowledge for housing");
     let unknown = uuid::Uuid::new_v4().to_string();
     assert_eq!(
         status(

@@ -161,7 +161,9 @@ async fn a_daemon_started_before_its_database_waits_for_it() {
     let server = OwnPostgres::start();
     server.stop();
     let suffix = format!(".{}", uuid::Uuid::new_v4().simple());
-    doudi::kafka::ensure_topic(&common::kafka(), &format!("test.{}{suffix}", doudi::topics::ACK_TOPIC), 1, 1).await.unwrap();
+    for agency in doudi::topics::AGENCIES {
+        doudi::kafka::ensure_topic(&common::kafka(), &format!("test.{}{suffix}", doudi::topics::ack_topic(agency)), 1, 1).await.unwrap();
+    }
     let port = common::free_port();
     let group = common::unique("fault-acks");
     let mut acks = daemon(&["acks", "--group", &group, "--topic-prefix", "test.", "--topic-suffix", &suffix], &server.url, port);

@@ -134,8 +134,10 @@ async fn the_matcher_acks_and_lag_serve_are_ready_and_stop_on_sigterm() {
     lives_and_stops("match", &["match", "--group", &group, "--topic-prefix", "test.", "--topic-suffix", &suffix], &pg.settings.url, &[])
         .await;
 
-    let ack_topic = format!("test.{}{suffix}", doudi::topics::ACK_TOPIC);
-    doudi::kafka::ensure_topic(&common::kafka(), &ack_topic, 1, 1).await.unwrap();
+    for agency in doudi::topics::AGENCIES {
+        let ack_topic = format!("test.{}{suffix}", doudi::topics::ack_topic(agency));
+        doudi::kafka::ensure_topic(&common::kafka(), &ack_topic, 1, 1).await.unwrap();
+    }
     let acks_group = common::unique("lifecycle-acks");
     let callback = format!("127.0.0.1:{}", common::free_port());
     let token = ("TEST_ACK_TOKEN", "an-ack-token-of-thirty-two-chars");

@@ -1,12 +1,17 @@
 //! Agencies' acknowledgements: "we applied this entitlement" (or "we could not"), by the ack topic
 //! or an HTTP callback, and the delivery gauges operators alert on.
 //!
-//! Guarantees: an acknowledgement is checked against `exchange.entitlement.ack.v1` before it is
-//! used; it moves only its own agency's event (an agency cannot acknowledge another agency's
-//! entitlement) to `applied` or `failed`, and an `applied` event stays applied, so a repeated
-//! acknowledgement changes nothing. The ack topic is read with `read_committed` and its offsets are
-//! committed after the state is written. The callback answers 401 without a valid bearer token of
-//! the agency it names, 400 naming the field of an invalid body, 404 for an unknown event.
+//! Guarantees: an acknowledgement is checked against its schema (`exchange.entitlement.ack.v1.json`)
+//! before it is used. Its agency is who sent it, never the payload's `agency` field: the agency's
+//! own topic `exchange.ack.<agency>.v1`, which only that agency's principal may write (`doudi acl
+//! plan`), or the agency whose bearer token the callback received. An acknowledgement whose field
+//! names another agency is refused (`outcome="refused"`). It moves only that agency's event to
+//! `applied` or `failed`, and an `applied` event stays applied, so a repeated acknowledgement changes
+//! nothing. The ack topics are read with `read_committed` and their offsets are committed after the
+//! state is written. The callback compares tokens in constant time, over their SHA-256 digests so
+//! that not even their length shows; it answers 401 without a valid token, 403 for an
+//! acknowledgement of another agency, 400 naming the field of an invalid body, 404 for an unknown
+//! event.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,9 +31,6 @@ use crate::db::{Database, now_rfc3339};
 use crate::schema::Registry;
 use crate::topics::AGENCIES;
 
-/// The catalogue name of the acknowledgement topic.
-pub const ACK_TOPIC: &str = "exchange.entitlement.ack.v1";
-
 /// What an acknowledgement did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,6 +41,8 @@ pub enum AckOutcome {
     Repeated,
     /// No such event for that agency.
     Unknown,
+    /// It names another agency than the one that sent it: ignored.
+    Refused,
 }
 
 impl AckOutcome {
@@ -48,6 +52,7 @@ impl AckOutcome {
             AckOutcome::Failed => "failed",
             AckOutcome::Repeated => "repeated",
             AckOutcome::Unknown => "unknown",
+            AckOutcome::Refused => "refused",
         }
     }
 }
@@ -58,17 +63,22 @@ pub struct InvalidAck(pub String);
 
 /// Checks an acknowledgement against its schema.
 pub fn check(registry: &Registry, ack: &Value) -> Result<(), InvalidAck> {
-    let schema = registry.for_topic(ACK_TOPIC).map_err(|e| InvalidAck(e.to_string()))?;
+    let schema = registry.schemas.get(crate::topics::ACK_SCHEMA).ok_or_else(|| InvalidAck(format!("the schema {} is not loaded", crate::topics::ACK_SCHEMA)))?;
     match schema.violations(ack).first() {
         Some(v) => Err(InvalidAck(format!("{} at `{}`", v.message, v.pointer))),
         None => Ok(()),
     }
 }
 
-/// Applies one checked acknowledgement.
-pub async fn record(db: &Database, ack: &Value) -> Result<AckOutcome, DeliverError> {
+/// Applies one checked acknowledgement that `agency` sent.
+pub async fn record(db: &Database, agency: &str, ack: &Value) -> Result<AckOutcome, DeliverError> {
     let text = |k: &str| ack.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
-    let (event_id, agency, status) = (text("event_id"), text("agency"), text("status"));
+    let (event_id, status) = (text("event_id"), text("status"));
+    let agency = agency.to_string();
+    if text("agency") != agency {
+        metrics::counter!("doudi_delivery_acks_total", "agency" => agency, "outcome" => AckOutcome::Refused.as_str()).increment(1);
+        return Ok(AckOutcome::Refused);
+    }
     let at = ack.get("applied_at").and_then(Value::as_str).map(str::to_string).unwrap_or_else(now_rfc3339);
     let now = now_rfc3339();
     let changed = if status == "applied" {
@@ -112,19 +122,21 @@ pub async fn record(db: &Database, ack: &Value) -> Result<AckOutcome, DeliverErr
     Ok(outcome)
 }
 
-/// Consumes the ack topic until `stop` (or, with `until_idle`, until nothing arrives for `idle_after`
-/// after every partition was read). Returns how many acknowledgements were read.
+/// Consumes the agencies' ack topics (`topics`: each actual topic name with its agency) until `stop`
+/// (or, with `until_idle`, until nothing arrives for `idle_after` after every partition was read).
+/// Returns how many acknowledgements were read.
 pub async fn consume(
     db: &Database,
     kafka: &KafkaSettings,
     registry: &Registry,
-    topic: &str,
+    topics: &BTreeMap<String, &'static str>,
     group: &str,
     until_idle: Option<Duration>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<u64, DeliverError> {
     let consumer = crate::kafka::committed_consumer(kafka, group)?;
-    consumer.subscribe(&[topic])?;
+    let names: Vec<&str> = topics.keys().map(String::as_str).collect();
+    consumer.subscribe(&names)?;
     let mut read = 0;
     let mut last = std::time::Instant::now();
     tokio::pin!(stop);
@@ -151,11 +163,23 @@ pub async fn consume(
         };
         last = std::time::Instant::now();
         read += 1;
+        let topic = m.topic();
+        let Some(agency) = topics.get(topic) else {
+            consumer.commit_message(&m, CommitMode::Async)?;
+            continue;
+        };
         let ack: Option<Value> = m.payload().and_then(|p| serde_json::from_slice(p).ok());
         match ack.map(|a| check(registry, &a).map(|()| a)) {
             Some(Ok(ack)) => {
-                let outcome = record(db, &ack).await?;
-                if outcome == AckOutcome::Unknown {
+                let outcome = record(db, agency, &ack).await?;
+                if outcome == AckOutcome::Refused {
+                    tracing::warn!(
+                        topic,
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        "An acknowledgement on {agency}'s topic names another agency; it is refused."
+                    );
+                } else if outcome == AckOutcome::Unknown {
                     tracing::warn!(
                         topic,
                         partition = m.partition(),
@@ -217,10 +241,18 @@ pub fn tokens_from_env(specs: &[String]) -> Result<BTreeMap<String, String>, Del
     Ok(tokens)
 }
 
-fn token_matches(headers: &HeaderMap, expected: &str) -> bool {
-    use subtle::ConstantTimeEq;
+/// The agency whose token the request carries. Every token is compared, each in constant time over
+/// the SHA-256 digests, so neither the time taken nor an early exit tells a caller how close a
+/// guess was, which agency matched, or how long a token is.
+fn agency_of_token<'a>(headers: &HeaderMap, tokens: &'a BTreeMap<String, String>) -> Option<&'a str> {
     let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+    let mut found = None;
+    for (agency, token) in tokens {
+        if crate::http::secret_matches(given, token) {
+            found = Some(agency.as_str());
+        }
+    }
+    found
 }
 
 /// `POST /v1/acks`: one acknowledgement, or an array of them, of one agency.
@@ -232,18 +264,24 @@ pub async fn callback(State(state): State<CallbackState>, headers: HeaderMap, bo
         Value::Array(items) => items,
         other => vec![other],
     };
+    let Some(agency) = agency_of_token(&headers, &state.tokens) else {
+        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "a valid bearer token of an agency is required"})));
+    };
     for (i, ack) in acks.iter().enumerate() {
         if let Err(InvalidAck(reason)) = check(&state.registry, ack) {
             return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": format!("acknowledgement {i}: {reason}")})));
         }
-        let agency = ack.get("agency").and_then(Value::as_str).unwrap_or_default();
-        if !state.tokens.get(agency).is_some_and(|t| token_matches(&headers, t)) {
-            return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "a valid bearer token of the agency is required"})));
+        if ack.get("agency").and_then(Value::as_str) != Some(agency) {
+            metrics::counter!("doudi_delivery_acks_total", "agency" => agency.to_string(), "outcome" => AckOutcome::Refused.as_str()).increment(1);
+            return (
+                StatusCode::FORBIDDEN,
+                axum::Json(json!({"error": format!("acknowledgement {i} names another agency: an agency acknowledges only its own entitlements")})),
+            );
         }
     }
     let mut outcomes = Vec::with_capacity(acks.len());
     for ack in &acks {
-        match record(&state.db, ack).await {
+        match record(&state.db, agency, ack).await {
             Ok(o) => outcomes.push(o),
             Err(e) => {
                 tracing::warn!("Recording an acknowledgement failed: {e}");

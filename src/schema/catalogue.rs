@@ -32,6 +32,9 @@ pub enum Cleanup {
 pub struct Reader {
     /// Who reads (an agency or a doudi component).
     pub who: String,
+    /// The broker principals (`User:` names without the prefix) that read for them: the ACLs of
+    /// `doudi acl plan`. `doudi-connect-*` stands for every connector.
+    pub principals: Vec<String>,
     /// What they need it for.
     pub purpose: String,
     /// The legal basis, e.g. `吉民发〔2019〕38号 第5条`.
@@ -65,6 +68,8 @@ pub struct Topic {
     pub key: String,
     /// Who writes it.
     pub writer: String,
+    /// The broker principals that write it (as [`Reader::principals`]).
+    pub writers: Vec<String>,
     pub readers: Vec<Reader>,
     /// Holds raw or sensitive data: readable by named operators only.
     #[serde(default)]
@@ -83,6 +88,12 @@ pub struct Topic {
 pub struct Catalogue {
     #[serde(rename = "topic")]
     pub topics: Vec<Topic>,
+}
+
+/// The principal of a department's IT staff, from an inbound topic `dept.<department>.<feed>.v1`:
+/// `dept-<department>`.
+pub fn department_principal(topic: &str) -> String {
+    format!("dept-{}", topic.split('.').nth(1).unwrap_or("unknown"))
 }
 
 impl Catalogue {
@@ -113,9 +124,11 @@ impl Catalogue {
                 cleanup: Cleanup::Delete,
                 retention_days: 90,
                 key: t.key.clone(),
-                writer: t.writer.clone(),
+                writer: format!("{}; the matcher for events it cannot apply", t.writer),
+                writers: t.writers.iter().cloned().chain(["doudi-matcher".to_string()]).collect(),
                 readers: vec![Reader {
                     who: "the feed's department IT staff and doudi operators".into(),
+                    principals: vec!["doudi-ops".into(), department_principal(&t.name)],
                     purpose: "correct and resubmit rejected records (`doudi dlq list`, `doudi dlq replay`)".into(),
                     legal_basis: "吉民发〔2019〕38号 第5条 (shared database: complete and correct data)".into(),
                 }],
@@ -143,6 +156,17 @@ impl Catalogue {
             }
             if t.readers.is_empty() || t.readers.iter().any(|r| r.purpose.trim().is_empty() || r.legal_basis.trim().is_empty()) {
                 return field("readers", "every topic needs readers, each with a purpose and a legal basis".into());
+            }
+            if t.writers.is_empty() {
+                return field("writers", "every topic needs the principals that write it".into());
+            }
+            if t.readers.iter().any(|r| r.principals.is_empty()) {
+                return field("readers", "every reader names the principals that read for it".into());
+            }
+            for p in t.writers.iter().chain(t.readers.iter().flat_map(|r| &r.principals)) {
+                if let Err(message) = crate::acl::check_principal_name(p) {
+                    return field("writers", format!("principal `{p}`: {message}"));
+                }
             }
         }
         Ok(())
@@ -178,9 +202,11 @@ impl Catalogue {
         }
         for t in &self.topics {
             out.push_str(&format!("\n## `{}`\n\n{}\n\n", t.name, t.description));
-            out.push_str("| reader | purpose | legal basis |\n|---|---|---|\n");
+            let principals = |ps: &[String]| ps.iter().map(|p| format!("`User:{p}`")).collect::<Vec<_>>().join(", ");
+            out.push_str(&format!("Written by {} (`doudi acl plan`).\n\n", principals(&t.writers)));
+            out.push_str("| reader | principals | purpose | legal basis |\n|---|---|---|---|\n");
             for r in &t.readers {
-                out.push_str(&format!("| {} | {} | {} |\n", r.who, r.purpose, r.legal_basis));
+                out.push_str(&format!("| {} | {} | {} | {} |\n", r.who, principals(&r.principals), r.purpose, r.legal_basis));
             }
             if !t.fields.is_empty() {
                 out.push_str("\n| field | purpose | legal basis |\n|---|---|---|\n");

@@ -70,7 +70,7 @@ pub fn check(dir: &Path) -> Vec<Problem> {
 fn check_field_purposes(registry: &Registry) -> Vec<Problem> {
     let mut problems = Vec::new();
     for t in &registry.catalogue.topics {
-        let agency_topic = t.name.starts_with("exchange.entitlement.") && t.name != "exchange.entitlement.ack.v1";
+        let agency_topic = t.name.starts_with(crate::topics::ENTITLEMENT_TOPIC_PREFIX);
         if !agency_topic && t.fields.is_empty() {
             continue;
         }

@@ -54,6 +54,9 @@ pub(crate) enum Command {
     /// Topic catalogue and JSON Schema tools.
     #[command(subcommand)]
     Schemas(SchemasCommand),
+    /// Broker access control from the topic catalogue: what each principal may do (least privilege).
+    #[command(subcommand)]
+    Acl(AclCommand),
     /// Dead letters: what the connectors refused, and why.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -368,6 +371,52 @@ pub(crate) enum TopicsCommand {
         #[arg(long, default_value_t = 1)]
         replication: i32,
     },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AclCommand {
+    /// Print the ACLs every principal needs: as `kafka-acls` commands, or JSON with --json (one
+    /// array of {principal, operation, resource_type, resource, pattern}).
+    Plan {
+        #[command(flatten)]
+        source: AclSource,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the broker's ACLs equal to the plan: add what is missing, remove everything else, and
+    /// print the difference. Logs in as the broker's super user with mutual TLS (the settings'
+    /// kafka.options: security.protocol = SSL, ssl.ca.location, ssl.certificate.location,
+    /// ssl.key.location).
+    Apply {
+        #[command(flatten)]
+        source: AclSource,
+        /// Print the difference only.
+        #[arg(long)]
+        dry_run: bool,
+        /// The broker's mutual-TLS listener (default: the first of kafka.bootstrap_servers).
+        #[arg(long)]
+        bootstrap_server: Option<String>,
+        /// Print the difference as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Who applies it, for the audit log (default: audit.actor of the settings).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Why, for the audit log.
+        #[arg(long)]
+        purpose: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct AclSource {
+    #[arg(long, default_value = "schemas")]
+    pub(crate) schemas: PathBuf,
+    /// The connector configs (each `[connector]` gets its principal and transactional ids).
+    #[arg(long, default_value = "connectors")]
+    pub(crate) connectors: PathBuf,
+    #[command(flatten)]
+    pub(crate) topics: TopicAffixes,
 }
 
 #[derive(Subcommand)]

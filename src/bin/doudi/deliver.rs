@@ -78,8 +78,10 @@ pub(crate) async fn acks(args: &AcksArgs, settings: &Settings) -> Outcome {
         served.map_err(|e| Failure::infrastructure(format!("--listen {addr}: {e}")))?;
     }
     tokio::spawn(acks::refresh_gauges_every(db.clone(), std::time::Duration::from_secs(15), shutdown.clone()));
-    let topic = args.topics.affixes().name(doudi::topics::ACK_TOPIC);
-    let consuming = || acks::consume(&db, &settings.kafka, &registry, &topic, &args.group, args.until_idle, shutdown.clone().requested());
+    let affixes = args.topics.affixes();
+    let topics: std::collections::BTreeMap<String, &'static str> =
+        doudi::topics::AGENCIES.into_iter().map(|a| (affixes.name(&doudi::topics::ack_topic(a)), a)).collect();
+    let consuming = || acks::consume(&db, &settings.kafka, &registry, &topics, &args.group, args.until_idle, shutdown.clone().requested());
     let result = attempt(daemon, &health, &shutdown, consuming).await;
     match result {
         Ok(read) => {

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, ConfigCommand, DeliveriesCommand, DlqCommand, PolicyCommand, RecipientsCommand, TopicsCommand};
+use cli::{AclCommand, Cli, Command, ConfigCommand, DeliveriesCommand, DlqCommand, PolicyCommand, RecipientsCommand, TopicsCommand};
 use doudi::config::Settings;
 use doudi::error::Failure;
 
@@ -78,6 +78,10 @@ async fn dispatch(command: Command, settings: Settings) -> Outcome {
         // Ops: the servers, topics, lag.
         Command::Doctor { no_kafka, json } => ops::doctor(no_kafka, json, &settings).await,
         Command::Config(ConfigCommand::Check) => ops::config_check(&settings),
+        Command::Acl(AclCommand::Plan { source, json }) => ops::acl_plan(&source, json),
+        Command::Acl(AclCommand::Apply { source, dry_run, bootstrap_server, json, actor, purpose }) => {
+            ops::acl_apply(&source, bootstrap_server.as_deref(), dry_run, json, actor.as_deref(), purpose.as_deref(), &settings).await
+        }
         Command::Topics(TopicsCommand::Apply { schemas, replication }) => ops::topics_apply(&schemas, replication, &settings).await,
         Command::Tap { topic, follow, limit } => ops::tap(&topic, follow, limit, &settings).await,
         Command::Lag(args) => ops::lag(args, &settings).await,

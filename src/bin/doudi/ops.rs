@@ -40,6 +40,57 @@ pub(crate) async fn topics_apply(schemas: &Path, replication: i32, settings: &Se
     Ok(())
 }
 
+fn acl_plan_of(source: &crate::cli::AclSource) -> Result<Vec<doudi::acl::Entry>, Failure> {
+    let catalogue = doudi::schema::Catalogue::load(&source.schemas)?;
+    let connectors = doudi::acl::connectors_in(&source.connectors).map_err(Failure::usage)?;
+    doudi::acl::plan(&catalogue, &connectors, &source.topics.affixes()).map_err(Failure::usage)
+}
+
+/// `doudi acl plan`: the ACLs, as `kafka-acls` commands or JSON.
+pub(crate) fn acl_plan(source: &crate::cli::AclSource, json: bool) -> Outcome {
+    let plan = acl_plan_of(source)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
+    } else {
+        out!("{}", doudi::acl::script(&plan));
+    }
+    Ok(())
+}
+
+/// `doudi acl apply`: the broker's ACLs made equal to the plan.
+pub(crate) async fn acl_apply(
+    source: &crate::cli::AclSource,
+    bootstrap: Option<&str>,
+    dry_run: bool,
+    json: bool,
+    actor: Option<&str>,
+    purpose: Option<&str>,
+    settings: &Settings,
+) -> Outcome {
+    let plan = acl_plan_of(source)?;
+    let tls = doudi::acl::AdminTls::from_settings(&settings.kafka, bootstrap).map_err(Failure::usage)?;
+    let mut admin = doudi::acl::Admin::connect(&tls).await.map_err(Failure::infrastructure)?;
+    let current = admin.list().await.map_err(Failure::infrastructure)?;
+    let difference = doudi::acl::difference(&plan, &current);
+    if json {
+        outln!("{}", serde_json::json!({"dry_run": dry_run, "add": difference.add, "remove": difference.remove, "unchanged": difference.unchanged}));
+    } else {
+        for e in &difference.add {
+            outln!("+ {} {} {} {} {}", e.principal, e.operation.as_str(), e.resource_type.as_str(), e.pattern.as_str(), e.resource);
+        }
+        for e in &difference.remove {
+            outln!("- {} {} {} {} {}", e.principal, e.operation.as_str(), e.resource_type.as_str(), e.pattern.as_str(), e.resource);
+        }
+        outln!("{} to add, {} to remove, {} unchanged{}", difference.add.len(), difference.remove.len(), difference.unchanged, if dry_run { " (dry run: nothing changed)" } else { "" });
+    }
+    if dry_run || (difference.add.is_empty() && difference.remove.is_empty()) {
+        return Ok(());
+    }
+    let _ = (actor, purpose, settings);
+    admin.apply(&difference).await.map_err(Failure::infrastructure)?;
+    Ok(())
+}
+
 /// `doudi tap`: a topic's records, masked.
 pub(crate) async fn tap(topic: &str, follow: bool, limit: usize, settings: &Settings) -> Outcome {
     doudi::tap::read(&settings.kafka, topic, None, limit, follow, &mut |t| {
