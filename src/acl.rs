@@ -235,13 +235,7 @@ fn role_groups(principal: &str) -> Vec<&'static str> {
 pub fn plan(catalogue: &Catalogue, connectors: &[Connector], affixes: &Affixes) -> Result<Vec<Entry>, AclError> {
     let mut entries = BTreeSet::new();
     let mut add = |principal: &str, operation: Operation, resource_type: ResourceType, resource: &str, pattern: Pattern| {
-        entries.insert(Entry {
-            principal: format!("User:{principal}"),
-            operation,
-            resource_type,
-            resource: resource.to_string(),
-            pattern,
-        });
+        entries.insert(Entry { principal: format!("User:{principal}"), operation, resource_type, resource: resource.to_string(), pattern });
     };
     let expand = |p: &str| -> Vec<String> {
         if p == "doudi-connect-*" { connectors.iter().map(|c| format!("doudi-connect-{}", c.name)).collect() } else { vec![p.to_string()] }
@@ -322,7 +316,11 @@ pub fn script(entries: &[Entry]) -> String {
 }
 
 fn shell_quote(s: &str) -> String {
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/=@".contains(c)) { s.to_string() } else { format!("'{}'", s.replace('\'', "'\\''")) }
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/=@".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 fn resource_flag(r: ResourceType) -> &'static str {
@@ -445,7 +443,9 @@ mod code {
     }
 
     pub fn resource_of(c: i8) -> Option<ResourceType> {
-        [ResourceType::Topic, ResourceType::Group, ResourceType::Cluster, ResourceType::TransactionalId].into_iter().find(|r| resource(*r) == c)
+        [ResourceType::Topic, ResourceType::Group, ResourceType::Cluster, ResourceType::TransactionalId]
+            .into_iter()
+            .find(|r| resource(*r) == c)
     }
 
     pub fn pattern(p: Pattern) -> i8 {
@@ -574,12 +574,22 @@ impl Admin {
         let mut acls = Vec::new();
         for r in response.resources {
             let (Some(resource_type), Some(pattern)) = (code::resource_of(r.resource_type), code::pattern_of(r.pattern_type)) else {
-                return Err(broker_error(format!("an ACL of an unknown resource or pattern type ({}, {})", r.resource_type, r.pattern_type)));
+                return Err(broker_error(format!(
+                    "an ACL of an unknown resource or pattern type ({}, {})",
+                    r.resource_type, r.pattern_type
+                )));
             };
             for a in r.acls {
-                let operation = code::operation_of(a.operation).ok_or_else(|| broker_error(format!("an ACL of unknown operation {}", a.operation)))?;
+                let operation =
+                    code::operation_of(a.operation).ok_or_else(|| broker_error(format!("an ACL of unknown operation {}", a.operation)))?;
                 acls.push(BrokerAcl {
-                    entry: Entry { principal: a.principal.to_string(), operation, resource_type, resource: r.resource_name.to_string(), pattern },
+                    entry: Entry {
+                        principal: a.principal.to_string(),
+                        operation,
+                        resource_type,
+                        resource: r.resource_name.to_string(),
+                        pattern,
+                    },
                     host: a.host.to_string(),
                     allow: a.permission_type == code::ALLOW,
                 });
@@ -610,7 +620,8 @@ impl Admin {
                         .with_permission_type(code::ALLOW)
                 })
                 .collect();
-            let response: CreateAclsResponse = self.call(ApiKey::CreateAcls, &CreateAclsRequest::default().with_creations(creations)).await?;
+            let response: CreateAclsResponse =
+                self.call(ApiKey::CreateAcls, &CreateAclsRequest::default().with_creations(creations)).await?;
             if let Some(failed) = response.results.iter().find(|r| r.error_code != 0) {
                 return Err(broker_error(format!(
                     "creating ACLs: error {} {}",
@@ -697,8 +708,12 @@ mod tests {
         assert!(!allows(&p, "dept-civil", Read, Topic, "dlq.dept.hrss.employment.v1"));
         // Restricted topics: only the principals their catalogue entry names.
         for t in catalogue().topics.iter().filter(|t| t.restricted) {
-            let named: BTreeSet<String> =
-                t.readers.iter().flat_map(|r| &r.principals).flat_map(|r| if r == "doudi-connect-*" { vec![] } else { vec![format!("User:{r}")] }).collect();
+            let named: BTreeSet<String> = t
+                .readers
+                .iter()
+                .flat_map(|r| &r.principals)
+                .flat_map(|r| if r == "doudi-connect-*" { vec![] } else { vec![format!("User:{r}")] })
+                .collect();
             for e in p.iter().filter(|e| e.resource == t.name && e.operation == Read) {
                 assert!(named.contains(&e.principal), "{} reads restricted {}", e.principal, t.name);
             }
@@ -743,7 +758,8 @@ mod tests {
             .iter()
             .map(|args| {
                 let ops = args.iter().filter(|a| *a == "--operation").count();
-                let resources = args.iter().filter(|a| ["--topic", "--group", "--transactional-id", "--cluster"].contains(&a.as_str())).count();
+                let resources =
+                    args.iter().filter(|a| ["--topic", "--group", "--transactional-id", "--cluster"].contains(&a.as_str())).count();
                 ops * resources
             })
             .sum();

@@ -266,7 +266,8 @@ async fn webhook_retries_dead_letters_rejections_and_acknowledgements_close_the_
         status(post(json!({"event_id": c, "agency": "medical", "status": "applied"}), Some("wrong-token-0123456789")).await.unwrap()),
         401
     );
-    let forged = post(json!({"event_id": c, "agency": "housing", "status": "applied"}), Some("medical-ack-token-0123456789")).await.unwrap();
+    let forged =
+        post(json!({"event_id": c, "agency": "housing", "status": "applied"}), Some("medical-ack-token-0123456789")).await.unwrap();
     assert_eq!(forged.status().as_u16(), 403, "medical's token cannot acknowledge for housing");
     let unknown = uuid::Uuid::new_v4().to_string();
     assert_eq!(

@@ -63,7 +63,10 @@ pub struct InvalidAck(pub String);
 
 /// Checks an acknowledgement against its schema.
 pub fn check(registry: &Registry, ack: &Value) -> Result<(), InvalidAck> {
-    let schema = registry.schemas.get(crate::topics::ACK_SCHEMA).ok_or_else(|| InvalidAck(format!("the schema {} is not loaded", crate::topics::ACK_SCHEMA)))?;
+    let schema = registry
+        .schemas
+        .get(crate::topics::ACK_SCHEMA)
+        .ok_or_else(|| InvalidAck(format!("the schema {} is not loaded", crate::topics::ACK_SCHEMA)))?;
     match schema.violations(ack).first() {
         Some(v) => Err(InvalidAck(format!("{} at `{}`", v.message, v.pointer))),
         None => Ok(()),
@@ -272,10 +275,13 @@ pub async fn callback(State(state): State<CallbackState>, headers: HeaderMap, bo
             return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": format!("acknowledgement {i}: {reason}")})));
         }
         if ack.get("agency").and_then(Value::as_str) != Some(agency) {
-            metrics::counter!("doudi_delivery_acks_total", "agency" => agency.to_string(), "outcome" => AckOutcome::Refused.as_str()).increment(1);
+            metrics::counter!("doudi_delivery_acks_total", "agency" => agency.to_string(), "outcome" => AckOutcome::Refused.as_str())
+                .increment(1);
             return (
                 StatusCode::FORBIDDEN,
-                axum::Json(json!({"error": format!("acknowledgement {i} names another agency: an agency acknowledges only its own entitlements")})),
+                axum::Json(
+                    json!({"error": format!("acknowledgement {i} names another agency: an agency acknowledges only its own entitlements")}),
+                ),
             );
         }
     }

@@ -73,7 +73,10 @@ pub(crate) async fn acl_apply(
     let current = admin.list().await.map_err(Failure::infrastructure)?;
     let difference = doudi::acl::difference(&plan, &current);
     if json {
-        outln!("{}", serde_json::json!({"dry_run": dry_run, "add": difference.add, "remove": difference.remove, "unchanged": difference.unchanged}));
+        outln!(
+            "{}",
+            serde_json::json!({"dry_run": dry_run, "add": difference.add, "remove": difference.remove, "unchanged": difference.unchanged})
+        );
     } else {
         for e in &difference.add {
             outln!("+ {} {} {} {} {}", e.principal, e.operation.as_str(), e.resource_type.as_str(), e.pattern.as_str(), e.resource);
@@ -81,14 +84,36 @@ pub(crate) async fn acl_apply(
         for e in &difference.remove {
             outln!("- {} {} {} {} {}", e.principal, e.operation.as_str(), e.resource_type.as_str(), e.pattern.as_str(), e.resource);
         }
-        outln!("{} to add, {} to remove, {} unchanged{}", difference.add.len(), difference.remove.len(), difference.unchanged, if dry_run { " (dry run: nothing changed)" } else { "" });
+        outln!(
+            "{} to add, {} to remove, {} unchanged{}",
+            difference.add.len(),
+            difference.remove.len(),
+            difference.unchanged,
+            if dry_run { " (dry run: nothing changed)" } else { "" }
+        );
     }
     if dry_run || (difference.add.is_empty() && difference.remove.is_empty()) {
         return Ok(());
     }
     let _ = (actor, purpose, settings);
     admin.apply(&difference).await.map_err(Failure::infrastructure)?;
-    Ok(())
+    // The broker answers once its controller has the change; its own view follows a moment later.
+    // Done means the broker shows exactly the plan.
+    let began = std::time::Instant::now();
+    loop {
+        let now = doudi::acl::difference(&plan, &admin.list().await.map_err(Failure::infrastructure)?);
+        if now.add.is_empty() && now.remove.is_empty() {
+            return Ok(());
+        }
+        if began.elapsed() > std::time::Duration::from_secs(60) {
+            return Err(Failure::infrastructure(format!(
+                "the broker accepted the change but after 60 s still shows {} rules missing and {} extra",
+                now.add.len(),
+                now.remove.len()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// `doudi tap`: a topic's records, masked.
