@@ -399,12 +399,6 @@ pub(crate) enum AclCommand {
         /// Print the difference as JSON.
         #[arg(long)]
         json: bool,
-        /// Who applies it, for the audit log (default: audit.actor of the settings).
-        #[arg(long)]
-        actor: Option<String>,
-        /// Why, for the audit log.
-        #[arg(long)]
-        purpose: Option<String>,
     },
 }
 

@@ -79,8 +79,8 @@ async fn dispatch(command: Command, settings: Settings) -> Outcome {
         Command::Doctor { no_kafka, json } => ops::doctor(no_kafka, json, &settings).await,
         Command::Config(ConfigCommand::Check) => ops::config_check(&settings),
         Command::Acl(AclCommand::Plan { source, json }) => ops::acl_plan(&source, json),
-        Command::Acl(AclCommand::Apply { source, dry_run, bootstrap_server, json, actor, purpose }) => {
-            ops::acl_apply(&source, bootstrap_server.as_deref(), dry_run, json, actor.as_deref(), purpose.as_deref(), &settings).await
+        Command::Acl(AclCommand::Apply { source, dry_run, bootstrap_server, json }) => {
+            ops::acl_apply(&source, bootstrap_server.as_deref(), dry_run, json, &settings).await
         }
         Command::Topics(TopicsCommand::Apply { schemas, replication }) => ops::topics_apply(&schemas, replication, &settings).await,
         Command::Tap { topic, follow, limit } => ops::tap(&topic, follow, limit, &settings).await,

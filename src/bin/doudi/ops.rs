@@ -63,8 +63,6 @@ pub(crate) async fn acl_apply(
     bootstrap: Option<&str>,
     dry_run: bool,
     json: bool,
-    actor: Option<&str>,
-    purpose: Option<&str>,
     settings: &Settings,
 ) -> Outcome {
     let plan = acl_plan_of(source)?;
@@ -95,7 +93,6 @@ pub(crate) async fn acl_apply(
     if dry_run || (difference.add.is_empty() && difference.remove.is_empty()) {
         return Ok(());
     }
-    let _ = (actor, purpose, settings);
     admin.apply(&difference).await.map_err(Failure::infrastructure)?;
     // The broker answers once its controller has the change; its own view follows a moment later.
     // Done means the broker shows exactly the plan.
