@@ -340,7 +340,8 @@ fn invocations<'a>(entries: impl Iterator<Item = &'a Entry>) -> Vec<Vec<String>>
     for e in entries {
         by_resource.entry((&e.principal, e.pattern, e.resource_type, &e.resource)).or_default().insert(e.operation);
     }
-    let mut by_operations: BTreeMap<(&str, Pattern, BTreeSet<Operation>), Vec<(ResourceType, &str)>> = BTreeMap::new();
+    type Principal<'a> = (&'a str, Pattern, BTreeSet<Operation>);
+    let mut by_operations: BTreeMap<Principal, Vec<(ResourceType, &str)>> = BTreeMap::new();
     for ((principal, pattern, rtype, resource), ops) in by_resource {
         by_operations.entry((principal, pattern, ops)).or_default().push((rtype, resource));
     }

@@ -2,6 +2,7 @@
 //! over TLS, mutual TLS, the StandardAuthorizer with default deny), with `doudi acl apply`'s plan:
 //! doudi's components run end to end, each as its own principal; every principal is refused what
 //! the plan does not give it; a wrong CA and an expired certificate are refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
