@@ -59,8 +59,20 @@ pub struct Settings {
     pub log: LogSettings,
     /// The HTTP endpoint for `/healthz`, `/readyz` and `/metrics`.
     pub http: HttpSettings,
-    /// Keys for pseudonymous message keys.
+    /// Keys for pseudonymous message keys and the audit log.
     pub keys: KeySettings,
+    /// Who the audit log names as the actor of this process's audited actions.
+    pub audit: AuditSettings,
+}
+
+/// The audit log's actor, as the deployment binds it to its identity system (a CLI's `--actor`
+/// overrides it).
+#[derive(Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// The authenticated identity of whoever runs this process (`DOUDI_AUDIT_ACTOR`). Empty: every
+    /// audited action must then be given `--actor`.
+    pub actor: String,
 }
 
 /// How to reach Kafka.
@@ -150,14 +162,21 @@ pub struct KeySettings {
     pub hmac_secret: String,
     /// Set in production: refuses development defaults such as the built-in HMAC secret.
     pub production: bool,
+    /// The key of the audit log's MACs (HMAC-SHA-256). Keep it out of the database (a Secret): whoever
+    /// can write the audit table must not be able to seal a forged entry. The default is a
+    /// development value, refused when `production` is true.
+    pub audit_key: String,
 }
+
+/// The built-in development audit key. Refused in production.
+pub const DEVELOPMENT_AUDIT_KEY: &str = "doudi-development-audit-key-not-for-production";
 
 /// The built-in development secret. Refused in production.
 pub const DEVELOPMENT_HMAC_SECRET: &str = "doudi-development-secret-not-for-production";
 
 impl Default for KeySettings {
     fn default() -> Self {
-        Self { hmac_secret: DEVELOPMENT_HMAC_SECRET.into(), production: false }
+        Self { hmac_secret: DEVELOPMENT_HMAC_SECRET.into(), production: false, audit_key: DEVELOPMENT_AUDIT_KEY.into() }
     }
 }
 
@@ -262,6 +281,12 @@ impl Settings {
         }
         if self.keys.production && self.keys.hmac_secret == DEVELOPMENT_HMAC_SECRET {
             return field("keys.hmac_secret", "is the development default, which is refused when keys.production is true".into());
+        }
+        if self.keys.audit_key.len() < 16 {
+            return field("keys.audit_key", "must be at least 16 bytes".into());
+        }
+        if self.keys.production && self.keys.audit_key == DEVELOPMENT_AUDIT_KEY {
+            return field("keys.audit_key", "is the development default, which is refused when keys.production is true".into());
         }
         Ok(())
     }
@@ -419,6 +444,7 @@ mod tests {
             ("[database]\nurl = \"mysql://x\"\n", "database.url"),
             ("[http]\nbind = \"everywhere\"\n", "http.bind"),
             ("[keys]\nproduction = true\n", "keys.hmac_secret"),
+            ("[keys]\nproduction = true\nhmac_secret = \"a-production-secret-0123456789\"\n", "keys.audit_key"),
             ("[kafka.options]\n\"bootstrap.servers\" = \"x:1\"\n", "kafka.options.bootstrap.servers"),
             ("[database]\nurl = \"postgres://h/d\"\nmax_connections = 1\n", "database.max_connections"),
         ] {

@@ -2,6 +2,7 @@
 //! Jilin's 吉民发〔2019〕38号. See `docs/architecture.md` for how the parts fit together.
 
 pub mod acl;
+pub mod audit;
 pub mod config;
 pub mod connect;
 pub mod dates;

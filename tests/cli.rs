@@ -112,7 +112,17 @@ fn id_reports_and_exit_codes() {
     assert_eq!(lines[1]["upgraded_from_15"], true);
     assert_eq!(lines[1]["division_name"], "吉林省长春市南关区");
     let out = doudi(&["id", "--unmasked", "11010519491231002x"], &[]);
+    assert_eq!(out.status.code(), Some(2), "unmasked needs --actor and --purpose");
+    assert!(text(&out.stdout).is_empty());
+    let audit_db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}/audit.db", audit_db.path().display());
+    let out = doudi(
+        &["id", "--unmasked", "--actor", "caseworker-17", "--purpose", "check a form", "11010519491231002x"],
+        &[("DOUDI_DATABASE_URL", url.as_str())],
+    );
     assert!(text(&out.stdout).contains("\"normalised\":\"11010519491231002X\""));
+    let out = doudi(&["audit", "list", "--json"], &[("DOUDI_DATABASE_URL", url.as_str())]);
+    assert!(text(&out.stdout).contains("\"action\":\"id --unmasked\""), "{}", text(&out.stdout));
     let out = doudi(&["id", "11010519491231002X", "110105194912310021"], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).contains("check character"));

@@ -253,15 +253,40 @@ async fn sample_feeds_reach_each_agency_and_later_events_change_them() {
         sources.contains("civil-household.jsonl") && sources.contains("deaths.jsonl") && sources.contains("revocations.jsonl"),
         "{sources:?}"
     );
-    let (code, out, _) = common::run_doudi_env(&["recipients", "show", "220102195003070015", "--json", "--unmasked"], &env);
+    // Unmasked: refused without who and why, before anything is shown; with them, shown and
+    // recorded in the audit log under the person's keyed hash.
+    let (code, out, err) = common::run_doudi_env(&["recipients", "show", "220102195003070015", "--json", "--unmasked"], &env);
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert!(err.contains("--actor"), "{err}");
+    let (code, out, err) =
+        common::run_doudi_env(&["recipients", "show", "220102195003070015", "--json", "--unmasked", "--actor", "caseworker-17"], &env);
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert!(err.contains("--purpose"), "{err}");
+    let (code, out, _) = common::run_doudi_env(
+        &[
+            "recipients",
+            "show",
+            "220102195003070015",
+            "--json",
+            "--unmasked",
+            "--actor",
+            "caseworker-17",
+            "--purpose",
+            "复核 periodic review",
+        ],
+        &env,
+    );
     assert_eq!(code, 0);
     assert!(out.contains("220102195003070015"));
-    let logged: i64 = sqlx::query("SELECT COUNT(*) AS n FROM access_log WHERE person = '2201**********0015'")
-        .fetch_one(db.pool())
-        .await
-        .unwrap()
-        .get("n");
-    assert_eq!(logged, 1, "unmasked use is logged");
+    let (code, out, _) = common::run_doudi_env(&["audit", "list", "--person", "220102195003070015", "--json"], &env);
+    assert_eq!(code, 0);
+    let entries: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(entries.len(), 1, "{out}");
+    assert_eq!((entries[0]["actor"].as_str(), entries[0]["purpose"].as_str()), (Some("caseworker-17"), Some("复核 periodic review")));
+    assert!(!out.contains("220102195003070015") && !out.contains("19500307"), "the log holds no ID number");
+    let (code, _, _) = common::run_doudi_env(&["audit", "verify"], &env);
+    assert_eq!(code, 0);
+    let _ = db;
 }
 
 /// Every outbound record is a CloudEvent from the matcher whose id is the payload's id, keyed by the

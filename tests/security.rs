@@ -103,12 +103,16 @@ fn connects(kafka: &KafkaSettings) -> bool {
 async fn a_secured_broker_allows_each_principal_its_plan_and_nothing_else() {
     let broker = SecureKafka::start();
     let admin = broker.mtls("doudi-admin");
+    let pg = common::fresh_postgres().await;
+    let audited = [("DOUDI_DATABASE_URL", pg.settings.url.as_str()), ("DOUDI_AUDIT_ACTOR", "ops-admin-1")];
 
     // The administrator creates the topics and applies the plan; a second apply changes nothing,
     // and a rule that is not in the plan is removed.
     let (code, _, stderr) = doudi_as(&admin, &["topics", "apply"], &[]);
     assert_eq!(code, 0, "{stderr}");
-    let (code, stdout, stderr) = doudi_as(&admin, &["acl", "apply", "--json"], &[]);
+    let (code, _, stderr) = doudi_as(&admin, &["acl", "apply", "--json"], &[("DOUDI_DATABASE_URL", pg.settings.url.as_str())]);
+    assert_eq!(code, 2, "acl apply names who applies it: {stderr}");
+    let (code, stdout, stderr) = doudi_as(&admin, &["acl", "apply", "--json"], &audited);
     assert_eq!(code, 0, "{stderr}");
     let applied: Value = serde_json::from_str(&stdout).unwrap();
     let (_, plan, _) = doudi_as(&admin, &["acl", "plan", "--json"], &[]);
@@ -128,13 +132,18 @@ async fn a_secured_broker_allows_each_principal_its_plan_and_nothing_else() {
     let tls = doudi::acl::AdminTls::from_settings(&admin, None).unwrap();
     let mut session = doudi::acl::Admin::connect(&tls).await.unwrap();
     session.apply(&doudi::acl::difference(&[stray], &[])).await.unwrap();
-    let (code, stdout, stderr) = doudi_as(&admin, &["acl", "apply", "--json"], &[]);
+    let (code, stdout, stderr) = doudi_as(&admin, &["acl", "apply", "--json"], &audited);
     assert_eq!(code, 0, "{stderr}");
     let again: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(again["add"], json!([]));
     assert_eq!(again["remove"].as_array().unwrap().len(), 1, "the stray rule is removed: {again}");
     assert_eq!(again["remove"][0]["principal"], "User:intruder");
     assert_eq!(again["unchanged"], plan.len());
+    let (code, stdout, _) = doudi_as(&admin, &["audit", "list", "--json", "--actor", "ops-admin-1"], &audited);
+    assert_eq!(code, 0);
+    let actions: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(actions.len(), 2, "each apply that changed something is in the audit log: {stdout}");
+    assert!(actions.iter().all(|a| a["action"] == "acl apply"));
 
     // End to end, each component as its own principal: the civil-affairs connector with SCRAM over
     // TLS, the matcher and the acks recorder with mutual TLS.
@@ -145,7 +154,6 @@ async fn a_secured_broker_allows_each_principal_its_plan_and_nothing_else() {
         &[],
     );
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let pg = common::fresh_postgres().await;
     let db_env = [("DOUDI_DATABASE_URL", pg.settings.url.as_str())];
     let matcher = broker.mtls("doudi-matcher");
     let (code, stdout, stderr) = doudi_as(&matcher, &["match", "--until-idle"], &db_env);

@@ -3,8 +3,7 @@
 //!
 //! Guarantees: the report is masked by default: ID numbers as `2201**********0015`, names as their
 //! first character, fact values left out (only field, date, state and source). With `unmasked`
-//! the values are shown and the access is written to `access_log` and the log (masked), so every
-//! look at personal data can be audited.
+//! the values are shown; the caller records that access in the audit log first (`crate::audit`).
 
 use chrono::NaiveDate;
 use serde_json::{Value, json};
@@ -13,7 +12,7 @@ use sqlx::Row;
 use super::assemble::assemble;
 use super::batch::household_state;
 use super::{ApplyError, Conn};
-use crate::db::{Database, now_rfc3339};
+use crate::db::Database;
 use crate::idnum::{IdNumber, mask};
 use crate::policy::Params;
 
@@ -26,22 +25,13 @@ fn mask_name(name: &str) -> String {
 }
 
 /// The report on the person with `id`, or `None` when doudi has never heard of them.
-pub async fn report(db: &Database, params: &Params, id: &IdNumber, unmasked: bool, actor: &str) -> Result<Option<Value>, ApplyError> {
+pub async fn report(db: &Database, params: &Params, id: &IdNumber, unmasked: bool) -> Result<Option<Value>, ApplyError> {
     let mut conn = db.pool().acquire().await?;
     let Some(person) =
         sqlx::query("SELECT name, birth_date, sex FROM persons WHERE id_number = $1").bind(id.as_str()).fetch_optional(&mut *conn).await?
     else {
         return Ok(None);
     };
-    if unmasked {
-        sqlx::query("INSERT INTO access_log (at, actor, action, person) VALUES ($1, $2, 'recipients show --unmasked', $3)")
-            .bind(now_rfc3339())
-            .bind(actor)
-            .bind(id.masked())
-            .execute(&mut *conn)
-            .await?;
-        tracing::info!(person = %id.masked(), actor, "Unmasked personal data was shown (recipients show --unmasked).");
-    }
     let show_id = |raw: &str| if unmasked { raw.to_string() } else { mask(raw) };
     let show_name = |n: Option<String>| n.map(|n| if unmasked { n } else { mask_name(&n) });
     let mut out = json!({

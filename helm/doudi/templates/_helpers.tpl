@@ -62,6 +62,11 @@ app.kubernetes.io/component: {{ .component }}
     secretKeyRef:
       name: {{ .Values.secrets.hmac.existingSecret | default (include "doudi.secretName" .) }}
       key: {{ .Values.secrets.hmac.key }}
+- name: DOUDI_KEYS_AUDIT_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.audit.existingSecret | default (include "doudi.secretName" .) }}
+      key: {{ .Values.secrets.audit.key }}
 {{- if .Values.secrets.kafkaSasl.enabled }}
 - name: DOUDI_KAFKA_OPTIONS_SASL_USERNAME
   valueFrom:

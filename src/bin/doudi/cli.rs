@@ -57,6 +57,9 @@ pub(crate) enum Command {
     /// Broker access control from the topic catalogue: what each principal may do (least privilege).
     #[command(subcommand)]
     Acl(AclCommand),
+    /// The tamper-evident audit log of unmasked access and administrative actions.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Dead letters: what the connectors refused, and why.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -118,8 +121,11 @@ pub(crate) enum Command {
     /// Check and describe resident ID numbers (GB 11643); prints one JSON object per argument.
     Id {
         /// Show the numbers unmasked (the output is then personal data: do not log or share it).
+        /// Needs --actor and --purpose; recorded in the audit log.
         #[arg(long)]
         unmasked: bool,
+        #[command(flatten)]
+        audit: AuditArgs,
         /// ID numbers (18 characters, or legacy 15 digits).
         #[arg(required = true)]
         ids: Vec<String>,
@@ -171,6 +177,8 @@ pub(crate) enum ConnectAction {
         config: PathBuf,
         #[arg(long, default_value = "schemas")]
         schemas: PathBuf,
+        #[command(flatten)]
+        audit: AuditArgs,
     },
 }
 
@@ -269,7 +277,8 @@ pub(crate) enum RecipientsCommand {
     Show {
         /// Resident ID number.
         id_number: String,
-        /// Show ID numbers, names and fact values in full. Recorded in the access log.
+        /// Show ID numbers, names and fact values in full. Needs --actor and --purpose; recorded in
+        /// the audit log.
         #[arg(long)]
         unmasked: bool,
         /// Print JSON instead of text.
@@ -277,6 +286,8 @@ pub(crate) enum RecipientsCommand {
         json: bool,
         #[arg(long)]
         policy: Option<PathBuf>,
+        #[command(flatten)]
+        audit: AuditArgs,
     },
 }
 
@@ -314,6 +325,8 @@ pub(crate) enum DlqCommand {
         connectors: PathBuf,
         #[arg(long, default_value = "schemas")]
         schemas: PathBuf,
+        #[command(flatten)]
+        audit: AuditArgs,
     },
 }
 
@@ -373,6 +386,40 @@ pub(crate) enum TopicsCommand {
     },
 }
 
+/// Who does an audited action, and why (docs/security.md, "The audit log").
+#[derive(clap::Args, Clone, Default)]
+pub(crate) struct AuditArgs {
+    /// Who acts, as the deployment's identity system names them (default: audit.actor of the
+    /// settings, DOUDI_AUDIT_ACTOR). Recorded in the audit log.
+    #[arg(long)]
+    pub(crate) actor: Option<String>,
+    /// Why, recorded in the audit log (required for unmasked access to personal data).
+    #[arg(long)]
+    pub(crate) purpose: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the whole audit log: numbering, each entry's link to the one before and its MAC.
+    /// Exit 1 naming the first bad entry.
+    Verify,
+    /// Audit log entries, oldest first.
+    List {
+        /// Only entries since this time: RFC 3339 or an age (24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this actor's entries.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only entries about this person (the ID number is hashed with the audit key; the log never holds it).
+        #[arg(long)]
+        person: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand)]
 pub(crate) enum AclCommand {
     /// Print the ACLs every principal needs: as `kafka-acls` commands, or JSON with --json (one
@@ -399,6 +446,8 @@ pub(crate) enum AclCommand {
         /// Print the difference as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        audit: AuditArgs,
     },
 }
 
@@ -496,6 +545,8 @@ pub(crate) enum PolicyCommand {
         policy: PathBuf,
         #[command(flatten)]
         run: ReevaluateArgs,
+        #[command(flatten)]
+        audit: AuditArgs,
     },
     /// The policy versions recorded, newest first.
     Versions,

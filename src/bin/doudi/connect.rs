@@ -29,9 +29,15 @@ pub(crate) async fn connect(args: ConnectArgs, settings: &Settings) -> Outcome {
             outln!("{report}");
             if report.passed() { Ok(()) } else { Err(Failure::data(format!("{}: the fixtures do not match", config.display()))) }
         }
-        Some(ConnectAction::Confirm { config, schemas }) => {
+        Some(ConnectAction::Confirm { config, schemas, audit }) => {
+            let who = crate::daemon::audited(&audit, settings, "connect confirm", Some("release roster removals held back"))?;
+            let db = crate::daemon::open_database(settings).await?;
             let mut connector = start_connector(&config, &schemas, settings).await?;
-            print_summary(connector.confirm_held().await?);
+            let summary = connector.confirm_held().await?;
+            let detail =
+                serde_json::json!({"config": config.display().to_string(), "summary": serde_json::to_value(&summary).unwrap_or_default()});
+            crate::daemon::record_audit(&db, settings, &who, "connect confirm", None, detail).await?;
+            print_summary(summary);
             Ok(())
         }
         None => {
@@ -80,13 +86,18 @@ pub(crate) async fn dlq_replay(
     connector: Option<&str>,
     connectors: &Path,
     schemas: &Path,
+    audit: &crate::cli::AuditArgs,
     settings: &Settings,
 ) -> Outcome {
+    let who = crate::daemon::audited(audit, settings, "dlq replay", Some("re-submit corrected records"))?;
+    let db = crate::daemon::open_database(settings).await?;
     let config = doudi::connect::replay::find_config(connectors, schemas, topic, connector).map_err(Failure::usage)?;
     let body = std::fs::read(input).map_err(|e| Failure::usage(format!("--input: cannot read {}: {e}", input.display())))?;
     let mut connector = start_connector(&config, schemas, settings).await?;
     let label = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let summary = doudi::connect::replay::replay(&mut connector, &body, &label).await?;
+    let detail = serde_json::json!({"topic": topic, "connector": summary.connector, "produced": summary.produced, "dead_lettered": summary.dead_lettered});
+    crate::daemon::record_audit(&db, settings, &who, "dlq replay", None, detail).await?;
     outln!("{}", serde_json::to_string(&summary).unwrap_or_default());
     tracing::info!(connector = %summary.connector, file = %label, produced = summary.produced, dead_lettered = summary.dead_lettered, "dead letters replayed");
     if summary.dead_lettered > 0 { Err(Failure::data(format!("{} row(s) refused again", summary.dead_lettered))) } else { Ok(()) }

@@ -32,6 +32,35 @@ pub(crate) async fn open_database(settings: &Settings) -> Result<doudi::db::Data
     Ok(doudi::db::Database::connect(&settings.database).await?)
 }
 
+/// Who does an audited action (`--actor`, else `audit.actor` of the settings) and why (`--purpose`,
+/// else `default_purpose` where the action has one). Refused, before anything is done, without both.
+pub(crate) fn audited(
+    args: &crate::cli::AuditArgs,
+    settings: &Settings,
+    what: &str,
+    default_purpose: Option<&str>,
+) -> Result<doudi::audit::Who, Failure> {
+    let actor = args.actor.clone().or_else(|| Some(settings.audit.actor.clone()).filter(|a| !a.trim().is_empty()));
+    let purpose = args.purpose.clone().or_else(|| default_purpose.map(str::to_string));
+    doudi::audit::Who::required(actor.as_deref(), purpose.as_deref(), what).map_err(Failure::usage)
+}
+
+/// Appends an entry to the audit log.
+pub(crate) async fn record_audit(
+    db: &doudi::db::Database,
+    settings: &Settings,
+    who: &doudi::audit::Who,
+    action: &str,
+    person: Option<&doudi::idnum::IdNumber>,
+    detail: serde_json::Value,
+) -> Result<(), Failure> {
+    let auditor = doudi::audit::Auditor::new(settings.keys.audit_key.as_bytes());
+    doudi::audit::record(db, &auditor, who, action, person, detail)
+        .await
+        .map_err(|e| Failure::infrastructure(format!("the audit log: {e}")))?;
+    Ok(())
+}
+
 /// The policy parameters of `path`, or the shipped ones.
 pub(crate) fn load_policy(path: Option<&std::path::Path>) -> Result<doudi::policy::Params, Failure> {
     Ok(match path {

@@ -18,7 +18,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{AclCommand, Cli, Command, ConfigCommand, DeliveriesCommand, DlqCommand, PolicyCommand, RecipientsCommand, TopicsCommand};
+use cli::{
+    AclCommand, AuditCommand, Cli, Command, ConfigCommand, DeliveriesCommand, DlqCommand, PolicyCommand, RecipientsCommand, TopicsCommand,
+};
 use doudi::config::Settings;
 use doudi::error::Failure;
 
@@ -57,16 +59,16 @@ async fn dispatch(command: Command, settings: Settings) -> Outcome {
         Command::Dlq(DlqCommand::List { topic, since, limit, json }) => {
             connect::dlq_list(&topic, since.as_deref(), limit, json, &settings).await
         }
-        Command::Dlq(DlqCommand::Replay { topic, input, connector, connectors, schemas }) => {
-            connect::dlq_replay(&topic, &input, connector.as_deref(), &connectors, &schemas, &settings).await
+        Command::Dlq(DlqCommand::Replay { topic, input, connector, connectors, schemas, audit }) => {
+            connect::dlq_replay(&topic, &input, connector.as_deref(), &connectors, &schemas, &audit, &settings).await
         }
         // Match: the recipient database and the policy over time.
         Command::Match(args) => matching::run(args, &settings).await,
-        Command::Policy(PolicyCommand::Apply { policy, run }) => matching::policy_apply(&policy, &run, &settings).await,
+        Command::Policy(PolicyCommand::Apply { policy, run, audit }) => matching::policy_apply(&policy, &run, &audit, &settings).await,
         Command::Policy(PolicyCommand::Versions) => matching::policy_versions(&settings).await,
         Command::Review { date, run } => matching::review(date, &run, &settings).await,
-        Command::Recipients(RecipientsCommand::Show { id_number, unmasked, json, policy }) => {
-            matching::recipients_show(&id_number, unmasked, json, policy.as_deref(), &settings).await
+        Command::Recipients(RecipientsCommand::Show { id_number, unmasked, json, policy, audit }) => {
+            matching::recipients_show(&id_number, unmasked, json, policy.as_deref(), &audit, &settings).await
         }
         // Deliver: agencies' entitlements out, acknowledgements in.
         Command::Deliver(args) => deliver::deliver(&args, &settings).await,
@@ -79,8 +81,12 @@ async fn dispatch(command: Command, settings: Settings) -> Outcome {
         Command::Doctor { no_kafka, json } => ops::doctor(no_kafka, json, &settings).await,
         Command::Config(ConfigCommand::Check) => ops::config_check(&settings),
         Command::Acl(AclCommand::Plan { source, json }) => ops::acl_plan(&source, json),
-        Command::Acl(AclCommand::Apply { source, dry_run, bootstrap_server, json }) => {
-            ops::acl_apply(&source, bootstrap_server.as_deref(), dry_run, json, &settings).await
+        Command::Acl(AclCommand::Apply { source, dry_run, bootstrap_server, json, audit }) => {
+            ops::acl_apply(&source, bootstrap_server.as_deref(), dry_run, json, &audit, &settings).await
+        }
+        Command::Audit(AuditCommand::Verify) => tools::audit_verify(&settings).await,
+        Command::Audit(AuditCommand::List { since, actor, person, json }) => {
+            tools::audit_list(since.as_deref(), actor.as_deref(), person.as_deref(), json, &settings).await
         }
         Command::Topics(TopicsCommand::Apply { schemas, replication }) => ops::topics_apply(&schemas, replication, &settings).await,
         Command::Tap { topic, follow, limit } => ops::tap(&topic, follow, limit, &settings).await,
@@ -89,6 +95,6 @@ async fn dispatch(command: Command, settings: Settings) -> Outcome {
         Command::Assess { date, policy, explain, household } => tools::assess(date, policy.as_deref(), explain, &household),
         Command::Policy(PolicyCommand::Check { policy, json }) => tools::policy_check(policy.as_deref(), json),
         Command::Schemas(command) => tools::schemas(command),
-        Command::Id { unmasked, ids } => tools::id(unmasked, &ids),
+        Command::Id { unmasked, ids, audit } => tools::id(unmasked, &ids, &audit, &settings).await,
     }
 }

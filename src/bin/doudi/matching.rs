@@ -113,7 +113,8 @@ async fn publishing<T>(
 }
 
 /// `doudi policy apply`: a new parameter version, its households re-evaluated, the deltas published.
-pub(crate) async fn policy_apply(policy: &Path, args: &ReevaluateArgs, settings: &Settings) -> Outcome {
+pub(crate) async fn policy_apply(policy: &Path, args: &ReevaluateArgs, audit: &crate::cli::AuditArgs, settings: &Settings) -> Outcome {
+    let who = crate::daemon::audited(audit, settings, "policy apply", Some("apply a policy parameter version"))?;
     let params = load_policy(Some(policy))?;
     let violations = doudi::policy::check::check(&params).iter().filter(|r| !r.ok).count();
     if violations > 0 {
@@ -135,6 +136,15 @@ pub(crate) async fn policy_apply(policy: &Path, args: &ReevaluateArgs, settings:
         obj.insert("published".into(), published?.into());
         obj.insert("seconds".into(), started.elapsed().as_secs().into());
     }
+    crate::daemon::record_audit(
+        &db,
+        settings,
+        &who,
+        "policy apply",
+        None,
+        serde_json::json!({"policy": policy.display().to_string(), "summary": out}),
+    )
+    .await?;
     outln!("{out}");
     Ok(())
 }
@@ -166,12 +176,22 @@ pub(crate) async fn review(date: Option<chrono::NaiveDate>, args: &ReevaluateArg
 }
 
 /// `doudi recipients show`: a person's household, decision, entitlements and facts, masked.
-pub(crate) async fn recipients_show(raw: &str, unmasked: bool, json: bool, policy: Option<&Path>, settings: &Settings) -> Outcome {
+pub(crate) async fn recipients_show(
+    raw: &str,
+    unmasked: bool,
+    json: bool,
+    policy: Option<&Path>,
+    audit: &crate::cli::AuditArgs,
+    settings: &Settings,
+) -> Outcome {
+    let who = if unmasked { Some(crate::daemon::audited(audit, settings, "recipients show --unmasked", None)?) } else { None };
     let id = doudi::idnum::IdNumber::parse(raw).map_err(|e| Failure::usage(format!("ID_NUMBER: {e}")))?;
     let params = load_policy(policy)?;
     let db = open_database(settings).await?;
-    let actor = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let Some(report) = doudi::matcher::show::report(&db, &params, &id, unmasked, &actor).await? else {
+    if let Some(who) = &who {
+        crate::daemon::record_audit(&db, settings, who, "recipients show --unmasked", Some(&id), serde_json::json!({})).await?;
+    }
+    let Some(report) = doudi::matcher::show::report(&db, &params, &id, unmasked).await? else {
         return Err(Failure::data(format!("no person {} in the recipient database", id.masked())));
     };
     if json {

@@ -63,8 +63,14 @@ pub(crate) async fn acl_apply(
     bootstrap: Option<&str>,
     dry_run: bool,
     json: bool,
+    audit: &crate::cli::AuditArgs,
     settings: &Settings,
 ) -> Outcome {
+    let who = if dry_run {
+        None
+    } else {
+        Some(crate::daemon::audited(audit, settings, "acl apply", Some("make the broker's ACLs equal to the plan"))?)
+    };
     let plan = acl_plan_of(source)?;
     let tls = doudi::acl::AdminTls::from_settings(&settings.kafka, bootstrap).map_err(Failure::usage)?;
     let mut admin = doudi::acl::Admin::connect(&tls).await.map_err(Failure::infrastructure)?;
@@ -93,7 +99,12 @@ pub(crate) async fn acl_apply(
     if dry_run || (difference.add.is_empty() && difference.remove.is_empty()) {
         return Ok(());
     }
+    let db = crate::daemon::open_database(settings).await?;
     admin.apply(&difference).await.map_err(Failure::infrastructure)?;
+    if let Some(who) = &who {
+        let detail = serde_json::json!({"added": difference.add, "removed": difference.remove});
+        crate::daemon::record_audit(&db, settings, who, "acl apply", None, detail).await?;
+    }
     // The broker answers once its controller has the change; its own view follows a moment later.
     // Done means the broker shows exactly the plan.
     let began = std::time::Instant::now();

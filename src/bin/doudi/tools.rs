@@ -97,7 +97,16 @@ pub(crate) fn schemas(command: SchemasCommand) -> Outcome {
 }
 
 /// `doudi id`: resident ID numbers checked and described. Any invalid one is a finding.
-pub(crate) fn id(unmasked: bool, ids: &[String]) -> Outcome {
+pub(crate) async fn id(unmasked: bool, ids: &[String], audit: &crate::cli::AuditArgs, settings: &doudi::config::Settings) -> Outcome {
+    if unmasked {
+        let who = crate::daemon::audited(audit, settings, "id --unmasked", None)?;
+        let db = crate::daemon::open_database(settings).await?;
+        for raw in ids {
+            let person = doudi::idnum::IdNumber::parse(raw).ok();
+            let detail = if person.is_some() { serde_json::json!({}) } else { serde_json::json!({"valid": false}) };
+            crate::daemon::record_audit(&db, settings, &who, "id --unmasked", person.as_ref(), detail).await?;
+        }
+    }
     let today = chrono::Local::now().date_naive();
     let mut invalid = 0;
     for raw in ids {
@@ -106,4 +115,59 @@ pub(crate) fn id(unmasked: bool, ids: &[String]) -> Outcome {
         outln!("{}", serde_json::to_string(&report).unwrap_or_default());
     }
     if invalid == 0 { Ok(()) } else { Err(Failure::data(format!("{invalid} invalid ID number(s)"))) }
+}
+
+/// `doudi audit verify`: the whole chain; exit 1 naming the first bad entry.
+pub(crate) async fn audit_verify(settings: &doudi::config::Settings) -> Outcome {
+    let db = crate::daemon::open_database(settings).await?;
+    let auditor = doudi::audit::Auditor::new(settings.keys.audit_key.as_bytes());
+    match doudi::audit::verify(&db, &auditor).await.map_err(|e| Failure::infrastructure(format!("the audit log: {e}")))? {
+        Ok(n) => {
+            outln!("{}", serde_json::json!({"verified": n}));
+            Ok(())
+        }
+        Err(broken) => {
+            outln!("{}", serde_json::json!({"verified": false, "first_bad_entry": broken.seq, "reason": broken.reason}));
+            Err(Failure::data(format!("the audit log is broken at entry {}: {}", broken.seq, broken.reason)))
+        }
+    }
+}
+
+/// `doudi audit list`: entries, oldest first; a person is looked up by hashing the ID given.
+pub(crate) async fn audit_list(
+    since: Option<&str>,
+    actor: Option<&str>,
+    person: Option<&str>,
+    json: bool,
+    settings: &doudi::config::Settings,
+) -> Outcome {
+    let since = since
+        .map(|s| doudi::tap::parse_since(s).map(|ms| doudi::db::rfc3339(chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default())))
+        .transpose()
+        .map_err(|m| Failure::usage(format!("--since: {m}")))?;
+    let auditor = doudi::audit::Auditor::new(settings.keys.audit_key.as_bytes());
+    let person = person
+        .map(|raw| doudi::idnum::IdNumber::parse(raw).map(|id| auditor.person(&id)))
+        .transpose()
+        .map_err(|e| Failure::usage(format!("--person: {e}")))?;
+    let db = crate::daemon::open_database(settings).await?;
+    let entries = doudi::audit::list(&db, since.as_deref(), actor, person.as_deref())
+        .await
+        .map_err(|e| Failure::infrastructure(format!("the audit log: {e}")))?;
+    for e in &entries {
+        if json {
+            outln!("{}", serde_json::to_string(e).unwrap_or_default());
+        } else {
+            outln!(
+                "{:>6}  {}  {:<20} {:<28} {:<14} {}",
+                e.seq,
+                e.at,
+                e.actor,
+                e.action,
+                e.person.as_deref().map(|p| &p[..12]).unwrap_or("-"),
+                e.purpose
+            );
+        }
+    }
+    Ok(())
 }
