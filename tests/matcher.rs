@@ -404,10 +404,14 @@ async fn policy_apply_publishes_every_delta_it_writes() {
         let shared = ["--topic-prefix", "test.", "--topic-suffix", &suffix, "--schemas", &schemas, "--chunk-size", "50"];
         command.iter().chain(shared.iter()).map(|s| s.to_string()).collect()
     };
-    let apply = reevaluating(&["policy", "apply", "--policy", &policy]);
+    let apply = reevaluating(&["policy", "apply", "--policy", &policy, "--actor", "policy-officer-3"]);
     let apply: Vec<&str> = apply.iter().map(String::as_str).collect();
     let (code, stdout, stderr) = common::run_doudi_env(&apply, &env);
     assert_eq!(code, 0, "doudi policy apply failed: {stderr}");
+    let (_, audited, _) = common::run_doudi_env(&["audit", "list", "--actor", "policy-officer-3", "--json"], &env);
+    let audited: Vec<Value> = audited.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(audited.len(), 1, "the policy change is in the audit log");
+    assert_eq!(audited[0]["action"], "policy apply");
     let summary: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("summary is JSON ({e}): {stdout}"));
     assert_eq!(summary["households"], HOUSEHOLDS, "{summary}");
     let outbox = summary["outbox"].as_u64().unwrap();
