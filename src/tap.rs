@@ -1,9 +1,11 @@
 //! `doudi tap` and `doudi dlq list`: read a topic as an operator, with personal data masked.
 //!
 //! Guarantees: ID numbers anywhere in a value (also inside free text such as a dead letter's
-//! original row) are shown in the masked form `2201**********0015`; fields named `name` show only
-//! their first character; amounts and other facts are shown as they are only in `tap` of topics
-//! that are not restricted. Reads are read_committed and never commit offsets.
+//! original row) are shown in the masked form `2201**********0015`; fields that name a person
+//! (`name`, `…_name`, `姓名`) show only their first character; amounts and other facts are shown as
+//! they are only in `tap` of topics that are not restricted: dead letters and restricted topics
+//! also hide amounts and, in original rows that are not JSON, cells that look like names or
+//! amounts. Reads are read_committed and never commit offsets.
 
 use std::time::Duration;
 
@@ -48,7 +50,7 @@ pub fn mask_value(value: &Value) -> Value {
             map.iter()
                 .map(|(k, v)| {
                     let masked = match (k.as_str(), v) {
-                        ("name", Value::String(s)) => Value::String(s.chars().next().map(|c| format!("{c}*")).unwrap_or_default()),
+                        (k, Value::String(s)) if is_name_key(k) => Value::String(first_character(s)),
                         _ => mask_value(v),
                     };
                     (k.clone(), masked)
@@ -57,6 +59,66 @@ pub fn mask_value(value: &Value) -> Value {
         ),
         Value::Array(items) => Value::Array(items.iter().map(mask_value).collect()),
         Value::String(s) => Value::String(mask_text(s)),
+        other => other.clone(),
+    }
+}
+
+/// Whether a key names a person (`name`, `head_name`, `姓名`, `学生姓名`, …).
+fn is_name_key(key: &str) -> bool {
+    key == "name" || key.ends_with("_name") || key.contains("姓名")
+}
+
+/// Whether a key names an amount of money (incomes, wages, payments).
+fn is_amount_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["income", "wage", "amount", "paid", "salary", "pension", "收入", "工资", "金额", "费用", "补贴"].iter().any(|k| key.contains(k))
+}
+
+fn first_character(s: &str) -> String {
+    let mut chars = s.chars();
+    chars.next().map(|c| std::iter::once(c).chain(chars.map(|_| '*')).collect()).unwrap_or_default()
+}
+
+/// A cell of a delimited line that looks like a person's name (two to four Han characters, with a
+/// middle dot for some minority names) or an amount (digits with a decimal point or thousands
+/// separators).
+fn mask_cell(cell: &str) -> String {
+    let t = cell.trim();
+    let han = |c: char| ('\u{4e00}'..='\u{9fff}').contains(&c) || c == '·';
+    let n = t.chars().count();
+    if (2..=4).contains(&n) && t.chars().all(han) {
+        return first_character(t);
+    }
+    let amount = t.chars().any(|c| c.is_ascii_digit())
+        && t.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')
+        && (t.contains('.') || t.contains(','));
+    if amount { "***".into() } else { cell.to_string() }
+}
+
+/// Masks a value of a restricted topic (dead letters, snapshots): what [`mask_value`] does, and
+/// also amounts, and in an original row that is not JSON (a CSV line, whose columns are not
+/// known here) every cell that looks like a name or an amount. Codes of two to four characters
+/// ("小学", "在读") are masked too: the reason of a dead letter names the column, and the department
+/// has its own file.
+pub fn mask_restricted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let masked = match v {
+                        Value::String(s) if is_name_key(k) => Value::String(first_character(s)),
+                        _ if is_amount_key(k) => Value::String("***".into()),
+                        _ => mask_restricted(v),
+                    };
+                    (k.clone(), masked)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(mask_restricted).collect()),
+        Value::String(s) => {
+            let cells: Vec<String> = mask_text(s).split(',').map(mask_cell).collect();
+            Value::String(cells.join(","))
+        }
         other => other.clone(),
     }
 }
@@ -72,13 +134,16 @@ pub struct Tapped {
 }
 
 /// Reads `topic` from the beginning (or from `since_ms`), up to `limit` records; with `follow`,
-/// keeps waiting for new records until `limit` is reached.
+/// keeps waiting for new records until `limit` is reached. A `restricted` topic's values are
+/// masked further ([`mask_restricted`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn read(
     settings: &KafkaSettings,
     topic: &str,
     since_ms: Option<i64>,
     limit: usize,
     follow: bool,
+    restricted: bool,
     emit: &mut dyn FnMut(Tapped),
 ) -> Result<usize, KafkaError> {
     let consumer: StreamConsumer<crate::kafka::compacted::EndAware> =
@@ -114,7 +179,9 @@ pub async fn read(
                     .unwrap_or_default();
                 let payload = m.payload().unwrap_or_default();
                 let value = match serde_json::from_slice::<Value>(payload) {
+                    Ok(v) if restricted => mask_restricted(&v),
                     Ok(v) => mask_value(&v),
+                    Err(_) if restricted => mask_restricted(&Value::String(String::from_utf8_lossy(payload).into_owned())),
                     Err(_) => Value::String(mask_text(&String::from_utf8_lossy(payload))),
                 };
                 emit(Tapped { partition: m.partition(), offset: m.offset(), timestamp_ms: m.timestamp().to_millis(), headers, value });
@@ -201,5 +268,15 @@ mod tests {
             v,
             json!({"id_number": "2201**********0015", "name": "王*", "members": [{"id_number": "1101**********002X", "name": "李*"}], "self_paid": "3480.50"})
         );
+    }
+
+    #[test]
+    fn restricted_topics_hide_names_in_csv_originals_and_amounts() {
+        let csv = mask_restricted(&json!("张小某,220102201106010038,小学,长春市南关区某小学,1,800.00"));
+        let csv = csv.as_str().unwrap_or_default().to_string();
+        assert!(!csv.contains("张小某") && !csv.contains("201106010038") && !csv.contains("800"), "{csv}");
+        assert!(csv.contains("张**") && csv.contains("长春市南关区某小学"), "{csv}");
+        let v = mask_restricted(&json!({"学生姓名": "张小某", "monthly_wage": "1800.00", "income": {"wages": "1200"}, "event": "x"}));
+        assert_eq!(v, json!({"学生姓名": "张**", "monthly_wage": "***", "income": "***", "event": "x"}));
     }
 }

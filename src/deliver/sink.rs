@@ -32,9 +32,34 @@ pub enum SendError {
     Rejected { status: Option<u16>, reason: String, response: String },
 }
 
-/// The longest part of a response kept with a dead letter, with ID numbers masked: an agency's
-/// reply may quote the event it refuses.
+/// The longest part of a response kept with a dead letter. An agency's reply may quote the event it
+/// refuses: ID numbers (and longer numbers that hold one) are masked, and so is the event's own
+/// name wherever the reply repeats it ([`reply_for_dead_letter`]).
 const RESPONSE_KEPT: usize = 512;
+
+/// The part of an agency's reply kept with a dead letter: at most [`RESPONSE_KEPT`] bytes, ID
+/// numbers masked, and the refused event's person's name shown by its first character only.
+pub fn reply_for_dead_letter(body: &[u8], event: &Value) -> String {
+    // A JSON reply is read first, so that a name written as `\uXXXX` escapes is seen as itself.
+    let whole = match serde_json::from_slice::<Value>(body) {
+        Ok(json) => json.to_string(),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    let mut kept = String::new();
+    for c in whole.chars() {
+        if kept.len() + c.len_utf8() > RESPONSE_KEPT {
+            break;
+        }
+        kept.push(c);
+    }
+    let mut text = crate::tap::mask_text(&kept);
+    if let Some(name) = event.get("name").and_then(Value::as_str).filter(|n| n.chars().count() > 1) {
+        let mut chars = name.chars();
+        let masked: String = chars.next().into_iter().chain(chars.map(|_| '*')).collect();
+        text = text.replace(name, &masked);
+    }
+    text
+}
 
 pub enum Sink {
     Http(HttpSink),
@@ -112,7 +137,7 @@ impl HttpSink {
             return Err(SendError::Retry(format!("the agency answered HTTP {code}")));
         }
         let body = response.bytes().await.unwrap_or_default();
-        let response = crate::tap::mask_text(&String::from_utf8_lossy(&body[..body.len().min(RESPONSE_KEPT)]));
+        let response = reply_for_dead_letter(&body, &event.payload);
         Err(SendError::Rejected { status: Some(code), reason: format!("the agency rejected the event with HTTP {code}"), response })
     }
 }
@@ -181,5 +206,22 @@ fn sql_error(e: &sqlx::Error) -> String {
             sqlx::Error::Io(io) => format!("I/O: {io}"),
             other => other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod reply_tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_that_quotes_the_person_keeps_neither_name_nor_id_number() {
+        let event = serde_json::json!({"name": "王小明", "id_number": "220102195003070015"});
+        let reply = r#"{"error": "\u738b\u5c0f\u660e not insured", "detail": "王小明 22010219500307001542 220102195003070015"}"#;
+        let kept = reply_for_dead_letter(reply.as_bytes(), &event);
+        assert!(
+            !kept.contains("王小明") && !kept.contains("738b") && !kept.contains("220102195003070015") && !kept.contains("19500307"),
+            "{kept}"
+        );
+        assert!(kept.contains("王**") && kept.contains("not insured"), "{kept}");
     }
 }

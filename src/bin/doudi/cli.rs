@@ -117,6 +117,9 @@ pub(crate) enum Command {
         /// Stop after this many records.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Schema folder with topics.toml (which topics are restricted).
+        #[arg(long, default_value = "schemas")]
+        schemas: PathBuf,
     },
     /// Check and describe resident ID numbers (GB 11643); prints one JSON object per argument.
     Id {

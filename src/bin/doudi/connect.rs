@@ -71,7 +71,7 @@ pub(crate) async fn dlq_list(topic: &str, since: Option<&str>, limit: usize, jso
     if !json {
         outln!("{}", doudi::tap::DEAD_LETTER_HEADING);
     }
-    let n = doudi::tap::read(&settings.kafka, &topic, since_ms, limit, false, &mut |t| {
+    let n = doudi::tap::read(&settings.kafka, &topic, since_ms, limit, false, true, &mut |t| {
         outln!("{}", doudi::tap::dead_letter_line(&t, json));
     })
     .await?;

@@ -89,7 +89,7 @@ async fn dispatch(command: Command, settings: Settings) -> Outcome {
             tools::audit_list(since.as_deref(), actor.as_deref(), person.as_deref(), json, &settings).await
         }
         Command::Topics(TopicsCommand::Apply { schemas, replication }) => ops::topics_apply(&schemas, replication, &settings).await,
-        Command::Tap { topic, follow, limit } => ops::tap(&topic, follow, limit, &settings).await,
+        Command::Tap { topic, follow, limit, schemas } => ops::tap(&topic, follow, limit, &schemas, &settings).await,
         Command::Lag(args) => ops::lag(args, &settings).await,
         // Tools: no server needed.
         Command::Assess { date, policy, explain, household } => tools::assess(date, policy.as_deref(), explain, &household),
