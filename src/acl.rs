@@ -252,6 +252,14 @@ pub fn plan(catalogue: &Catalogue, connectors: &[Connector], affixes: &Affixes) 
             )));
         }
     }
+    for t in &catalogue.topics {
+        if t.writers.is_empty() || t.readers.iter().any(|r| r.principals.is_empty()) {
+            return Err(AclError::Plan(format!(
+                "topic `{}` in the catalogue does not name the principals that write it (writers) and read it (readers.principals)",
+                t.name
+            )));
+        }
+    }
     let mut principals = BTreeSet::new();
     let mut consumed_by_doudi = BTreeSet::new();
     for t in &catalogue.topics {

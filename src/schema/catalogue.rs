@@ -34,6 +34,7 @@ pub struct Reader {
     pub who: String,
     /// The broker principals (`User:` names without the prefix) that read for them: the ACLs of
     /// `doudi acl plan`. `doudi-connect-*` stands for every connector.
+    #[serde(default)]
     pub principals: Vec<String>,
     /// What they need it for.
     pub purpose: String,
@@ -68,7 +69,9 @@ pub struct Topic {
     pub key: String,
     /// Who writes it.
     pub writer: String,
-    /// The broker principals that write it (as [`Reader::principals`]).
+    /// The broker principals that write it (as [`Reader::principals`]). `doudi acl plan` refuses a
+    /// catalogue where a topic has none, or a reader names none.
+    #[serde(default)]
     pub writers: Vec<String>,
     pub readers: Vec<Reader>,
     /// Holds raw or sensitive data: readable by named operators only.
@@ -156,12 +159,6 @@ impl Catalogue {
             }
             if t.readers.is_empty() || t.readers.iter().any(|r| r.purpose.trim().is_empty() || r.legal_basis.trim().is_empty()) {
                 return field("readers", "every topic needs readers, each with a purpose and a legal basis".into());
-            }
-            if t.writers.is_empty() {
-                return field("writers", "every topic needs the principals that write it".into());
-            }
-            if t.readers.iter().any(|r| r.principals.is_empty()) {
-                return field("readers", "every reader names the principals that read for it".into());
             }
             for p in t.writers.iter().chain(t.readers.iter().flat_map(|r| &r.principals)) {
                 if let Err(message) = crate::acl::check_principal_name(p) {
