@@ -50,7 +50,7 @@ pub fn mask_value(value: &Value) -> Value {
             map.iter()
                 .map(|(k, v)| {
                     let masked = match (k.as_str(), v) {
-                        (k, Value::String(s)) if is_name_key(k) => Value::String(first_character(s)),
+                        (k, Value::String(s)) if is_name_key(k) => Value::String(mask_name(s)),
                         _ => mask_value(v),
                     };
                     (k.clone(), masked)
@@ -74,7 +74,8 @@ fn is_amount_key(key: &str) -> bool {
     ["income", "wage", "amount", "paid", "salary", "pension", "收入", "工资", "金额", "费用", "补贴"].iter().any(|k| key.contains(k))
 }
 
-fn first_character(s: &str) -> String {
+/// A name shown by its first character: `王**` for `王小明`.
+pub fn mask_name(s: &str) -> String {
     let mut chars = s.chars();
     chars.next().map(|c| std::iter::once(c).chain(chars.map(|_| '*')).collect()).unwrap_or_default()
 }
@@ -87,7 +88,7 @@ fn mask_cell(cell: &str) -> String {
     let han = |c: char| ('\u{4e00}'..='\u{9fff}').contains(&c) || c == '·';
     let n = t.chars().count();
     if (2..=4).contains(&n) && t.chars().all(han) {
-        return first_character(t);
+        return mask_name(t);
     }
     let amount = t.chars().any(|c| c.is_ascii_digit())
         && t.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')
@@ -106,7 +107,7 @@ pub fn mask_restricted(value: &Value) -> Value {
             map.iter()
                 .map(|(k, v)| {
                     let masked = match v {
-                        Value::String(s) if is_name_key(k) => Value::String(first_character(s)),
+                        Value::String(s) if is_name_key(k) => Value::String(mask_name(s)),
                         _ if is_amount_key(k) => Value::String("***".into()),
                         _ => mask_restricted(v),
                     };

@@ -54,9 +54,7 @@ pub fn reply_for_dead_letter(body: &[u8], event: &Value) -> String {
     }
     let mut text = crate::tap::mask_text(&kept);
     if let Some(name) = event.get("name").and_then(Value::as_str).filter(|n| n.chars().count() > 1) {
-        let mut chars = name.chars();
-        let masked: String = chars.next().into_iter().chain(chars.map(|_| '*')).collect();
-        text = text.replace(name, &masked);
+        text = text.replace(name, &crate::tap::mask_name(name));
     }
     text
 }

@@ -15,14 +15,7 @@ use super::{ApplyError, Conn};
 use crate::db::Database;
 use crate::idnum::{IdNumber, mask};
 use crate::policy::Params;
-
-fn mask_name(name: &str) -> String {
-    let mut chars = name.chars();
-    match chars.next() {
-        Some(first) => format!("{first}{}", "*".repeat(chars.count())),
-        None => String::new(),
-    }
-}
+use crate::tap::mask_name;
 
 /// The report on the person with `id`, or `None` when doudi has never heard of them.
 pub async fn report(db: &Database, params: &Params, id: &IdNumber, unmasked: bool) -> Result<Option<Value>, ApplyError> {
