@@ -96,6 +96,11 @@ impl Exchange {
     }
 }
 
+/// The dead letters the matcher set aside (`stage = match`) among what `dead` reads next.
+async fn match_dead_letters(dead: &common::Reader) -> Vec<common::Record> {
+    dead.until_quiet(Duration::from_secs(5)).await.into_iter().filter(|r| r.headers.get("stage").is_some_and(|s| s == "match")).collect()
+}
+
 /// `medical ended premium_subsidy_full 2201**********0015 JL-220102-2019-000123` and the like.
 fn describe(r: &common::Record) -> String {
     let p = &r.payload;
@@ -855,12 +860,7 @@ async fn unusable_inbound_messages_become_dead_letters_and_the_batch_goes_on() {
     assert_eq!(summary["unusable"].as_u64(), Some(2), "{summary}");
     assert!(summary["applied"].as_u64().unwrap_or(0) > 0, "the rest of the batch is applied: {summary}");
     // The feed's own dead letters (the connector's bad sample rows) are on the same topic.
-    let letters: Vec<common::Record> = dead
-        .until_quiet(Duration::from_secs(5))
-        .await
-        .into_iter()
-        .filter(|r| r.headers.get("stage").is_some_and(|s| s == "match"))
-        .collect();
+    let letters = match_dead_letters(&dead).await;
     let mut reasons: Vec<&str> = letters.iter().map(|r| r.headers["reason"].as_str()).collect();
     reasons.sort_unstable();
     assert_eq!(reasons, ["the message has no CloudEvents headers", "the payload is not JSON"], "{letters:?}");
@@ -892,12 +892,7 @@ async fn an_event_the_database_refuses_is_set_aside_and_the_batch_goes_on() {
     let summary = x.run_matcher("refused");
     assert_eq!(summary["unusable"].as_u64(), Some(1), "{summary}");
     assert!(summary["applied"].as_u64().unwrap_or(0) > 0, "the rest of the batch is applied: {summary}");
-    let letters: Vec<common::Record> = dead
-        .until_quiet(Duration::from_secs(5))
-        .await
-        .into_iter()
-        .filter(|r| r.headers.get("stage").is_some_and(|s| s == "match"))
-        .collect();
+    let letters = match_dead_letters(&dead).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     let reason = &letters[0].headers["reason"];
     assert!(reason.contains("the database refused it (SQLSTATE 22"), "{reason}");
@@ -1013,12 +1008,7 @@ async fn an_event_whose_outbound_event_its_schema_refuses_is_set_aside() {
     let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(summary["unusable"].as_u64(), Some(1), "{summary}");
     assert!(summary["applied"].as_u64().unwrap_or(0) > 0, "{summary}");
-    let letters: Vec<common::Record> = dead
-        .until_quiet(Duration::from_secs(5))
-        .await
-        .into_iter()
-        .filter(|r| r.headers.get("stage").is_some_and(|s| s == "match"))
-        .collect();
+    let letters = match_dead_letters(&dead).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     let reason = &letters[0].headers["reason"];
     assert!(reason.contains("does not match its schema"), "{reason}");
