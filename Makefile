@@ -33,8 +33,10 @@ lint:
 	cargo fmt --check
 	cargo clippy --release --locked --all-targets -- -D warnings
 
+# The tests are a development deployment: the processes they start use the built-in development
+# keys, which any other deployment refuses (keys.development).
 test: build services lint
-	DOUDI_TEST_DATABASE_URL=$$(scripts/postgres url) DOUDI_KAFKA_BOOTSTRAP_SERVERS=$$(scripts/kafka bootstrap) \
+	DOUDI_KEYS_DEVELOPMENT=true DOUDI_TEST_DATABASE_URL=$$(scripts/postgres url) DOUDI_KAFKA_BOOTSTRAP_SERVERS=$$(scripts/kafka bootstrap) \
 	  cargo test --release --locked --no-fail-fast $(CARGO_TEST_FLAGS) -- --test-threads=2
 	scripts/chart-check
 
@@ -42,13 +44,13 @@ test: build services lint
 UNIT_TESTS := --lib --bins --test cli --test schemas --test ops_http --test metrics --test exit_codes
 
 unit: setup
-	cargo test --release --locked $(UNIT_TESTS) -- --test-threads=2
+	DOUDI_KEYS_DEVELOPMENT=true cargo test --release --locked $(UNIT_TESTS) -- --test-threads=2
 
 # A soak of load and random faults (network cuts, broker and PostgreSQL restarts, SIGKILLs) for
 # CHAOS_SECONDS (default 600); prints what went in and out and the time to recover from each fault.
 CHAOS_SECONDS ?= 600
 chaos: build services
-	CHAOS_SECONDS=$(CHAOS_SECONDS) DOUDI_TEST_DATABASE_URL=$$(scripts/postgres url) DOUDI_KAFKA_BOOTSTRAP_SERVERS=$$(scripts/kafka bootstrap) \
+	CHAOS_SECONDS=$(CHAOS_SECONDS) DOUDI_KEYS_DEVELOPMENT=true DOUDI_TEST_DATABASE_URL=$$(scripts/postgres url) DOUDI_KAFKA_BOOTSTRAP_SERVERS=$$(scripts/kafka bootstrap) \
 	  cargo test --release --locked --test faults chaos -- --ignored --nocapture
 
 bench: build services

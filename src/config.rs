@@ -157,26 +157,28 @@ impl Default for HttpSettings {
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeySettings {
-    /// HMAC-SHA-256 secret for message keys. The default is a development value and is refused when
-    /// `production` is true.
+    /// HMAC-SHA-256 secret for message keys. The default is a development value, refused unless
+    /// `development` is true.
     pub hmac_secret: String,
-    /// Set in production: refuses development defaults such as the built-in HMAC secret.
-    pub production: bool,
+    /// Says this is a development deployment (a laptop, the demo, the tests), where the built-in
+    /// development keys are allowed. Off by default: a deployment that forgets its secrets stops at
+    /// start-up rather than pseudonymising the province's ID numbers with a key printed in the code.
+    pub development: bool,
     /// The key of the audit log's MACs (HMAC-SHA-256). Keep it out of the database (a Secret): whoever
     /// can write the audit table must not be able to seal a forged entry. The default is a
-    /// development value, refused when `production` is true.
+    /// development value, refused unless `development` is true.
     pub audit_key: String,
 }
 
-/// The built-in development audit key. Refused in production.
+/// The built-in development audit key. Refused unless `keys.development` is true.
 pub const DEVELOPMENT_AUDIT_KEY: &str = "doudi-development-audit-key-not-for-production";
 
-/// The built-in development secret. Refused in production.
+/// The built-in development secret. Refused unless `keys.development` is true.
 pub const DEVELOPMENT_HMAC_SECRET: &str = "doudi-development-secret-not-for-production";
 
 impl Default for KeySettings {
     fn default() -> Self {
-        Self { hmac_secret: DEVELOPMENT_HMAC_SECRET.into(), production: false, audit_key: DEVELOPMENT_AUDIT_KEY.into() }
+        Self { hmac_secret: DEVELOPMENT_HMAC_SECRET.into(), development: false, audit_key: DEVELOPMENT_AUDIT_KEY.into() }
     }
 }
 
@@ -190,7 +192,7 @@ impl fmt::Debug for Settings {
             .field("database.url", &redact_url(&self.database.url))
             .field("log.format", &self.log.format)
             .field("http.port", &self.http.port)
-            .field("keys.production", &self.keys.production)
+            .field("keys.development", &self.keys.development)
             .finish()
     }
 }
@@ -279,14 +281,16 @@ impl Settings {
         if self.keys.hmac_secret.len() < 16 {
             return field("keys.hmac_secret", "must be at least 16 bytes".into());
         }
-        if self.keys.production && self.keys.hmac_secret == DEVELOPMENT_HMAC_SECRET {
-            return field("keys.hmac_secret", "is the development default, which is refused when keys.production is true".into());
+        const SET_YOUR_OWN: &str = "is the built-in development value; set a secret of your own (at least 16 bytes, from a Secret), \
+                                    or keys.development = true (DOUDI_KEYS_DEVELOPMENT=true) on a development machine";
+        if !self.keys.development && self.keys.hmac_secret == DEVELOPMENT_HMAC_SECRET {
+            return field("keys.hmac_secret", SET_YOUR_OWN.into());
         }
         if self.keys.audit_key.len() < 16 {
             return field("keys.audit_key", "must be at least 16 bytes".into());
         }
-        if self.keys.production && self.keys.audit_key == DEVELOPMENT_AUDIT_KEY {
-            return field("keys.audit_key", "is the development default, which is refused when keys.production is true".into());
+        if !self.keys.development && self.keys.audit_key == DEVELOPMENT_AUDIT_KEY {
+            return field("keys.audit_key", SET_YOUR_OWN.into());
         }
         Ok(())
     }
@@ -372,11 +376,32 @@ fn insert_at(tree: &mut toml::Table, path: &[String], value: toml::Value) {
 mod tests {
     use super::*;
 
+    /// Loads `text` on a development machine (the built-in keys allowed), with `env`.
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        load_strict(text, &[&[("DOUDI_KEYS_DEVELOPMENT", "true")], env].concat())
+    }
+
+    fn load_strict(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("doudi.toml");
         std::fs::write(&path, text).expect("write");
         Settings::load_with_env(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn development_keys_are_refused_unless_the_settings_say_development() {
+        let err = load_strict("", &[]).expect_err("refused").to_string();
+        assert!(err.contains("keys.hmac_secret") && err.contains("development"), "{err}");
+        let own = "[keys]\nhmac_secret = \"a-production-secret-0123456789\"\n";
+        let err = load_strict(own, &[]).expect_err("refused").to_string();
+        assert!(err.contains("keys.audit_key"), "{err}");
+        let both = format!("{own}audit_key = \"an-audit-key-0123456789\"\n");
+        assert!(!load_strict(&both, &[]).expect("own keys").keys.development);
+        assert!(load_strict("[keys]\ndevelopment = true\n", &[]).expect("development").keys.development);
+        assert!(load_strict("", &[("DOUDI_KEYS_DEVELOPMENT", "true")]).is_ok());
+        // The secret never appears in the Debug form.
+        let settings = load_strict(&both, &[]).expect("own keys");
+        assert!(!format!("{settings:?}").contains("0123456789"));
     }
 
     #[test]
@@ -415,7 +440,6 @@ mod tests {
                 ("DOUDI_HTTP_PORT", "8080"),
                 ("DOUDI_LOG_FORMAT", "json"),
                 ("DOUDI_KAFKA_OPTIONS_SASL_PASSWORD", "pw"),
-                ("DOUDI_KEYS_PRODUCTION", "false"),
             ],
         )
         .expect("loads");
@@ -443,8 +467,6 @@ mod tests {
             ("[kafka]\nbootstrap_servers = \"nohostport\"\n", "kafka.bootstrap_servers"),
             ("[database]\nurl = \"mysql://x\"\n", "database.url"),
             ("[http]\nbind = \"everywhere\"\n", "http.bind"),
-            ("[keys]\nproduction = true\n", "keys.hmac_secret"),
-            ("[keys]\nproduction = true\nhmac_secret = \"a-production-secret-0123456789\"\n", "keys.audit_key"),
             ("[kafka.options]\n\"bootstrap.servers\" = \"x:1\"\n", "kafka.options.bootstrap.servers"),
             ("[database]\nurl = \"postgres://h/d\"\nmax_connections = 1\n", "database.max_connections"),
         ] {
