@@ -145,11 +145,32 @@ pub struct HttpSettings {
     pub bind: String,
     /// Port for `/healthz`, `/readyz` and `/metrics`; 0 disables the endpoint.
     pub port: u16,
+    /// A PEM certificate chain: with `tls_key`, the data endpoints (HTTP push, the acknowledgement
+    /// callback) serve HTTPS with it. The ops endpoint stays plain HTTP for the kubelet's probes and
+    /// Prometheus; it serves no personal data.
+    pub tls_cert: String,
+    /// The PEM private key of `tls_cert` (a Secret's file; never logged).
+    pub tls_key: String,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { bind: "127.0.0.1".into(), port: 9464 }
+        Self { bind: "127.0.0.1".into(), port: 9464, tls_cert: String::new(), tls_key: String::new() }
+    }
+}
+
+impl HttpSettings {
+    /// The data endpoints' TLS configuration, when `tls_cert` and `tls_key` are set.
+    pub fn data_tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, ConfigError> {
+        match (self.tls_cert.is_empty(), self.tls_key.is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => crate::http::server_tls(Path::new(&self.tls_cert), Path::new(&self.tls_key)).map(Some).map_err(|message| {
+                let (field, message) = message.split_once(": ").map_or(("http.tls_cert", message.as_str()), |(f, m)| (f, m));
+                ConfigError::Field { field: field.into(), message: message.into() }
+            }),
+            (true, false) => Err(ConfigError::Field { field: "http.tls_cert".into(), message: "is required with http.tls_key".into() }),
+            (false, true) => Err(ConfigError::Field { field: "http.tls_key".into(), message: "is required with http.tls_cert".into() }),
+        }
     }
 }
 
@@ -275,6 +296,7 @@ impl Settings {
         if self.http.bind.parse::<std::net::IpAddr>().is_err() {
             return field("http.bind", format!("`{}` is not an IP address", self.http.bind));
         }
+        self.http.data_tls()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return field("log.level", format!("`{}` is not a tracing filter", self.log.level));
         }

@@ -58,15 +58,133 @@ async fn render_metrics(State(ops): State<Ops>) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], ops.metrics.render())
 }
 
-/// Binds `addr` and serves `router` until `shutdown` resolves. Returns the bound address (useful
-/// with port 0) and the server task.
+/// Binds `addr` and serves `router` over plain HTTP until `shutdown` resolves. Returns the bound
+/// address (useful with port 0) and the server task.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    serve_maybe_tls(addr, router, None, shutdown).await
+}
+
+/// As [`serve`], over TLS when `tls` is given (from [`server_tls`]).
+pub async fn serve_maybe_tls(
+    addr: SocketAddr,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let task = tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(shutdown).await });
+    let task = match tls {
+        None => tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(shutdown).await }),
+        Some(config) => {
+            let listener = TlsListener::new(listener, config);
+            tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(shutdown).await })
+        }
+    };
     Ok((bound, task))
+}
+
+/// The TLS configuration of a data endpoint (HTTP push, the acknowledgement callback) from a PEM
+/// certificate chain and its PEM private key, as `http.tls_cert` and `http.tls_key` name them. An
+/// unreadable or unusable file is a configuration error naming the field and the path (never the
+/// key's content).
+pub fn server_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| format!("http.tls_cert: cannot read a PEM certificate from {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("http.tls_cert: {} holds no certificate", cert.display()));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("http.tls_key: cannot read a PEM private key from {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("http.tls_cert: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| format!("http.tls_key: the key does not fit the certificate in {}: {e}", cert.display()))?;
+    Ok(Arc::new(config))
+}
+
+/// The longest a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A listener that hands axum only connections whose TLS handshake completed. Handshakes run on
+/// tasks of their own, so a slow or silent client never holds up the next one; one that fails (a
+/// plain-HTTP client, an unknown CA on its side, a timeout) is counted in
+/// `doudi_http_tls_handshake_failures_total` and logged at debug without its address's content.
+/// axum's `Listener` is the extension point it offers for this; `axum-server` would replace
+/// `axum::serve` and its graceful shutdown for the same few lines.
+struct TlsListener {
+    accepted: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    _acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    fn new(listener: tokio::net::TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+        let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (sender, accepted) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let task = tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    () = sender.closed() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            // Out of file descriptors and the like: wait a little rather than spin.
+                            tracing::warn!("accepting a connection failed: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                let (acceptor, sender) = (acceptor.clone(), sender.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = sender.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => handshake_failed(&e.to_string()),
+                        Err(_) => handshake_failed("timed out"),
+                    }
+                });
+            }
+        });
+        Self { accepted, local, _acceptor: task }
+    }
+}
+
+fn handshake_failed(reason: &str) {
+    metrics::counter!("doudi_http_tls_handshake_failures_total").increment(1);
+    tracing::debug!(reason, "a TLS handshake failed");
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(pair) => pair,
+            // The acceptor ended: nothing more will come, and axum's shutdown ends the server.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self._acceptor.abort();
+    }
 }

@@ -22,6 +22,10 @@ fn describe_metrics() {
     crate::matcher::describe_metrics();
     crate::deliver::describe_metrics();
     crate::lifecycle::describe_metrics();
+    metrics::describe_counter!(
+        "doudi_http_tls_handshake_failures_total",
+        "TLS handshakes on a data endpoint (HTTP push, acknowledgement callback) that failed or timed out."
+    );
 }
 
 /// Installs the global tracing subscriber. Safe to call more than once (later calls do nothing).

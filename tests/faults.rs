@@ -13,54 +13,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Row;
 
-/// A PostgreSQL server of the test's own.
-struct OwnPostgres {
-    port: u16,
-    data: String,
-    url: String,
-}
-
-impl OwnPostgres {
-    fn start() -> Self {
-        let port = common::free_port();
-        let data = format!("/tmp/doudi-pg-fault-{}", uuid::Uuid::new_v4().simple());
-        let mut server = OwnPostgres { port, data, url: String::new() };
-        server.url = server.script("start").trim().to_string();
-        assert!(server.url.starts_with("postgres://"), "scripts/postgres start printed its URL: {}", server.url);
-        server
-    }
-
-    fn script(&self, action: &str) -> String {
-        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres"))
-            .arg(action)
-            .env("DOUDI_PG_PORT", self.port.to_string())
-            .env("DOUDI_PG_DATA", &self.data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "scripts/postgres {action}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn stop(&self) {
-        self.script("stop");
-    }
-
-    fn restart(&self) {
-        self.script("start");
-    }
-}
-
-impl Drop for OwnPostgres {
-    fn drop(&mut self) {
-        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres"))
-            .arg("stop")
-            .env("DOUDI_PG_PORT", self.port.to_string())
-            .env("DOUDI_PG_DATA", &self.data)
-            .output();
-        let _ = std::fs::remove_dir_all(&self.data);
-        let _ = std::fs::remove_file(format!("{}.initdb.log", self.data));
-    }
-}
+use common::postgres::OwnPostgres;
 
 /// `/readyz`'s status, or `None` when nothing answers.
 async fn readyz(port: u16) -> Option<u16> {

@@ -42,7 +42,9 @@ pub async fn run(connector: Connector, settings: &Settings, shutdown: Shutdown) 
             folder.watch(connector, runs, settings, shutdown).await
         }
         Transport::Http { bind, port, token_env, max_body_bytes } => {
-            super::push::serve(connector, runs, &bind, port, &token_env, max_body_bytes, shutdown).await
+            let tls = settings.http.data_tls().map_err(|e| ConnectError::Config(e.to_string()))?;
+            let endpoint = super::push::Endpoint { bind: &bind, port, token_env: &token_env, max_body_bytes, tls };
+            super::push::serve(connector, runs, endpoint, shutdown).await
         }
         Transport::PostgresPoll { url_env, table, cursor_column, cursor_type, poll_secs, batch_rows, settle_secs } => {
             let source =

@@ -133,16 +133,24 @@ pub fn router(connector: Connector, token: &str, runs: Option<RunLog>, max_body_
     Router::new().route("/v1/records", post(receive)).layer(DefaultBodyLimit::max(max_body_bytes)).with_state(state)
 }
 
+/// Where and how HTTP push is served: the connector's `[transport]` and, for HTTPS, the
+/// deployment's `http.tls_cert` / `http.tls_key`.
+pub struct Endpoint<'a> {
+    pub bind: &'a str,
+    pub port: u16,
+    pub token_env: &'a str,
+    pub max_body_bytes: usize,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
 /// Serves push until `shutdown`; a request in progress is answered first.
 pub async fn serve(
     connector: Connector,
     runs: RunLog,
-    bind: &str,
-    port: u16,
-    token_env: &str,
-    max_body_bytes: usize,
+    endpoint: Endpoint<'_>,
     shutdown: crate::lifecycle::Shutdown,
 ) -> Result<(), ConnectError> {
+    let Endpoint { bind, port, token_env, max_body_bytes, tls } = endpoint;
     let token = std::env::var(token_env).ok().filter(|t| t.len() >= 16).ok_or_else(|| {
         ConnectError::Config(format!(
             "transport.token_env: environment variable {token_env} must hold the department's bearer token (at least 16 characters)"
@@ -152,10 +160,11 @@ pub async fn serve(
     let app = router(connector, &token, Some(runs), max_body_bytes);
     let addr: std::net::SocketAddr =
         format!("{bind}:{port}").parse().map_err(|e| ConnectError::Config(format!("transport.bind/port: {e}")))?;
-    let (bound, task) = crate::http::serve(addr, app, shutdown.requested())
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let (bound, task) = crate::http::serve_maybe_tls(addr, app, tls, shutdown.requested())
         .await
         .map_err(|e| ConnectError::Io { path: addr.to_string(), message: e.to_string() })?;
-    tracing::info!(connector = %feed, address = %bound, "serving HTTP push at /v1/records");
+    tracing::info!(connector = %feed, address = %bound, scheme, "serving HTTP push at /v1/records");
     task.await
         .map_err(|e| ConnectError::Io { path: bound.to_string(), message: e.to_string() })?
         .map_err(|e| ConnectError::Io { path: bound.to_string(), message: e.to_string() })

@@ -67,18 +67,6 @@ app.kubernetes.io/component: {{ .component }}
     secretKeyRef:
       name: {{ .Values.secrets.audit.existingSecret | default (include "doudi.secretName" .) }}
       key: {{ .Values.secrets.audit.key }}
-{{- if .Values.secrets.kafkaSasl.enabled }}
-- name: DOUDI_KAFKA_OPTIONS_SASL_USERNAME
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.secrets.kafkaSasl.existingSecret | default (include "doudi.secretName" .) }}
-      key: {{ .Values.secrets.kafkaSasl.usernameKey }}
-- name: DOUDI_KAFKA_OPTIONS_SASL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.secrets.kafkaSasl.existingSecret | default (include "doudi.secretName" .) }}
-      key: {{ .Values.secrets.kafkaSasl.passwordKey }}
-{{- end }}
 {{- end -}}
 
 {{- define "doudi.volumeMounts" -}}
@@ -156,4 +144,70 @@ startupProbe:
   httpGet: {path: /healthz, port: ops}
   periodSeconds: 5
   failureThreshold: 60
+{{- end -}}
+
+{{/* One component's Kafka credentials, as the principal `doudi acl plan` names it
+     (docs/security.md), from a Secret of its own: no pod holds another's. Called with
+     (dict "root" $ "principal" "doudi-matcher").
+     SASL: the principal is the username; the password is key passwordKey of <secretPrefix><principal>.
+     Mutual TLS: the certificate (CN = the principal) and key from <secretPrefix><principal>. */}}
+{{- define "doudi.kafkaEnv" -}}
+{{- $sasl := .root.Values.secrets.kafkaSasl -}}
+{{- if $sasl.enabled }}
+- name: DOUDI_KAFKA_OPTIONS_SASL_USERNAME
+  value: {{ .principal | quote }}
+- name: DOUDI_KAFKA_OPTIONS_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ printf "%s%s" $sasl.secretPrefix .principal }}
+      key: {{ $sasl.passwordKey }}
+{{- end }}
+{{- end -}}
+
+{{- define "doudi.kafkaMounts" -}}
+{{- $tls := .root.Values.secrets.kafkaTls -}}
+{{- if and $tls.enabled $tls.mutual }}
+- name: kafka-client
+  mountPath: /etc/doudi/kafka-client
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "doudi.kafkaVolumes" -}}
+{{- $tls := .root.Values.secrets.kafkaTls -}}
+{{- if and $tls.enabled $tls.mutual }}
+- name: kafka-client
+  secret:
+    secretName: {{ printf "%s%s" $tls.secretPrefix .principal }}
+    items:
+      - {key: {{ $tls.certKey }}, path: tls.crt}
+      - {key: {{ $tls.keyKey }}, path: tls.key}
+{{- end }}
+{{- end -}}
+
+{{/* HTTPS on a data endpoint (HTTP push, the acknowledgement callback) with the certificate of a
+     kubernetes.io/tls Secret. Called with (dict "secret" NAME); nothing when NAME is empty. */}}
+{{- define "doudi.httpsEnv" -}}
+{{- if .secret }}
+- name: DOUDI_HTTP_TLS_CERT
+  value: /etc/doudi/https/tls.crt
+- name: DOUDI_HTTP_TLS_KEY
+  value: /etc/doudi/https/tls.key
+{{- end }}
+{{- end -}}
+
+{{- define "doudi.httpsMounts" -}}
+{{- if .secret }}
+- name: https
+  mountPath: /etc/doudi/https
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "doudi.httpsVolumes" -}}
+{{- if .secret }}
+- name: https
+  secret:
+    secretName: {{ .secret }}
+{{- end }}
 {{- end -}}

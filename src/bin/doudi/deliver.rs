@@ -64,6 +64,8 @@ pub(crate) async fn deliver(args: &DeliverArgs, settings: &Settings) -> Outcome 
 pub(crate) async fn acks(args: &AcksArgs, settings: &Settings) -> Outcome {
     let registry = load_registry(&args.schemas).map_err(|f| f.context("--schemas"))?;
     let tokens = acks::tokens_from_env(&args.tokens)?;
+    let tls = settings.http.data_tls()?;
+    let https = tls.is_some();
     let shutdown = Shutdown::on_signals();
     let health = Health::new("acks");
     let daemon = args.until_idle.is_none();
@@ -74,8 +76,9 @@ pub(crate) async fn acks(args: &AcksArgs, settings: &Settings) -> Outcome {
     let Some(db) = attempt(daemon, &health, &shutdown, || open_database(settings)).await? else { return Ok(()) };
     if let Some(addr) = args.listen {
         let state = acks::CallbackState { db: db.clone(), registry: registry.clone(), tokens: std::sync::Arc::new(tokens) };
-        let served = doudi::http::serve(addr, acks::router(state), shutdown.clone().requested()).await;
-        served.map_err(|e| Failure::infrastructure(format!("--listen {addr}: {e}")))?;
+        let served = doudi::http::serve_maybe_tls(addr, acks::router(state), tls, shutdown.clone().requested()).await;
+        let (bound, _task) = served.map_err(|e| Failure::infrastructure(format!("--listen {addr}: {e}")))?;
+        tracing::info!(address = %bound, scheme = if https { "https" } else { "http" }, "serving the acknowledgement callback at /v1/acks");
     }
     tokio::spawn(acks::refresh_gauges_every(db.clone(), std::time::Duration::from_secs(15), shutdown.clone()));
     let affixes = args.topics.affixes();
