@@ -83,7 +83,7 @@ pub fn mask_name(s: &str) -> String {
 /// A cell of a delimited line that looks like a person's name (two to four Han characters, with a
 /// middle dot for some minority names) or an amount (digits with a decimal point or thousands
 /// separators).
-fn mask_cell(cell: &str) -> String {
+pub(crate) fn mask_cell(cell: &str) -> String {
     let t = cell.trim();
     let han = |c: char| ('\u{4e00}'..='\u{9fff}').contains(&c) || c == '·';
     let n = t.chars().count();

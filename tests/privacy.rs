@@ -155,3 +155,236 @@ async fn no_id_number_name_or_income_leaves_through_logs_outputs_or_headers() {
         assert!(!text.contains(wage) && !text.contains("4,321.97"), "{what} holds the wage:\n{text}");
     }
 }
+
+/// A daemon of `doudi` at `debug`, its log going to `log` (a log file, scanned like the rest).
+fn daemon(args: &[&str], env: &[(&str, &str)], log: &Path) -> std::process::Child {
+    let mut command = std::process::Command::new(common::doudi_bin());
+    command
+        .args(args)
+        .env("DOUDI_KAFKA_BOOTSTRAP_SERVERS", common::kafka().bootstrap_servers)
+        .env("DOUDI_LOG_LEVEL", "debug")
+        .env_remove("DOUDI_CONFIG")
+        .stdout(std::fs::File::create(log.with_extension("stdout")).unwrap())
+        .stderr(std::fs::File::create(log).unwrap());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.spawn().unwrap()
+}
+
+/// `/metrics` of the ops endpoint at `port`, once it answers.
+async fn metrics_of(port: u16) -> String {
+    for _ in 0..150 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            let (status, body) = common::http_get(&format!("127.0.0.1:{port}"), "/metrics").await;
+            assert_eq!(status, 200);
+            return body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("nothing answers on {port}");
+}
+
+/// One HTTP request: the reply's status and body.
+async fn request(port: u16, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..150 {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let head = format!(
+                "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(body.as_bytes()).await.unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).await.unwrap();
+            let status = reply.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            return (status, reply);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("nothing answers on {port}");
+}
+
+/// The daemons' side: HTTP push and the acknowledgement callback answer bad requests that carry ID
+/// numbers and names; a drop folder fails a file whose header holds them; then every reply, every
+/// `/metrics` (push, drop folder, acks, `lag serve`), every log file and every reason file is
+/// scanned like the outputs above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_id_number_name_or_income_leaves_through_daemons_replies_metrics_or_reason_files() {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let schemas = dir.path().join("schemas");
+    let (hrss, cdpf) = ("dept.hrss.employment.v1", "dept.cdpf.disability.v1");
+    isolated_schemas(&schemas, &[hrss, cdpf], &suffix);
+    for topic in [hrss, cdpf] {
+        let name = format!("test.{topic}.{suffix}");
+        doudi::kafka::ensure_topic(&common::kafka(), &name, 1, 1).await.unwrap();
+        doudi::kafka::ensure_topic(&common::kafka(), &format!("dlq.{name}"), 1, 1).await.unwrap();
+    }
+    for agency in doudi::topics::AGENCIES {
+        let name = format!("{}.{suffix}", doudi::topics::ack_topic(agency));
+        doudi::kafka::ensure_topic(&common::kafka(), &name, 1, 1).await.unwrap();
+    }
+    let good = id("22010219790303111");
+    let mut wrong = id("22010219900909222");
+    let last = if wrong.ends_with('0') { '1' } else { '0' };
+    wrong.pop();
+    wrong.push(last);
+    let holder = id("22010219660606333");
+    let (good_name, wrong_name, holder_name, wage) = ("上官飞燕", "东方既白", "慕容秋水", "5678.43");
+    let pg = common::fresh_postgres().await;
+    let schemas_arg = schemas.display().to_string();
+    let mut outputs: Vec<(String, String)> = Vec::new();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+
+    // HTTP push, with a good row, a row with a wrong check character and a line that is not JSON.
+    let push_port = common::free_port();
+    let push_ops = common::free_port();
+    let push_config = isolated_connector(dir.path(), "hrss-employment", hrss, &suffix);
+    let text = std::fs::read_to_string(&push_config).unwrap().replace("port = 8081", &format!("port = {push_port}"));
+    std::fs::write(&push_config, text.replace("token_env = \"HRSS_PUSH_TOKEN\"", "token_env = \"PRIVACY_PUSH_TOKEN\"")).unwrap();
+    let (db_url, ops) = (pg.settings.url.as_str(), push_ops.to_string());
+    let token = "privacy-push-token-0123456789";
+    let push = daemon(
+        &["connect", "--config", &push_config, "--schemas", &schemas_arg],
+        &[("DOUDI_DATABASE_URL", db_url), ("DOUDI_HTTP_PORT", &ops), ("PRIVACY_PUSH_TOKEN", token)],
+        &logs.join("push.log"),
+    );
+    let row = |id_number: &str, name: &str| {
+        format!(
+            "{{\"证件号码\": \"{id_number}\", \"姓名\": \"{name}\", \"事件类型\": \"就业登记\", \"发生日期\": \"2019-12-01\", \"单位名称\": \"某公司\", \"月工资\": \"{wage}\"}}"
+        )
+    };
+    let body = format!("{}\n{}\n{{\"证件号码\": \"{holder}\", \"姓名\": \"{holder_name}\n", row(&good, good_name), row(&wrong, wrong_name));
+    let auth = format!("Authorization: Bearer {token}\r\nContent-Type: application/x-ndjson\r\n");
+    for (what, headers, body) in [
+        ("push", format!("{auth}Idempotency-Key: p-1\r\n"), body.clone()),
+        ("push again, another body", format!("{auth}Idempotency-Key: p-1\r\n"), row(&holder, holder_name)),
+        ("push without a key", auth.clone(), body.clone()),
+        ("push with a wrong token", format!("Authorization: Bearer {good}\r\nIdempotency-Key: p-2\r\n"), body.clone()),
+        ("push of JSON that is not an object", format!("{auth}Idempotency-Key: p-3\r\n"), format!("[\"{good}\", \"{good_name}\"]\n")),
+    ] {
+        let (status, reply) = request(push_port, "POST", "/v1/records", &headers, &body).await;
+        assert!(status > 0, "{what} answered");
+        outputs.push((format!("{what} ({status})"), reply));
+    }
+    assert!(outputs[0].0.contains("(200)") && outputs[0].1.contains("\"dead_lettered\":2"), "the bad rows were refused: {}", outputs[0].1);
+    outputs.push(("push /metrics".into(), metrics_of(push_ops).await));
+
+    // A drop folder: a file whose header line is a data row with an unclosed quote, and a good file
+    // with a bad row.
+    let drop = dir.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let drop_config = isolated_connector(dir.path(), "cdpf-disability", cdpf, &suffix);
+    let text = std::fs::read_to_string(&drop_config).unwrap().replace(
+        "path = \"/var/lib/doudi/drop/cdpf-disability\"",
+        &format!("path = \"{}\"\npoll_secs = 1\nstable_secs = 1", drop.display()),
+    );
+    std::fs::write(&drop_config, text).unwrap();
+    std::fs::write(
+        drop.join("broken.csv"),
+        format!("\"{holder}42,{holder_name},2015-01-01,有效\n{wrong}42,{wrong_name},2015-01-01,有效\n"),
+    )
+    .unwrap();
+    std::fs::write(drop.join("rows.csv"), format!("残疾人证号,姓名,发证日期,状态\n{wrong}42,{wrong_name},2015-13-45,有效\n")).unwrap();
+    let folder_ops = common::free_port();
+    let ops = folder_ops.to_string();
+    let folder = daemon(
+        &["connect", "--config", &drop_config, "--schemas", &schemas_arg],
+        &[("DOUDI_DATABASE_URL", db_url), ("DOUDI_HTTP_PORT", &ops)],
+        &logs.join("folder.log"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !(drop.join("failed/broken.csv").exists() && drop.join("done/rows.csv").exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drop folder processed both files: {:?}",
+            std::fs::read_dir(&drop).unwrap().collect::<Vec<_>>()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    outputs.push(("drop folder /metrics".into(), metrics_of(folder_ops).await));
+    let mut reasons = 0;
+    for sub in ["failed", "done"] {
+        for entry in std::fs::read_dir(drop.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.to_string_lossy().ends_with(".reason.txt") {
+                reasons += 1;
+                outputs.push((path.display().to_string(), std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    assert!(reasons >= 1, "a reason file was written beside the failed file");
+
+    // The acknowledgement callback, with payloads that carry an ID number and a name.
+    let (acks_port, acks_ops) = (common::free_port(), common::free_port());
+    let (listen, ops) = (format!("127.0.0.1:{acks_port}"), acks_ops.to_string());
+    let affix = format!(".{suffix}");
+    let group = format!("privacy-acks-{}", &suffix[..12]);
+    let acks = daemon(
+        &["acks", "--listen", &listen, "--token", "medical=PRIVACY_ACK_TOKEN", "--topic-suffix", &affix, "--group", &group],
+        &[("DOUDI_DATABASE_URL", db_url), ("DOUDI_HTTP_PORT", &ops), ("PRIVACY_ACK_TOKEN", "privacy-ack-token-0123456789")],
+        &logs.join("acks.log"),
+    );
+    let ack_auth = "Authorization: Bearer privacy-ack-token-0123456789\r\nContent-Type: application/json\r\n";
+    for (what, headers, body) in [
+        (
+            "ack with an ID number for an event id",
+            ack_auth,
+            format!("{{\"event_id\": \"{good}\", \"agency\": \"medical\", \"status\": \"applied\"}}"),
+        ),
+        (
+            "ack with a name for a status",
+            ack_auth,
+            format!("{{\"event_id\": \"{}\", \"agency\": \"medical\", \"status\": \"{good_name}\"}}", uuid::Uuid::new_v4()),
+        ),
+        (
+            "ack with an unknown field",
+            ack_auth,
+            format!(
+                "{{\"event_id\": \"{}\", \"agency\": \"medical\", \"status\": \"applied\", \"{good}\": \"{good_name}\"}}",
+                uuid::Uuid::new_v4()
+            ),
+        ),
+        ("ack that is not JSON", ack_auth, format!("{good} {good_name} {wage}")),
+        (
+            "ack with a token that is an ID number",
+            "Authorization: Bearer 220102197903031110\r\nContent-Type: application/json\r\n",
+            "{}".into(),
+        ),
+    ] {
+        let (status, reply) = request(acks_port, "POST", "/v1/acks", headers, &body).await;
+        assert!((400..500).contains(&status), "{what}: {status} {reply}");
+        outputs.push((format!("{what} ({status})"), reply));
+    }
+    outputs.push(("acks /metrics".into(), metrics_of(acks_ops).await));
+
+    // lag serve's metrics, with the groups above among those it watches.
+    let lag_port = common::free_port();
+    let lag_listen = format!("127.0.0.1:{lag_port}");
+    let lag = daemon(&["lag", "serve", "--listen", &lag_listen, "--interval", "1s"], &[("DOUDI_HTTP_PORT", "0")], &logs.join("lag.log"));
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    outputs.push(("lag serve /metrics".into(), metrics_of(lag_port).await));
+
+    for (child, what) in [(push, "push"), (folder, "drop folder"), (acks, "acks"), (lag, "lag serve")] {
+        common::stop_by_sigterm(child, what);
+    }
+    for entry in std::fs::read_dir(&logs).unwrap() {
+        let path = entry.unwrap().path();
+        outputs.push((path.display().to_string(), std::fs::read_to_string(&path).unwrap()));
+    }
+    assert!(outputs.iter().any(|(w, t)| w.ends_with("push.log") && t.contains("DEBUG")), "the daemons logged at debug");
+
+    let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
+    for (what, text) in &outputs {
+        for secret in [&good, &wrong, &holder] {
+            assert!(!digits(text).contains(&secret[..17]), "{what} holds an ID number's digits:\n{text}");
+        }
+        for name in [good_name, wrong_name, holder_name] {
+            assert!(!text.contains(name), "{what} holds the name {name}:\n{text}");
+        }
+        assert!(!text.contains(wage), "{what} holds the wage:\n{text}");
+    }
+}

@@ -69,6 +69,13 @@ impl Schema {
 
     /// Every violation of `payload`, without values. The validator's fast check decides first;
     /// the errors are only collected for a payload that fails.
+    ///
+    /// The validator's own messages quote the instance: a value, a whole object (`{…} is not of
+    /// type "string"`) or the names of unexpected properties, any of which can be an ID number or a
+    /// name a department sent by mistake. They reach dead letters, logs and HTTP replies, so the
+    /// instance is replaced by what it is ("the value", "the object", "the array"), unexpected
+    /// property names are masked like the cells of a row, and ID numbers are masked in what is left,
+    /// the pointer included.
     pub fn violations(&self, payload: &Value) -> Vec<Violation> {
         if self.validator.is_valid(payload) {
             return Vec::new();
@@ -76,15 +83,26 @@ impl Schema {
         self.validator
             .iter_errors(payload)
             .map(|e| {
-                let mut message = e.to_string();
-                let shown = e.instance();
-                if !(shown.is_object() || shown.is_array()) {
-                    let rendered = shown.to_string();
-                    if !rendered.is_empty() {
-                        message = message.replace(&rendered, "the value");
+                let message = match e.kind() {
+                    jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                        let names: Vec<String> =
+                            unexpected.iter().map(|n| format!("'{}'", crate::tap::mask_text(&crate::tap::mask_cell(n)))).collect();
+                        format!("properties the schema does not allow: {}", names.join(", "))
                     }
-                }
-                Violation { pointer: e.instance_path().to_string(), message }
+                    _ => {
+                        let shown = e.instance();
+                        let what = match &**shown {
+                            Value::Object(_) => "the object",
+                            Value::Array(_) => "the array",
+                            _ => "the value",
+                        };
+                        let rendered = shown.to_string();
+                        let message = e.to_string();
+                        if rendered.is_empty() { message } else { message.replace(&rendered, what) }
+                    }
+                };
+                let pointer = crate::tap::mask_text(&e.instance_path().to_string());
+                Violation { pointer, message: crate::tap::mask_text(&message) }
             })
             .collect()
     }
@@ -132,4 +150,43 @@ impl Registry {
 pub fn read_json(path: &Path) -> Result<Value, SchemaError> {
     let text = std::fs::read_to_string(path).map_err(|e| SchemaError::Read { path: path.display().to_string(), message: e.to_string() })?;
     serde_json::from_str(&text).map_err(|e| SchemaError::Read { path: path.display().to_string(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violations_never_quote_the_instance() {
+        let schema = Schema::compile(
+            "t.json",
+            serde_json::json!({
+                "$id": "https://doudi.example/t.json",
+                "title": "t",
+                "description": "a test schema",
+                "examples": [],
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["event_id"],
+                "properties": {
+                    "event_id": {"type": "string", "format": "uuid"},
+                    "status": {"enum": ["applied", "rejected"]},
+                    "person": {"type": "string"}
+                }
+            }),
+        )
+        .expect("compiles");
+        let payload = serde_json::json!({
+            "event_id": "220102197903031117",
+            "status": "上官飞燕",
+            "person": {"id": "220102197903031117", "name": "上官飞燕"},
+            "220102197903031117": "上官飞燕",
+            "上官飞燕": 1
+        });
+        let violations = schema.violations(&payload);
+        assert!(violations.len() >= 4, "{violations:?}");
+        let all = format!("{violations:?}");
+        assert!(!all.contains("197903031") && !all.contains("上官飞燕"), "{all}");
+        assert!(all.contains("properties the schema does not allow") && all.contains("/person"), "{all}");
+    }
 }
