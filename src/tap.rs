@@ -134,9 +134,46 @@ pub struct Tapped {
     pub value: Value,
 }
 
+/// How much of a record [`read`] shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// ID numbers and names masked ([`mask_value`]).
+    Masked,
+    /// A dead-letter or restricted topic: amounts and name-like cells of originals too
+    /// ([`mask_restricted`]).
+    Restricted,
+    /// As the record is. Only for an audited caller (`--unmasked` with an actor and a purpose).
+    Unmasked,
+}
+
+/// The ID numbers that `value` shows (valid ones, also as the first 18 characters of a longer run
+/// such as a disability certificate number), for the audit log of an unmasked view.
+pub fn id_numbers_in(value: &Value) -> std::collections::BTreeSet<String> {
+    let text = value.to_string();
+    let chars: Vec<char> = text.chars().collect();
+    let mut found = std::collections::BTreeSet::new();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_ascii_digit() {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == 'X' || chars[i] == 'x') {
+                i += 1;
+            }
+            if i - start >= 18 {
+                let candidate: String = chars[start..start + 18].iter().collect();
+                if let Ok(id) = crate::idnum::IdNumber::parse(&candidate) {
+                    found.insert(id.as_str().to_string());
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
 /// Reads `topic` from the beginning (or from `since_ms`), up to `limit` records; with `follow`,
-/// keeps waiting for new records until `limit` is reached. A `restricted` topic's values are
-/// masked further ([`mask_restricted`]).
+/// keeps waiting for new records until `limit` is reached. What is shown follows `view`.
 #[allow(clippy::too_many_arguments)]
 pub async fn read(
     settings: &KafkaSettings,
@@ -144,7 +181,7 @@ pub async fn read(
     since_ms: Option<i64>,
     limit: usize,
     follow: bool,
-    restricted: bool,
+    view: View,
     emit: &mut dyn FnMut(Tapped),
 ) -> Result<usize, KafkaError> {
     let consumer: StreamConsumer<crate::kafka::compacted::EndAware> =
@@ -170,20 +207,22 @@ pub async fn read(
         };
         match message {
             Ok(m) => {
+                let header_text = |raw: &[u8]| {
+                    let text = String::from_utf8_lossy(raw);
+                    if view == View::Unmasked { text.into_owned() } else { mask_text(&text) }
+                };
                 let headers = m
                     .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_string(), Value::String(mask_text(&String::from_utf8_lossy(h.value.unwrap_or_default())))))
-                            .collect()
-                    })
+                    .map(|h| h.iter().map(|h| (h.key.to_string(), Value::String(header_text(h.value.unwrap_or_default())))).collect())
                     .unwrap_or_default();
                 let payload = m.payload().unwrap_or_default();
-                let value = match serde_json::from_slice::<Value>(payload) {
-                    Ok(v) if restricted => mask_restricted(&v),
-                    Ok(v) => mask_value(&v),
-                    Err(_) if restricted => mask_restricted(&Value::String(String::from_utf8_lossy(payload).into_owned())),
-                    Err(_) => Value::String(mask_text(&String::from_utf8_lossy(payload))),
+                let value = match (serde_json::from_slice::<Value>(payload), view) {
+                    (Ok(v), View::Unmasked) => v,
+                    (Ok(v), View::Restricted) => mask_restricted(&v),
+                    (Ok(v), View::Masked) => mask_value(&v),
+                    (Err(_), View::Unmasked) => Value::String(String::from_utf8_lossy(payload).into_owned()),
+                    (Err(_), View::Restricted) => mask_restricted(&Value::String(String::from_utf8_lossy(payload).into_owned())),
+                    (Err(_), View::Masked) => Value::String(mask_text(&String::from_utf8_lossy(payload))),
                 };
                 emit(Tapped { partition: m.partition(), offset: m.offset(), timestamp_ms: m.timestamp().to_millis(), headers, value });
                 count += 1;

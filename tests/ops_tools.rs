@@ -47,7 +47,7 @@ async fn dead_letters_and_tap_are_masked() {
 /// Reads a whole topic (read_committed) into its JSON values.
 async fn read_all(topic: &str) -> Vec<serde_json::Value> {
     let mut values = Vec::new();
-    doudi::tap::read(&common::kafka(), topic, None, 10_000, false, false, &mut |t| values.push(t.value)).await.unwrap();
+    doudi::tap::read(&common::kafka(), topic, None, 10_000, false, doudi::tap::View::Masked, &mut |t| values.push(t.value)).await.unwrap();
     values
 }
 

@@ -120,6 +120,12 @@ pub(crate) enum Command {
         /// Schema folder with topics.toml (which topics are restricted).
         #[arg(long, default_value = "schemas")]
         schemas: PathBuf,
+        /// Show the records as they are (personal data: do not log or share the output). Needs
+        /// --actor and --purpose; each person shown is recorded in the audit log before the output.
+        #[arg(long, conflicts_with = "follow")]
+        unmasked: bool,
+        #[command(flatten)]
+        audit: AuditArgs,
     },
     /// Check and describe resident ID numbers (GB 11643); prints one JSON object per argument.
     Id {
@@ -309,6 +315,12 @@ pub(crate) enum DlqCommand {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Show the original rows as the department sent them (personal data), to correct them.
+        /// Needs --actor and --purpose; each person shown is recorded in the audit log first.
+        #[arg(long)]
+        unmasked: bool,
+        #[command(flatten)]
+        audit: AuditArgs,
     },
     /// Re-submit corrected records through the feed's own connector (mapping, validation,
     /// exactly once). Rows still wrong go back to the dead-letter topic with their reason; the same

@@ -65,16 +65,37 @@ pub(crate) async fn connect(args: ConnectArgs, settings: &Settings) -> Outcome {
 }
 
 /// `doudi dlq list`: a feed's dead letters, masked, as a table or JSON lines.
-pub(crate) async fn dlq_list(topic: &str, since: Option<&str>, limit: usize, json: bool, settings: &Settings) -> Outcome {
+pub(crate) async fn dlq_list(
+    topic: &str,
+    since: Option<&str>,
+    limit: usize,
+    json: bool,
+    unmasked: Option<&crate::cli::AuditArgs>,
+    settings: &Settings,
+) -> Outcome {
     let topic = doudi::topics::dead_letter_topic(topic);
     let since_ms = since.map(doudi::tap::parse_since).transpose().map_err(|m| Failure::usage(format!("--since: {m}")))?;
+    let records = match unmasked {
+        Some(audit) => Some(crate::daemon::unmasked_records(audit, "dlq list --unmasked", settings, &topic, since_ms, limit).await?),
+        None => None,
+    };
     if !json {
         outln!("{}", doudi::tap::DEAD_LETTER_HEADING);
     }
-    let n = doudi::tap::read(&settings.kafka, &topic, since_ms, limit, false, true, &mut |t| {
-        outln!("{}", doudi::tap::dead_letter_line(&t, json));
-    })
-    .await?;
+    let n = match records {
+        Some(records) => {
+            for t in &records {
+                outln!("{}", doudi::tap::dead_letter_line(t, json));
+            }
+            records.len()
+        }
+        None => {
+            doudi::tap::read(&settings.kafka, &topic, since_ms, limit, false, doudi::tap::View::Restricted, &mut |t| {
+                outln!("{}", doudi::tap::dead_letter_line(&t, json));
+            })
+            .await?
+        }
+    };
     eprintln!("doudi: {n} dead letter(s) in {topic}");
     Ok(())
 }

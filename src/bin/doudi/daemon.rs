@@ -84,3 +84,35 @@ where
 {
     if daemon { persist(health, shutdown, work).await } else { work().await.map(Some).map_err(Into::into) }
 }
+
+/// Reads `topic` unmasked for an audited caller: refused without an actor and a purpose; then,
+/// before anything is shown, one audit entry per person the records show (keyed hash), or one
+/// without a person when they show none.
+pub(crate) async fn unmasked_records(
+    audit: &crate::cli::AuditArgs,
+    action: &str,
+    settings: &Settings,
+    topic: &str,
+    since_ms: Option<i64>,
+    limit: usize,
+) -> Result<Vec<doudi::tap::Tapped>, Failure> {
+    let who = audited(audit, settings, action, None)?;
+    let db = open_database(settings).await?;
+    let mut records = Vec::new();
+    doudi::tap::read(&settings.kafka, topic, since_ms, limit, false, doudi::tap::View::Unmasked, &mut |t| records.push(t)).await?;
+    let mut people = std::collections::BTreeSet::new();
+    for t in &records {
+        people.extend(doudi::tap::id_numbers_in(&t.value));
+        people.extend(doudi::tap::id_numbers_in(&serde_json::Value::Object(t.headers.clone())));
+    }
+    let detail = serde_json::json!({"topic": topic, "records": records.len()});
+    if people.is_empty() {
+        record_audit(&db, settings, &who, action, None, detail.clone()).await?;
+    }
+    for id in &people {
+        if let Ok(person) = doudi::idnum::IdNumber::parse(id) {
+            record_audit(&db, settings, &who, action, Some(&person), detail.clone()).await?;
+        }
+    }
+    Ok(records)
+}

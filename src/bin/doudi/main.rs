@@ -56,8 +56,9 @@ async fn dispatch(command: Command, settings: Settings) -> Outcome {
     match command {
         // Connect: department feeds in, dead letters.
         Command::Connect(args) => connect::connect(args, &settings).await,
-        Command::Dlq(DlqCommand::List { topic, since, limit, json }) => {
-            connect::dlq_list(&topic, since.as_deref(), limit, json, &settings).await
+        Command::Dlq(DlqCommand::List { topic, since, limit, json, unmasked, audit }) => {
+            let unmasked = if unmasked { Some(&audit) } else { None };
+            connect::dlq_list(&topic, since.as_deref(), limit, json, unmasked, &settings).await
         }
         Command::Dlq(DlqCommand::Replay { topic, input, connector, connectors, schemas, audit }) => {
             connect::dlq_replay(&topic, &input, connector.as_deref(), &connectors, &schemas, &audit, &settings).await
@@ -89,7 +90,10 @@ async fn dispatch(command: Command, settings: Settings) -> Outcome {
             tools::audit_list(since.as_deref(), actor.as_deref(), person.as_deref(), json, &settings).await
         }
         Command::Topics(TopicsCommand::Apply { schemas, replication }) => ops::topics_apply(&schemas, replication, &settings).await,
-        Command::Tap { topic, follow, limit, schemas } => ops::tap(&topic, follow, limit, &schemas, &settings).await,
+        Command::Tap { topic, follow, limit, schemas, unmasked, audit } => {
+            let unmasked = if unmasked { Some(&audit) } else { None };
+            ops::tap(&topic, follow, limit, &schemas, unmasked, &settings).await
+        }
         Command::Lag(args) => ops::lag(args, &settings).await,
         // Tools: no server needed.
         Command::Assess { date, policy, explain, household } => tools::assess(date, policy.as_deref(), explain, &household),

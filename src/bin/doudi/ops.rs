@@ -124,15 +124,30 @@ pub(crate) async fn acl_apply(
     }
 }
 
-/// `doudi tap`: a topic's records, masked.
-pub(crate) async fn tap(topic: &str, follow: bool, limit: usize, schemas: &Path, settings: &Settings) -> Outcome {
+/// `doudi tap`: a topic's records, masked; with `--unmasked` (audited), as they are.
+pub(crate) async fn tap(
+    topic: &str,
+    follow: bool,
+    limit: usize,
+    schemas: &Path,
+    unmasked: Option<&crate::cli::AuditArgs>,
+    settings: &Settings,
+) -> Outcome {
+    if let Some(audit) = unmasked {
+        let records = crate::daemon::unmasked_records(audit, "tap --unmasked", settings, topic, None, limit).await?;
+        for t in records {
+            outln!("{}", serde_json::to_string(&t).unwrap_or_default());
+        }
+        return Ok(());
+    }
     // Restricted: a dead-letter topic, or a topic the catalogue marks restricted (under any prefix or
     // suffix); when the catalogue cannot be read, every topic is treated as restricted.
     let restricted = topic.starts_with(doudi::topics::DEAD_LETTER_PREFIX)
         || doudi::schema::Catalogue::load(schemas)
             .map(|c| c.topics.iter().any(|t| t.restricted && topic.contains(t.name.as_str())))
             .unwrap_or(true);
-    doudi::tap::read(&settings.kafka, topic, None, limit, follow, restricted, &mut |t| {
+    let view = if restricted { doudi::tap::View::Restricted } else { doudi::tap::View::Masked };
+    doudi::tap::read(&settings.kafka, topic, None, limit, follow, view, &mut |t| {
         outln!("{}", serde_json::to_string(&t).unwrap_or_default());
     })
     .await?;
