@@ -99,7 +99,7 @@ impl Default for KafkaSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
     /// `sqlite://path/to/file.db` (the embedded default, created if missing) or
-    /// `postgres://user:password@host:port/db` (production and tests; `?sslmode=require` for TLS).
+    /// `postgres://user:password@host:port/db` (production and tests; `?sslmode=verify-full&sslrootcert=CA.pem` for TLS that checks the server).
     pub url: String,
     /// Largest number of pooled connections.
     pub max_connections: u32,

@@ -86,6 +86,11 @@ app.kubernetes.io/component: {{ .component }}
   mountPath: /etc/doudi/kafka-tls
   readOnly: true
 {{- end }}
+{{- if .Values.secrets.database.caSecret }}
+- name: pg-ca
+  mountPath: /etc/doudi/pg-ca
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{- define "doudi.volumes" -}}
@@ -104,6 +109,13 @@ app.kubernetes.io/component: {{ .component }}
 - name: kafka-tls
   secret:
     secretName: {{ .Values.secrets.kafkaTls.existingSecret | default (printf "%s-kafka-tls" (include "doudi.fullname" .)) }}
+{{- end }}
+{{- if .Values.secrets.database.caSecret }}
+- name: pg-ca
+  secret:
+    secretName: {{ .Values.secrets.database.caSecret }}
+    items:
+      - {key: ca.crt, path: ca.crt}
 {{- end }}
 {{- end -}}
 
