@@ -5,7 +5,13 @@ mod common;
 
 use std::process::{Command, Output};
 
+/// `doudi` with no settings from the environment but `env`, on a development machine (the
+/// built-in keys allowed; [`doudi_strict`] without that).
 fn doudi(args: &[&str], env: &[(&str, &str)]) -> Output {
+    doudi_strict(args, &[&[("DOUDI_KEYS_DEVELOPMENT", "true")], env].concat())
+}
+
+fn doudi_strict(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(common::doudi_bin());
     cmd.args(args).env_remove("DOUDI_CONFIG");
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DOUDI_")) {
@@ -29,6 +35,18 @@ fn help_lists_the_subcommands_that_exist() {
     for sub in ["doctor", "config", "assess", "policy", "id"] {
         assert!(help.contains(sub), "{sub} in {help}");
     }
+}
+
+#[test]
+fn the_built_in_keys_are_refused_outside_development() {
+    let out = doudi_strict(&["config", "check"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("keys.hmac_secret") && err.contains("DOUDI_KEYS_DEVELOPMENT"), "{err}");
+    let own = [("DOUDI_KEYS_HMAC_SECRET", "a-deployment-secret-0123456789"), ("DOUDI_KEYS_AUDIT_KEY", "a-deployment-audit-key-0123456789")];
+    let out = doudi_strict(&["config", "check"], &own);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("0123456789"), "the secrets stay out of config check's output");
 }
 
 #[test]

@@ -14,7 +14,7 @@ fn doudi(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DOUDI_")) {
         cmd.env_remove(k);
     }
-    cmd.env("DOUDI_LOG_LEVEL", "error").env("DOUDI_HTTP_PORT", "0");
+    cmd.env("DOUDI_LOG_LEVEL", "error").env("DOUDI_HTTP_PORT", "0").env("DOUDI_KEYS_DEVELOPMENT", "true");
     for (k, v) in env {
         cmd.env(k, v);
     }
