@@ -325,6 +325,24 @@ pub enum Transform {
 }
 
 impl ConnectorConfig {
+    /// The columns a CSV or XLSX file's header must have: every `from` of a `fields` mapping. A
+    /// header without one of them would dead-letter every row, and when the header line is missing
+    /// altogether the first data row would be taken for it and lost; so such a file fails whole,
+    /// naming the missing columns. JSON Lines and passthrough mappings have no header.
+    pub fn header_columns(&self) -> Vec<String> {
+        let tabular = matches!(self.source, SourceSection::Csv { .. } | SourceSection::Xlsx { .. });
+        if !tabular || self.mapping.mode != MappingMode::Fields {
+            return Vec::new();
+        }
+        let mut columns: Vec<String> = Vec::new();
+        for from in self.fields.iter().filter_map(|f| f.from.as_ref()) {
+            if !columns.contains(from) {
+                columns.push(from.clone());
+            }
+        }
+        columns
+    }
+
     /// Checks what running the connector as a daemon needs beyond its file: a transport, and the
     /// environment variables it names (a bearer token of at least 16 characters, a source
     /// database URL). Run at start-up, before any server is contacted, so that a misconfigured

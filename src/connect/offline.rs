@@ -43,7 +43,7 @@ pub fn run_file(
     let extra = snapshot_extra(config, file_sha256);
     let mut run = OfflineRun::default();
     let mut originals: HashMap<u64, Vec<u8>> = HashMap::new();
-    source::read(&config.source, path, &mut |item| {
+    source::read(&config.source, path, &config.header_columns(), &mut |item| {
         run.read += 1;
         let original = match &item {
             source::Item::Record(r) => r.original.clone(),

@@ -491,7 +491,7 @@ impl Connector {
                     Ok(tx.blocking_send(out).is_ok())
                 };
                 let mut failed = None;
-                source::read(&config.source, &path, &mut |item| {
+                source::read(&config.source, &path, &config.header_columns(), &mut |item| {
                     if item.row() <= resume_after {
                         skipped.push((item.row(), None));
                         return true;
@@ -608,7 +608,7 @@ impl Connector {
         let mut events = Vec::new();
         let mut dead = Vec::new();
         let mut rows = 0u64;
-        source::read(&self.config.source, path, &mut |item| {
+        source::read(&self.config.source, path, &self.config.header_columns(), &mut |item| {
             rows = rows.max(item.row());
             let original = match &item {
                 Item::Record(r) => r.original.clone(),

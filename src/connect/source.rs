@@ -57,16 +57,36 @@ pub enum SourceError {
     Read { path: String, message: String },
 }
 
-/// Reads `path` and hands each item to `emit`; stops early when `emit` returns false.
-pub fn read(source: &SourceSection, path: &Path, emit: &mut dyn FnMut(Item) -> bool) -> Result<(), SourceError> {
+/// Reads `path` and hands each item to `emit`; stops early when `emit` returns false. A CSV or
+/// XLSX header that lacks one of `expected` (see `ConnectorConfig::header_columns`) fails the
+/// file, naming the missing columns and never the cells found (they may be a data row).
+pub fn read(source: &SourceSection, path: &Path, expected: &[String], emit: &mut dyn FnMut(Item) -> bool) -> Result<(), SourceError> {
     let file = std::fs::File::open(path).map_err(|e| SourceError::Open { path: path.display().to_string(), message: e.to_string() })?;
     match source {
         SourceSection::Csv { encoding, delimiter, max_row_bytes } => {
-            read_csv(file, *encoding, delimiter.as_bytes().first().copied().unwrap_or(b','), *max_row_bytes, path, emit)
+            let delimiter = delimiter.as_bytes().first().copied().unwrap_or(b',');
+            read_csv(file, *encoding, delimiter, *max_row_bytes, path, expected, emit)
         }
-        SourceSection::Xlsx { sheet } => read_xlsx(file, sheet, path, emit),
+        SourceSection::Xlsx { sheet } => read_xlsx(file, sheet, path, expected, emit),
         SourceSection::Jsonl => read_jsonl(BufReader::new(file), path, emit),
     }
+}
+
+/// The header at `row` has every expected column, or the file fails.
+fn check_header(header: &Header, expected: &[String], path: &str, row: u64) -> Result<(), SourceError> {
+    let missing: Vec<&str> = expected.iter().filter(|c| header.position(c).is_none()).map(String::as_str).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(SourceError::Header {
+        path: path.to_string(),
+        row,
+        message: format!(
+            "表头缺少列：{}。第{row}行被当作表头；文件是否缺少表头行，或列名与连接器配置不同？（the header lacks {} column(s) the connector maps）",
+            missing.iter().map(|c| format!("“{c}”")).collect::<Vec<_>>().join("、"),
+            missing.len()
+        ),
+    })
 }
 
 /// Decodes one field under the declared encoding; `None` if the bytes are not valid in it.
@@ -353,6 +373,7 @@ fn read_csv(
     delimiter: u8,
     max_row_bytes: usize,
     path: &Path,
+    expected: &[String],
     emit: &mut dyn FnMut(Item) -> bool,
 ) -> Result<(), SourceError> {
     let shown = path.display().to_string();
@@ -457,7 +478,9 @@ fn read_csv(
                     ),
                 });
             }
-            header = Some(Arc::new(Header::new(cells.into_iter().map(|c| c.trim().to_string()).collect())));
+            let parsed = Header::new(cells.into_iter().map(|c| c.trim().to_string()).collect());
+            check_header(&parsed, expected, &shown, row)?;
+            header = Some(Arc::new(parsed));
             continue;
         };
         if record.iter().all(|f| f.iter().all(|b| b.is_ascii_whitespace())) {
@@ -511,7 +534,13 @@ fn cell_of(data: &DataRef<'_>) -> Result<Cell, String> {
     })
 }
 
-fn read_xlsx(file: std::fs::File, sheet: &str, path: &Path, emit: &mut dyn FnMut(Item) -> bool) -> Result<(), SourceError> {
+fn read_xlsx(
+    file: std::fs::File,
+    sheet: &str,
+    path: &Path,
+    expected: &[String],
+    emit: &mut dyn FnMut(Item) -> bool,
+) -> Result<(), SourceError> {
     let shown = path.display().to_string();
     let mut workbook: Xlsx<_> =
         Xlsx::new(BufReader::new(file)).map_err(|e| SourceError::Open { path: shown.clone(), message: e.to_string() })?;
@@ -541,7 +570,9 @@ fn read_xlsx(file: std::fs::File, sheet: &str, path: &Path, emit: &mut dyn FnMut
                     }
                     names.push(text);
                 }
-                *header = Some(Arc::new(Header::new(names)));
+                let parsed = Header::new(names);
+                check_header(&parsed, expected, &shown, row_number)?;
+                *header = Some(Arc::new(parsed));
                 return Ok(true);
             };
             let mut values = vec![Cell::Empty; h.names.len()];

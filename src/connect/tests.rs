@@ -14,10 +14,19 @@ fn config(text: &str) -> ConnectorConfig {
 }
 
 fn read_all(source: &SourceSection, bytes: &[u8], suffix: &str) -> Result<Vec<Item>, super::source::SourceError> {
+    read_expecting(source, bytes, suffix, &[])
+}
+
+fn read_expecting(
+    source: &SourceSection,
+    bytes: &[u8],
+    suffix: &str,
+    expected: &[String],
+) -> Result<Vec<Item>, super::source::SourceError> {
     let mut file = tempfile::Builder::new().suffix(suffix).tempfile().expect("tempfile");
     file.write_all(bytes).expect("write");
     let mut items = Vec::new();
-    read(source, file.path(), &mut |i| {
+    read(source, file.path(), expected, &mut |i| {
         items.push(i);
         true
     })?;
@@ -374,4 +383,59 @@ proptest! {
         prop_assert_eq!(&rows, &sorted);
         prop_assert!(rows.iter().all(|r| *r >= 2 && *r <= lines.len() as u64 + 1));
     }
+}
+
+/// A file without its header line: the first data row would be taken for the header and lost. The
+/// file fails instead, naming the columns the connector maps that the header lacks (each once), and
+/// never the cells it found, which are a person's data.
+#[test]
+fn a_header_without_the_mapped_columns_fails_the_file_naming_them() {
+    let config = config(
+        r#"
+[connector]
+name = "t"
+department = "t"
+topic = "t"
+[source]
+format = "csv"
+encoding = "utf-8"
+[[field]]
+target = "certificate_no"
+from = "残疾人证号"
+[[field]]
+target = "id_number"
+from = "残疾人证号"
+[[field]]
+target = "name"
+from = "姓名"
+"#,
+    );
+    let expected = config.header_columns();
+    assert_eq!(expected, vec!["残疾人证号".to_string(), "姓名".to_string()]);
+    let headerless = "22010219650101357X42,诸葛明月\n22010219650101358X42,慕容秋水\n";
+    let err = read_expecting(&config.source, headerless.as_bytes(), ".csv", &expected).expect_err("the file fails").to_string();
+    assert!(err.contains("“残疾人证号”、“姓名”") && err.contains("row 1"), "{err}");
+    assert!(!err.contains("诸葛明月") && !err.contains("2201"), "no cell of the row taken for a header: {err}");
+    let with_header = format!("残疾人证号,姓名\n{headerless}");
+    let items = read_expecting(&config.source, with_header.as_bytes(), ".csv", &expected).expect("reads");
+    assert_eq!(items.len(), 2);
+    // JSON Lines has no header to check.
+    let jsonl = config_with_jsonl();
+    assert!(jsonl.header_columns().is_empty());
+}
+
+fn config_with_jsonl() -> ConnectorConfig {
+    config(
+        r#"
+[connector]
+name = "t"
+department = "t"
+topic = "t"
+[source]
+format = "jsonl"
+[[field]]
+target = "id_number"
+from = "证件号码"
+"#,
+    )
 }
