@@ -152,7 +152,7 @@ fn main() {
         let started = Instant::now();
         let mut chunk = Vec::with_capacity(1024);
         let mut ready = 0usize;
-        doudi::connect::source::read(&config.source, &csv, &mut |item| {
+        doudi::connect::source::read(&config.source, &csv, &config.header_columns(), &mut |item| {
             chunk.push(item);
             if chunk.len() == 1024 {
                 ready += doudi::connect::pipeline::process_batch(
