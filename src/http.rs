@@ -117,13 +117,13 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// A listener that hands axum only connections whose TLS handshake completed. Handshakes run on
 /// tasks of their own, so a slow or silent client never holds up the next one; one that fails (a
 /// plain-HTTP client, an unknown CA on its side, a timeout) is counted in
-/// `doudi_http_tls_handshake_failures_total` and logged at debug without its address's content.
+/// `doudi_http_tls_handshake_failures_total` and logged at debug with its reason only.
 /// axum's `Listener` is the extension point it offers for this; `axum-server` would replace
 /// `axum::serve` and its graceful shutdown for the same few lines.
 struct TlsListener {
     accepted: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
     local: SocketAddr,
-    _acceptor: tokio::task::JoinHandle<()>,
+    acceptor: tokio::task::JoinHandle<()>,
 }
 
 impl TlsListener {
@@ -157,7 +157,7 @@ impl TlsListener {
                 });
             }
         });
-        Self { accepted, local, _acceptor: task }
+        Self { accepted, local, acceptor: task }
     }
 }
 
@@ -185,6 +185,6 @@ impl axum::serve::Listener for TlsListener {
 
 impl Drop for TlsListener {
     fn drop(&mut self) {
-        self._acceptor.abort();
+        self.acceptor.abort();
     }
 }

@@ -19,6 +19,21 @@ fn id(first17: &str) -> String {
     format!("{first17}{check}")
 }
 
+/// No output holds the ID numbers' first 17 digits (also inside a longer run of digits, or split
+/// by other characters), a name or the wage.
+fn assert_no_personal_data(outputs: &[(String, String)], ids: &[&str], names: &[&str], wage: &str) {
+    let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
+    for (what, text) in outputs {
+        for id in ids {
+            assert!(!digits(text).contains(&id[..17]), "{what} holds an ID number's digits:\n{text}");
+        }
+        for name in names {
+            assert!(!text.contains(name), "{what} holds the name {name}:\n{text}");
+        }
+        assert!(!text.contains(wage), "{what} holds the wage:\n{text}");
+    }
+}
+
 /// The catalogue of `schemas/` with `topic`'s entry copied under `test.<topic>.<suffix>`.
 fn isolated_schemas(dir: &Path, topics: &[&str], suffix: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
@@ -185,17 +200,7 @@ async fn no_id_number_name_or_income_leaves_through_logs_outputs_or_headers() {
         .unwrap_or_default();
     outputs.push(("job_runs".into(), jobs.join("\n")));
 
-    let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
-    for (what, text) in &outputs {
-        for secret in [&head, &wrong, &holder] {
-            let core = &secret[..17];
-            assert!(!digits(text).contains(core), "{what} holds an ID number's digits:\n{text}");
-        }
-        for name in [head_name, wrong_name, holder_name] {
-            assert!(!text.contains(name), "{what} holds the name {name}:\n{text}");
-        }
-        assert!(!text.contains(wage), "{what} holds the wage:\n{text}");
-    }
+    assert_no_personal_data(&outputs, &[&head, &wrong, &holder], &[head_name, wrong_name, holder_name], wage);
 }
 
 /// A daemon of `doudi` at `debug`, its log going to `log` (a log file, scanned like the rest).
@@ -419,14 +424,5 @@ async fn no_id_number_name_or_income_leaves_through_daemons_replies_metrics_or_r
     }
     assert!(outputs.iter().any(|(w, t)| w.ends_with("push.log") && t.contains("DEBUG")), "the daemons logged at debug");
 
-    let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
-    for (what, text) in &outputs {
-        for secret in [&good, &wrong, &holder] {
-            assert!(!digits(text).contains(&secret[..17]), "{what} holds an ID number's digits:\n{text}");
-        }
-        for name in [good_name, wrong_name, holder_name] {
-            assert!(!text.contains(name), "{what} holds the name {name}:\n{text}");
-        }
-        assert!(!text.contains(wage), "{what} holds the wage:\n{text}");
-    }
+    assert_no_personal_data(&outputs, &[&good, &wrong, &holder], &[good_name, wrong_name, holder_name], wage);
 }
