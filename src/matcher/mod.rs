@@ -20,6 +20,7 @@ pub mod outbound;
 pub mod policy_change;
 pub mod show;
 pub mod synthetic;
+pub mod tasks;
 pub mod worker;
 
 pub use crate::db::sql::{Bind, Conn, Pooled, Record, Tx};

@@ -72,6 +72,10 @@ pub(crate) enum Command {
     /// The shared recipient database.
     #[command(subcommand)]
     Recipients(RecipientsCommand),
+    /// Review tasks for caseworkers (identity conflicts, refused referrals, deceased members,
+    /// periodic reviews), oldest first, the person masked.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
     /// Deliver an agency's entitlement events to a sink (`connectors/<agency>-out.toml`): an HTTP
     /// webhook or a table (a daemon), or the daily file of --date (a batch run).
     Deliver(DeliverArgs),
@@ -273,6 +277,24 @@ pub(crate) enum DeliveriesCommand {
         older_than: std::time::Duration,
         /// Show at most this many (the count of all is printed at the end).
         #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TasksCommand {
+    /// The tasks, oldest first: a table, or with --json one JSON object per line and task (id,
+    /// kind, state, household_id, person masked, region, created_on, age_days, rule).
+    List {
+        /// Only this kind, e.g. identity_conflict, cancel_dibao_refused_referrals, deceased_member.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this state (open, cleared, closed).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 1000)]
         limit: usize,
         #[arg(long)]
         json: bool,

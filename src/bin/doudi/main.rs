@@ -19,7 +19,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::{
-    AclCommand, AuditCommand, Cli, Command, ConfigCommand, DeliveriesCommand, DlqCommand, PolicyCommand, RecipientsCommand, TopicsCommand,
+    AclCommand, AuditCommand, Cli, Command, ConfigCommand, DeliveriesCommand, DlqCommand, PolicyCommand, RecipientsCommand, TasksCommand,
+    TopicsCommand,
 };
 use doudi::config::Settings;
 use doudi::error::Failure;
@@ -71,6 +72,7 @@ async fn dispatch(command: Command, settings: Settings) -> Outcome {
         Command::Recipients(RecipientsCommand::Show { id_number, unmasked, json, policy, audit }) => {
             matching::recipients_show(&id_number, unmasked, json, policy.as_deref(), &audit, &settings).await
         }
+        Command::Tasks(TasksCommand::List { kind, state, limit, json }) => matching::tasks_list(kind, state, limit, json, &settings).await,
         // Deliver: agencies' entitlements out, acknowledgements in.
         Command::Deliver(args) => deliver::deliver(&args, &settings).await,
         Command::Acks(args) => deliver::acks(&args, &settings).await,

@@ -201,3 +201,31 @@ pub(crate) async fn recipients_show(
     }
     Ok(())
 }
+
+/// `doudi tasks list`: the review tasks, oldest first, the person masked.
+pub(crate) async fn tasks_list(kind: Option<String>, state: Option<String>, limit: usize, json: bool, settings: &Settings) -> Outcome {
+    let db = open_database(settings).await?;
+    let filter = doudi::matcher::tasks::TaskFilter { kind, state, limit };
+    let today = chrono::Local::now().date_naive();
+    let tasks =
+        doudi::matcher::tasks::list(&db, &filter, today).await.map_err(|e| Failure::infrastructure(format!("review tasks: {e}")))?;
+    if json {
+        for t in &tasks {
+            outln!("{}", serde_json::to_string(t).unwrap_or_default());
+        }
+    } else {
+        outln!("{:<38} {:<32} {:<8} {:<24} {:<20} {:>5}", "id", "kind", "state", "household", "person", "age d");
+        for t in &tasks {
+            outln!(
+                "{:<38} {:<32} {:<8} {:<24} {:<20} {:>5}",
+                t.id,
+                t.kind,
+                t.state,
+                t.household_id.as_deref().unwrap_or("-"),
+                t.person.as_deref().unwrap_or("-"),
+                t.age_days
+            );
+        }
+    }
+    Ok(())
+}
