@@ -164,10 +164,9 @@ impl HttpSettings {
     pub fn data_tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, ConfigError> {
         match (self.tls_cert.is_empty(), self.tls_key.is_empty()) {
             (true, true) => Ok(None),
-            (false, false) => crate::http::server_tls(Path::new(&self.tls_cert), Path::new(&self.tls_key)).map(Some).map_err(|message| {
-                let (field, message) = message.split_once(": ").map_or(("http.tls_cert", message.as_str()), |(f, m)| (f, m));
-                ConfigError::Field { field: field.into(), message: message.into() }
-            }),
+            (false, false) => crate::http::server_tls(Path::new(&self.tls_cert), Path::new(&self.tls_key))
+                .map(Some)
+                .map_err(|(field, message)| ConfigError::Field { field: field.into(), message }),
             (true, false) => Err(ConfigError::Field { field: "http.tls_cert".into(), message: "is required with http.tls_key".into() }),
             (false, true) => Err(ConfigError::Field { field: "http.tls_key".into(), message: "is required with http.tls_cert".into() }),
         }

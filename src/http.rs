@@ -89,25 +89,25 @@ pub async fn serve_maybe_tls(
 
 /// The TLS configuration of a data endpoint (HTTP push, the acknowledgement callback) from a PEM
 /// certificate chain and its PEM private key, as `http.tls_cert` and `http.tls_key` name them. An
-/// unreadable or unusable file is a configuration error naming the field and the path (never the
+/// unreadable or unusable file is refused with the field it comes from and why (the path, never the
 /// key's content).
-pub fn server_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, (&'static str, String)> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<_, _>>())
-        .map_err(|e| format!("http.tls_cert: cannot read a PEM certificate from {}: {e}", cert.display()))?;
+        .map_err(|e| ("http.tls_cert", format!("cannot read a PEM certificate from {}: {e}", cert.display())))?;
     if chain.is_empty() {
-        return Err(format!("http.tls_cert: {} holds no certificate", cert.display()));
+        return Err(("http.tls_cert", format!("{} holds no certificate", cert.display())));
     }
     let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("http.tls_key: cannot read a PEM private key from {}: {e}", key.display()))?;
+        .map_err(|e| ("http.tls_key", format!("cannot read a PEM private key from {}: {e}", key.display())))?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("http.tls_cert: {e}"))?
+        .map_err(|e| ("http.tls_cert", e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(chain, private)
-        .map_err(|e| format!("http.tls_key: the key does not fit the certificate in {}: {e}", cert.display()))?;
+        .map_err(|e| ("http.tls_key", format!("the key does not fit the certificate in {}: {e}", cert.display())))?;
     Ok(Arc::new(config))
 }
 

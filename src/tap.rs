@@ -146,10 +146,9 @@ pub enum View {
     Unmasked,
 }
 
-/// The ID numbers that `value` shows (valid ones, also as the first 18 characters of a longer run
+/// The ID numbers that `text` shows (valid ones, also as the first 18 characters of a longer run
 /// such as a disability certificate number), for the audit log of an unmasked view.
-pub fn id_numbers_in(value: &Value) -> std::collections::BTreeSet<String> {
-    let text = value.to_string();
+pub fn id_numbers_in(text: &str) -> std::collections::BTreeSet<String> {
     let chars: Vec<char> = text.chars().collect();
     let mut found = std::collections::BTreeSet::new();
     let mut i = 0;

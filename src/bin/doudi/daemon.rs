@@ -102,8 +102,8 @@ pub(crate) async fn unmasked_records(
     doudi::tap::read(&settings.kafka, topic, since_ms, limit, false, doudi::tap::View::Unmasked, &mut |t| records.push(t)).await?;
     let mut people = std::collections::BTreeSet::new();
     for t in &records {
-        people.extend(doudi::tap::id_numbers_in(&t.value));
-        people.extend(doudi::tap::id_numbers_in(&serde_json::Value::Object(t.headers.clone())));
+        // The record as it is printed: its value and its headers, in one text.
+        people.extend(doudi::tap::id_numbers_in(&serde_json::to_string(t).unwrap_or_default()));
     }
     let detail = serde_json::json!({"topic": topic, "records": records.len()});
     if people.is_empty() {
