@@ -99,6 +99,7 @@ fn main() {
             registry: Arc::new(doudi::schema::Registry::load(&root.join("schemas")).expect("schemas")),
             outbound: Outbound::with_affixes(&prefix, ""),
             today: chrono::Local::now().date_naive(),
+            auditor: doudi::audit::Auditor::new(doudi::config::DEVELOPMENT_AUDIT_KEY.as_bytes()),
         };
         let households = match &from {
             Some(saved) => {

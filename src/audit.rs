@@ -21,6 +21,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
+use crate::db::sql::{Bind, Conn, Tx, ot, t};
 use crate::db::{Database, now_rfc3339};
 use crate::idnum::IdNumber;
 
@@ -32,6 +33,8 @@ pub enum AuditError {
     Database(#[from] sqlx::Error),
     #[error("the audit log could not be appended after {0} attempts (other writers kept appending)")]
     Busy(u32),
+    #[error("{0}")]
+    Other(String),
 }
 
 /// What every audited action needs: who acts and why. Unmasked access without both is refused
@@ -130,7 +133,95 @@ fn entry(row: &sqlx::any::AnyRow) -> Result<Entry, sqlx::Error> {
     })
 }
 
-/// Appends one entry and returns it.
+/// An entry to append in the caller's transaction ([`append`]), so that an action and its entry
+/// are committed together or not at all.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub who: Who,
+    pub action: String,
+    pub person: Option<IdNumber>,
+    /// JSON without personal data.
+    pub detail: Value,
+}
+
+/// Advisory lock key of the audit log's end (PostgreSQL): appenders in transactions queue on it
+/// instead of racing for the next `seq` (a lost race would abort the caller's whole transaction).
+const APPEND_LOCK: i64 = 0x6175_6469_745f_6c6f;
+
+/// Appends `pending` in order, in the transaction `conn` is in, and returns the entries. On
+/// PostgreSQL the log's end is locked until that transaction ends; on SQLite the transaction holds
+/// the database's write lock once it has written. Log them with [`logged`] once committed.
+pub async fn append(conn: &mut Conn<'_>, auditor: &Auditor, pending: &[Pending]) -> Result<Vec<Entry>, crate::db::DbError> {
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    if conn.backend().has_advisory_locks() {
+        conn.fetch("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock($1)) l".into(), vec![Bind::Int(APPEND_LOCK)]).await?;
+    }
+    let last = conn.fetch("SELECT seq, at, actor, action, person, purpose, detail, prev_hash, mac FROM audit_log ORDER BY seq DESC LIMIT 1".into(), Vec::new()).await?;
+    let (mut seq, mut prev_hash) = match last.first() {
+        Some(row) => {
+            let last = Entry {
+                seq: row.try_get("seq")?,
+                at: row.try_get("at")?,
+                actor: row.try_get("actor")?,
+                action: row.try_get("action")?,
+                person: row.try_get("person")?,
+                purpose: row.try_get("purpose")?,
+                detail: row.try_get("detail")?,
+                prev_hash: row.try_get("prev_hash")?,
+                mac: row.try_get("mac")?,
+            };
+            (last.seq, last.hash())
+        }
+        None => (0, GENESIS.to_string()),
+    };
+    let mut out = Vec::with_capacity(pending.len());
+    for p in pending {
+        seq += 1;
+        let mut e = Entry {
+            seq,
+            at: now_rfc3339(),
+            actor: p.who.actor.clone(),
+            action: p.action.clone(),
+            person: p.person.as_ref().map(|id| auditor.person(id)),
+            purpose: p.who.purpose.clone(),
+            detail: p.detail.to_string(),
+            prev_hash: prev_hash.clone(),
+            mac: String::new(),
+        };
+        let hash = e.hash();
+        e.mac = auditor.seal(&hash);
+        conn.execute(
+            "INSERT INTO audit_log (seq, at, actor, action, person, purpose, detail, prev_hash, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)".into(),
+            vec![
+                Bind::Int(e.seq),
+                t(&e.at),
+                t(&e.actor),
+                t(&e.action),
+                ot(e.person.clone()),
+                t(&e.purpose),
+                t(&e.detail),
+                t(&e.prev_hash),
+                t(&e.mac),
+            ],
+        )
+        .await?;
+        prev_hash = hash;
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// Writes committed entries to the process log (`audit_seq`, `audit_hash`), which is shipped
+/// elsewhere: a truncated table then shows against it.
+pub fn logged(entries: &[Entry]) {
+    for e in entries {
+        tracing::info!(audit_seq = e.seq, audit_hash = %e.hash(), actor = %e.actor, action = %e.action, "Audit log entry recorded.");
+    }
+}
+
+/// Appends one entry in a transaction of its own and returns it.
 pub async fn record(
     db: &Database,
     auditor: &Auditor,
@@ -140,50 +231,21 @@ pub async fn record(
     detail: Value,
 ) -> Result<Entry, AuditError> {
     const ATTEMPTS: u32 = 20;
+    let pending = [Pending { who: who.clone(), action: action.to_string(), person: person.cloned(), detail }];
     for _ in 0..ATTEMPTS {
-        let last =
-            sqlx::query("SELECT seq, at, actor, action, person, purpose, detail, prev_hash, mac FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(db.pool())
-                .await?;
-        let (seq, prev_hash) = match last {
-            Some(row) => {
-                let last = entry(&row)?;
-                (last.seq + 1, last.hash())
+        let mut tx = Tx::begin(db).await?;
+        match append(&mut tx.conn(), auditor, &pending).await {
+            Ok(mut entries) => {
+                tx.commit().await?;
+                logged(&entries);
+                if let Some(e) = entries.pop() {
+                    return Ok(e);
+                }
             }
-            None => (1, GENESIS.to_string()),
-        };
-        let mut e = Entry {
-            seq,
-            at: now_rfc3339(),
-            actor: who.actor.clone(),
-            action: action.to_string(),
-            person: person.map(|p| auditor.person(p)),
-            purpose: who.purpose.clone(),
-            detail: detail.to_string(),
-            prev_hash,
-            mac: String::new(),
-        };
-        let hash = e.hash();
-        e.mac = auditor.seal(&hash);
-        let inserted = sqlx::query("INSERT INTO audit_log (seq, at, actor, action, person, purpose, detail, prev_hash, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-            .bind(e.seq)
-            .bind(&e.at)
-            .bind(&e.actor)
-            .bind(&e.action)
-            .bind(&e.person)
-            .bind(&e.purpose)
-            .bind(&e.detail)
-            .bind(&e.prev_hash)
-            .bind(&e.mac)
-            .execute(db.pool())
-            .await;
-        match inserted {
-            Ok(_) => {
-                tracing::info!(audit_seq = e.seq, audit_hash = %hash, actor = %e.actor, action = %e.action, "Audit log entry recorded.");
-                return Ok(e);
-            }
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => continue,
-            Err(other) => return Err(other.into()),
+            // Two SQLite writers read the same end: the loser tries again.
+            Err(crate::db::DbError::Query(sqlx::Error::Database(d))) if d.is_unique_violation() => continue,
+            Err(crate::db::DbError::Query(e)) => return Err(e.into()),
+            Err(other) => return Err(AuditError::Other(other.to_string())),
         }
     }
     Err(AuditError::Busy(ATTEMPTS))

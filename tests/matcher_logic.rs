@@ -25,6 +25,7 @@ fn context_with(params: doudi::policy::Params) -> Context {
         registry: Arc::new(doudi::schema::Registry::load(&root.join("schemas")).unwrap()),
         outbound: Outbound::with_affixes("", ""),
         today: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+        auditor: doudi::audit::Auditor::new(doudi::config::DEVELOPMENT_AUDIT_KEY.as_bytes()),
     }
 }
 

@@ -53,6 +53,7 @@ pub async fn apply_batch(conn: &mut Conn<'_>, ctx: &Context, events: &[Inbound])
             }
             Ok(Extracted::Household(record)) => apply_household(&mut b, ctx, i, event, record, &mut outcome)?,
             Ok(Extracted::Person { id, name, facts }) => apply_person(&mut b, ctx, i, event, id, name.as_deref(), facts, &mut outcome)?,
+            Ok(Extracted::Resolution(r)) => super::casework::apply_resolution(&mut b, ctx, i, event, r, &mut outcome)?,
         };
         b.processed.push(vec![
             t(&event.ce_id),
@@ -66,6 +67,7 @@ pub async fn apply_batch(conn: &mut Conn<'_>, ctx: &Context, events: &[Inbound])
     flush_events(conn, ctx, &mut b, events).await?;
     evaluate_households(conn, ctx, &mut b, &mut outcome).await?;
     flush_derived(conn, &mut b).await?;
+    outcome.audit = crate::audit::append(conn, &ctx.auditor, &std::mem::take(&mut b.audits)).await?;
     Ok(outcome)
 }
 
@@ -80,14 +82,19 @@ pub(super) enum Identity {
 }
 
 pub(super) fn ensure_person(b: &mut Batch, id: &IdNumber, name: Option<&str>, topic: &str, registry: bool) -> Identity {
-    let Some(person) = b.persons.get_mut(id.as_str()) else {
+    if !b.persons.contains_key(id.as_str()) {
         b.persons.insert(
             id.as_str().to_string(),
             Person { name: name.map(str::to_string), name_source: name.map(|_| topic.to_string()), new: true, renamed: false },
         );
         return Identity::Consistent;
-    };
+    }
     let Some(name) = name else { return Identity::Consistent };
+    // A name a caseworker found to be this person's ("same person") is not a conflict.
+    if !registry && b.variants.get(id.as_str()).is_some_and(|known| known.contains(name)) {
+        return Identity::Consistent;
+    }
+    let Some(person) = b.persons.get_mut(id.as_str()) else { return Identity::Consistent };
     match person.name.as_deref() {
         None => {
             person.name = Some(name.to_string());
@@ -172,6 +179,13 @@ pub(super) fn apply_person(
         for fact in facts {
             push_fact(b, index, id.as_str(), fact, "held");
         }
+        if let Some(name) = name {
+            let source = event.feed.topic().to_string();
+            if !b.held_names.iter().any(|(i, s, n)| i == id.as_str() && *s == source && n == name) {
+                b.held_names.push((id.as_str().to_string(), source.clone(), name.to_string()));
+            }
+            b.variant_writes.push(vec![t(id.as_str()), t(source), t(name), t("held"), ot(None::<String>), t(crate::db::now_rfc3339())]);
+        }
         outcome.held += 1;
         let region = household.as_ref().map_or_else(|| id.division().to_string(), |h| h.1.clone());
         let on = facts
@@ -223,8 +237,10 @@ pub(super) fn apply_household(
         outcome.stale += 1;
         return Ok("stale");
     }
+    // A household a caseworker corrected in a resolution is civil affairs' registration too.
+    let registry_topic = if event.feed == Feed::Resolution { Feed::Household.topic() } else { event.topic.as_str() };
     for m in &record.members {
-        if let Identity::RegistryCorrected = ensure_person(b, &m.id, m.name.as_deref(), &event.topic, true) {
+        if let Identity::RegistryCorrected = ensure_person(b, &m.id, m.name.as_deref(), registry_topic, true) {
             raise_identity_conflict(b, ctx, &m.id, Some(&record.household_id), &record.region, record.as_of, event, outcome)?;
         }
     }
@@ -358,7 +374,8 @@ pub(super) fn raise_task(
     Ok(())
 }
 
-/// Queues one outbox row: the payload gets its deterministic id under `id_field` and is checked
+/// Queues one outbox row: the payload gets its deterministic id under `id_field` (unless empty: the
+/// payload names its subject itself, as a task's later events name the task) and is checked
 /// against the schema of `catalogue_topic`. Returns the id.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn write_outbox(
@@ -373,7 +390,9 @@ pub(super) fn write_outbox(
     source_time: &str,
 ) -> Result<String, ApplyError> {
     let ce_id = event_id(MATCHER_SOURCE, identity, &payload);
-    if let Some(obj) = payload.as_object_mut() {
+    if !id_field.is_empty()
+        && let Some(obj) = payload.as_object_mut()
+    {
         obj.insert(id_field.into(), json!(ce_id));
     }
     let schema = ctx

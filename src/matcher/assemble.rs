@@ -114,6 +114,14 @@ pub fn assemble(
                         member.referral_refusals.push(Refusal::Detailed { date, reason });
                     }
                 }
+                "referral_review" => {
+                    let on: NaiveDate = field_value(&f.value["on"], &field("referral_reviews.on"))?;
+                    let confirmed: bool = field_value(&f.value["confirmed"], &field("referral_reviews.confirmed"))?;
+                    // A finding takes effect on its date: one made after the assessment date is not known yet.
+                    if on <= date {
+                        member.referral_reviews.push(crate::policy::household::ReferralReview { on, confirmed });
+                    }
+                }
                 "medical_settlement" => {
                     let on = f.effective.unwrap_or(date);
                     let paid = f.value["self_paid"].as_str().and_then(|s| crate::money::parse_strict(s).ok()).unwrap_or_default();

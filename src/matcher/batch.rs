@@ -105,6 +105,65 @@ pub(super) struct NewTask {
     pub(super) detail: String,
 }
 
+/// A review task as stored.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TaskRow {
+    pub task_id: String,
+    pub kind: String,
+    pub id_number: Option<String>,
+    pub household_id: Option<String>,
+    pub region: String,
+    pub created_on: String,
+    pub rule: Option<String>,
+    pub detail: String,
+    pub state: String,
+    pub assignee: Option<String>,
+    pub outcome: Option<String>,
+    pub resolved_by: Option<String>,
+    pub resolved_at: Option<String>,
+    pub due_on: Option<String>,
+}
+
+/// The columns of a task row the matcher reads.
+pub const TASK_COLUMNS: &str =
+    "task_id, kind, id_number, household_id, region, created_on, rule, detail, state, assignee, outcome, resolved_by, resolved_at, due_on";
+
+pub fn task_row(r: &Record) -> Result<TaskRow, sqlx::Error> {
+    Ok(TaskRow {
+        task_id: r.try_get("task_id")?,
+        kind: r.try_get("kind")?,
+        id_number: r.try_get("id_number")?,
+        household_id: r.try_get("household_id")?,
+        region: r.try_get("region")?,
+        created_on: r.try_get("created_on")?,
+        rule: r.try_get("rule")?,
+        detail: r.try_get("detail")?,
+        state: r.try_get("state")?,
+        assignee: r.try_get("assignee")?,
+        outcome: r.try_get("outcome")?,
+        resolved_by: r.try_get("resolved_by")?,
+        resolved_at: r.try_get("resolved_at")?,
+        due_on: r.try_get("due_on")?,
+    })
+}
+
+/// A fact held for an identity conflict, as stored.
+#[derive(Clone, Debug)]
+pub(super) struct HeldFact {
+    pub(super) id: i64,
+    pub(super) id_number: String,
+    pub(super) source: String,
+    pub(super) field: String,
+    pub(super) value: Value,
+    pub(super) effective: Option<NaiveDate>,
+    pub(super) recorded_at: String,
+    pub(super) offset: i64,
+    pub(super) topic: String,
+    pub(super) ce_id: String,
+    pub(super) source_file: Option<String>,
+    pub(super) source_row: Option<String>,
+}
+
 /// Everything a batch reads and writes, in memory until it is flushed.
 #[derive(Default)]
 pub(super) struct Batch {
@@ -129,6 +188,24 @@ pub(super) struct Batch {
     /// Set when the households re-evaluated are (nearly) every household of an id range: their
     /// rows are then read by that range.
     pub(super) span: Option<Span>,
+    /// Review tasks that caseworkers' actions in the batch name, by id (as changed so far).
+    pub(super) task_rows: BTreeMap<String, TaskRow>,
+    /// Task rows to write back (their state changed).
+    pub(super) task_updates: BTreeMap<String, TaskRow>,
+    /// Rows of `review_task_transitions` to insert.
+    pub(super) transitions: Vec<Vec<Bind>>,
+    /// Audit entries, appended in the batch's transaction.
+    pub(super) audits: Vec<crate::audit::Pending>,
+    /// Held facts of the people whose identity conflicts are resolved in the batch.
+    pub(super) held: Vec<HeldFact>,
+    /// Names held for those people: (id_number, source, name).
+    pub(super) held_names: Vec<(String, String, String)>,
+    /// Known name variants of the batch's people.
+    pub(super) variants: BTreeMap<String, BTreeSet<String>>,
+    /// `name_variants` rows to upsert: id_number, source, name, state, task_id, updated_at.
+    pub(super) variant_writes: Vec<Vec<Bind>>,
+    /// Stored facts whose state changes (held facts released or rejected).
+    pub(super) fact_states: Vec<(i64, &'static str)>,
 }
 
 /// A range of household ids, first and last inclusive, holding the households of a re-evaluation
@@ -198,6 +275,7 @@ pub(super) async fn load_for_events(
     }
     let mut ids = Vec::new();
     let mut household_ids = Vec::new();
+    let mut task_ids = Vec::new();
     for x in extracted.iter().flatten() {
         match x {
             Extracted::Household(h) => {
@@ -205,9 +283,61 @@ pub(super) async fn load_for_events(
                 ids.extend(h.members.iter().map(|m| m.id.as_str().to_string()));
             }
             Extracted::Person { id, .. } => ids.push(id.as_str().to_string()),
+            Extracted::Resolution(r) => {
+                task_ids.push(r.task_id.clone());
+                if let super::facts::ResolutionAction::Resolve { household: Some((_, h)), .. } = &r.action {
+                    household_ids.push(h.household_id.clone());
+                    ids.extend(h.members.iter().map(|m| m.id.as_str().to_string()));
+                }
+            }
         }
     }
+    let mut conflicted = Vec::new();
+    for r in select_in(conn, &format!("SELECT {TASK_COLUMNS} FROM review_tasks WHERE task_id IN"), "", &sorted_unique(task_ids)).await? {
+        let task = task_row(&r)?;
+        if let Some(id) = &task.id_number {
+            ids.push(id.clone());
+            if task.kind == "identity_conflict" {
+                conflicted.push(id.clone());
+            }
+        }
+        if let Some(h) = &task.household_id {
+            household_ids.push(h.clone());
+        }
+        b.task_rows.insert(task.task_id.clone(), task);
+    }
+    let conflicted = sorted_unique(conflicted);
+    for r in select_in(
+        conn,
+        "SELECT id, id_number, source, field, value, effective_date, recorded_at, kafka_offset, topic, ce_id, source_file, source_row \
+         FROM facts WHERE state = 'held' AND id_number IN",
+        "ORDER BY id",
+        &conflicted,
+    )
+    .await?
+    {
+        b.held.push(HeldFact {
+            id: r.try_get("id")?,
+            id_number: r.try_get("id_number")?,
+            source: r.try_get("source")?,
+            field: r.try_get("field")?,
+            value: serde_json::from_str(&r.try_get::<String, _>("value")?).unwrap_or_default(),
+            effective: r.try_get::<Option<String>, _>("effective_date")?.as_deref().and_then(crate::dates::ymd),
+            recorded_at: r.try_get("recorded_at")?,
+            offset: r.try_get("kafka_offset")?,
+            topic: r.try_get("topic")?,
+            ce_id: r.try_get("ce_id")?,
+            source_file: r.try_get("source_file")?,
+            source_row: r.try_get("source_row")?,
+        });
+    }
+    for r in select_in(conn, "SELECT id_number, source, name FROM name_variants WHERE state = 'held' AND id_number IN", "", &conflicted).await? {
+        b.held_names.push((r.try_get("id_number")?, r.try_get("source")?, r.try_get("name")?));
+    }
     let ids = sorted_unique(ids);
+    for r in select_in(conn, "SELECT id_number, name FROM name_variants WHERE state = 'known' AND id_number IN", "", &ids).await? {
+        b.variants.entry(r.try_get("id_number")?).or_default().insert(r.try_get("name")?);
+    }
     for r in select_in(conn, "SELECT id_number, name, name_source FROM persons WHERE id_number IN", "", &ids).await? {
         b.persons.insert(
             r.try_get("id_number")?,
@@ -235,8 +365,12 @@ pub(super) async fn load_for_events(
             },
         );
     }
-    for r in
-        select_in(conn, "SELECT id_number FROM review_tasks WHERE kind = 'identity_conflict' AND state = 'open' AND id_number IN", "", &ids)
+    for r in select_in(
+        conn,
+        "SELECT id_number FROM review_tasks WHERE kind = 'identity_conflict' AND state IN ('open', 'in_progress') AND id_number IN",
+        "",
+        &ids,
+    )
             .await?
     {
         b.open_conflicts.insert(r.try_get("id_number")?);

@@ -47,6 +47,8 @@ pub struct Context {
     pub outbound: Outbound,
     /// Today, bounding birth dates in ID numbers (wall clock; decisions never use it).
     pub today: NaiveDate,
+    /// Seals the audit entries of caseworkers' actions (`keys.audit_key`).
+    pub auditor: crate::audit::Auditor,
 }
 
 /// One consumed inbound event.
@@ -82,6 +84,9 @@ pub struct BatchOutcome {
     pub outbox: u64,
     pub review_tasks: u64,
     pub assessment_problems: u64,
+    /// Audit entries the batch appended: written to the process log once it is committed.
+    #[serde(skip)]
+    pub audit: Vec<crate::audit::Entry>,
 }
 
 impl BatchOutcome {
@@ -98,6 +103,7 @@ impl BatchOutcome {
         self.outbox += o.outbox;
         self.review_tasks += o.review_tasks;
         self.assessment_problems += o.assessment_problems;
+        self.audit.extend(o.audit.iter().cloned());
     }
 }
 

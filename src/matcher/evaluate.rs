@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::apply::{raise_task, write_outbox};
 use super::assemble::{StoredFact, StoredMember, assemble};
 use super::batch::*;
+use super::casework::{TaskChange, transition};
 use super::context::{ApplyError, BatchOutcome, Context};
 use super::flush::flush_derived;
 use super::outbound::{Change, EntitlementRow, Summary, diff, entitlement_payload, entitlements_of, status_payload};
@@ -61,6 +62,9 @@ pub struct Standing<'a> {
     pub entitlements: &'a [EntitlementRow],
     /// Its open review tasks raised by the policy, as (kind, person).
     pub open_tasks: &'a BTreeSet<(String, String)>,
+    /// Tasks resolved for good: not raised again while the policy still raises them (a member's
+    /// death, once reviewed).
+    pub settled_tasks: &'a BTreeSet<(String, String)>,
 }
 
 /// What the decision step found.
@@ -125,7 +129,14 @@ pub fn decide(params: &crate::policy::Params, h: &Standing<'_>) -> Step {
     };
     let changes = diff(h.entitlements, &new_entitlements);
     let raised: BTreeSet<(String, String)> = raised_tasks.iter().map(|(k, p, _)| (k.clone(), p.clone())).collect();
-    let new_tasks: Vec<_> = raised_tasks.iter().filter(|(k, p, _)| !h.open_tasks.contains(&(k.clone(), p.clone()))).cloned().collect();
+    let new_tasks: Vec<_> = raised_tasks
+        .iter()
+        .filter(|(k, p, _)| {
+            let key = (k.clone(), p.clone());
+            !h.open_tasks.contains(&key) && !h.settled_tasks.contains(&key)
+        })
+        .cloned()
+        .collect();
     let cleared: Vec<_> = h.open_tasks.difference(&raised).cloned().collect();
     let summary_changed = h.summary != Some(&summary);
     if !summary_changed && changes.is_empty() && new_tasks.is_empty() && cleared.is_empty() {
@@ -205,20 +216,24 @@ pub(super) async fn evaluate_households(
             },
         ));
     }
-    let mut open_tasks: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
-    for r in select_households(
-        conn,
-        b.span.as_ref(),
-        "SELECT household_id, kind, id_number FROM review_tasks WHERE state = 'open' AND kind NOT IN ('identity_conflict', 'periodic_review_due') AND household_id IN",
-        "",
-        &affected,
-    )
-    .await?
-    {
-        open_tasks
-            .entry(r.try_get("household_id")?)
-            .or_default()
-            .insert((r.try_get::<String, _>("kind")?, r.try_get::<Option<String>, _>("id_number")?.unwrap_or_default()));
+    // Tasks the policy raised: the open ones (cancelled when it no longer raises them) and the
+    // reviewed deaths (never raised again).
+    let mut open_tasks: BTreeMap<String, BTreeMap<(String, String), TaskRow>> = BTreeMap::new();
+    let mut settled_tasks: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM review_tasks WHERE ((state IN ('open', 'in_progress') AND kind NOT IN ('identity_conflict', 'periodic_review_due')) \
+         OR (state = 'resolved' AND kind = 'deceased_member')) AND household_id IN"
+    );
+    for r in select_households(conn, b.span.as_ref(), &sql, "", &affected).await? {
+        let task = task_row(&r)?;
+        let (Some(household_id), key) = (task.household_id.clone(), (task.kind.clone(), task.id_number.clone().unwrap_or_default())) else {
+            continue;
+        };
+        if task.state == "resolved" {
+            settled_tasks.entry(household_id).or_default().insert(key);
+        } else {
+            open_tasks.entry(household_id).or_default().insert(key, task);
+        }
     }
     let mut decisions = Vec::new();
     // Entitlement events wait for the names of their people, read once after the loop: only the
@@ -226,7 +241,7 @@ pub(super) async fn evaluate_households(
     let mut entitlement_events: Vec<EntitlementEvent> = Vec::new();
     let mut grants = Vec::new();
     let mut updates: Vec<EntitlementUpdate> = Vec::new();
-    let mut cleared: Vec<(String, String, String)> = Vec::new();
+    let mut cleared: Vec<(TaskRow, String, String)> = Vec::new();
     let mut problems = Vec::new();
     let mut solved = Vec::new();
     let now = now_rfc3339();
@@ -239,7 +254,9 @@ pub(super) async fn evaluate_households(
         let old_summary: Option<Summary> = stored.summary.clone().or_else(|| summaries.remove(&(household_id.clone(), version)));
         let before_rows = in_force.remove(household_id).unwrap_or_default();
         let before: Vec<EntitlementRow> = before_rows.iter().map(|r| r.1.clone()).collect();
-        let open = open_tasks.remove(household_id).unwrap_or_default();
+        let open_rows = open_tasks.remove(household_id).unwrap_or_default();
+        let open: BTreeSet<(String, String)> = open_rows.keys().cloned().collect();
+        let settled = settled_tasks.remove(household_id).unwrap_or_default();
         let standing = Standing {
             household_id,
             region: &region,
@@ -251,6 +268,7 @@ pub(super) async fn evaluate_households(
             summary: old_summary.as_ref(),
             entitlements: &before,
             open_tasks: &open,
+            settled_tasks: &settled,
         };
         let step = decide(&ctx.params, &standing);
         if let Step::Unassessable(problem) = step {
@@ -346,8 +364,10 @@ pub(super) async fn evaluate_households(
                 format!("{household_id}/v{new_version}/task/{kind}/{}", id.as_ref().map(|p| ctx.keys.key(p)).unwrap_or_default());
             raise_task(b, ctx, kind, id.as_ref(), Some(household_id), &region, date, Some(rule), &identity, &source_time, outcome)?;
         }
-        for (kind, person) in gone {
-            cleared.push((household_id.clone(), kind, person));
+        for key in gone {
+            if let Some(task) = open_rows.get(&key) {
+                cleared.push((task.clone(), format!("{household_id}/v{new_version}"), source_time.clone()));
+            }
         }
     }
     let mut names = BTreeMap::new();
@@ -417,12 +437,19 @@ pub(super) async fn evaluate_households(
         )
         .await?;
     }
-    for (household_id, kind, person) in &cleared {
-        conn.execute(
-            "UPDATE review_tasks SET state = 'cleared' WHERE household_id = $1 AND kind = $2 AND id_number = $3 AND state = 'open'".into(),
-            vec![t(household_id), t(kind), t(person)],
-        )
-        .await?;
+    // Tasks the policy no longer raises are cancelled: superseded by the event re-assessed here.
+    for (task, cause, source_time) in &cleared {
+        let change = TaskChange {
+            to: "cancelled",
+            actor: "doudi-matcher",
+            via: "matcher",
+            outcome: None,
+            reason: Some("后续数据变化后，政策规则已不再提出此任务（家庭已重新评估）。"),
+            assignee: None,
+            cause,
+            source_time,
+        };
+        transition(b, ctx, task, &change)?;
     }
     execute_in(conn, "DELETE FROM assessment_problems WHERE household_id IN", &[], &solved).await?;
     for (household_id, problem, trigger) in problems {
@@ -520,6 +547,7 @@ pub async fn reevaluate(
     }
     evaluate_households(conn, ctx, &mut b, &mut outcome).await?;
     flush_derived(conn, &mut b).await?;
+    outcome.audit = crate::audit::append(conn, &ctx.auditor, &std::mem::take(&mut b.audits)).await?;
     Ok(outcome)
 }
 
@@ -528,6 +556,7 @@ mod tests {
     use super::*;
 
     const HEAD: &str = "220102195003070015";
+    static NONE_SETTLED: BTreeSet<(String, String)> = BTreeSet::new();
 
     fn standing<'a>(
         members: &'a [StoredMember],
@@ -546,6 +575,7 @@ mod tests {
             summary,
             entitlements,
             open_tasks: open,
+            settled_tasks: &NONE_SETTLED,
         }
     }
 

@@ -23,11 +23,22 @@ pub enum Feed {
     Settlement,
     Vital,
     Disability,
+    /// Caseworkers' actions on review tasks (`dept.civil.review-resolution.v1`).
+    Resolution,
 }
 
 impl Feed {
-    pub const ALL: [Feed; 8] =
-        [Feed::Household, Feed::Employment, Feed::Student, Feed::Housing, Feed::Roster, Feed::Settlement, Feed::Vital, Feed::Disability];
+    pub const ALL: [Feed; 9] = [
+        Feed::Household,
+        Feed::Employment,
+        Feed::Student,
+        Feed::Housing,
+        Feed::Roster,
+        Feed::Settlement,
+        Feed::Vital,
+        Feed::Disability,
+        Feed::Resolution,
+    ];
 
     /// The catalogue topic of the feed.
     pub fn topic(self) -> &'static str {
@@ -40,6 +51,7 @@ impl Feed {
             Feed::Settlement => "dept.medical.settlement.v1",
             Feed::Vital => "dept.vital.event.v1",
             Feed::Disability => "dept.cdpf.disability.v1",
+            Feed::Resolution => "dept.civil.review-resolution.v1",
         }
     }
 }
@@ -80,6 +92,57 @@ pub struct RegisteredMember {
 pub enum Extracted {
     Household(HouseholdRecord),
     Person { id: IdNumber, name: Option<String>, facts: Vec<PersonFact> },
+    Resolution(Box<Resolution>),
+}
+
+/// A caseworker's action on a review task (`dept.civil.review-resolution.v1`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolution {
+    pub task_id: String,
+    pub actor: String,
+    pub action: ResolutionAction,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResolutionAction {
+    Assign {
+        assignee: String,
+    },
+    Resolve {
+        outcome: String,
+        reason: String,
+        decided_on: Option<NaiveDate>,
+        /// The household as the caseworker corrected it: the record as sent and as read.
+        household: Option<(Value, HouseholdRecord)>,
+    },
+}
+
+fn resolution(payload: &Value, today: NaiveDate) -> Result<Extracted, FactError> {
+    let task_id = text(payload, "task_id")?.to_string();
+    let actor = text(payload, "actor")?.trim().to_string();
+    if actor.is_empty() {
+        return Err(err("actor", "is blank"));
+    }
+    let action = match text(payload, "action")? {
+        "assign" => ResolutionAction::Assign { assignee: text(payload, "assignee")?.trim().to_string() },
+        "resolve" => {
+            let household = match payload.get("household") {
+                None | Some(Value::Null) => None,
+                Some(h) => match household(h, today).map_err(|e| err(format!("household.{}", e.field), e.message))? {
+                    Extracted::Household(record) => Some((h.clone(), record)),
+                    _ => None,
+                },
+            };
+            ResolutionAction::Resolve {
+                outcome: text(payload, "outcome")?.to_string(),
+                reason: text(payload, "reason")?.to_string(),
+                decided_on: opt_date(payload, "decided_on")?,
+                household,
+            }
+        }
+        _ => return Err(err("action", "is neither assign nor resolve")),
+    };
+    Ok(Extracted::Resolution(Box::new(Resolution { task_id, actor, action })))
 }
 
 /// Why an inbound payload could not be used (field named, value never echoed).
@@ -126,13 +189,15 @@ pub fn extract(feed: Feed, payload: &Value, today: NaiveDate) -> Result<Extracte
     if !payload.is_object() {
         return Err(err("(document)", "is not a JSON object"));
     }
-    if feed == Feed::Household {
-        return household(payload, today);
+    match feed {
+        Feed::Household => return household(payload, today),
+        Feed::Resolution => return resolution(payload, today),
+        _ => {}
     }
     let person = id(payload, "id_number", today)?;
     let name = opt_text(payload, "name").map(str::to_string);
     let facts = match feed {
-        Feed::Household => Vec::new(),
+        Feed::Household | Feed::Resolution => Vec::new(),
         Feed::Employment => {
             let on = date(payload, "date")?;
             match text(payload, "event")? {

@@ -51,6 +51,29 @@ pub(super) async fn flush_events(conn: &mut Conn<'_>, ctx: &Context, b: &mut Bat
         &b.superseded.iter().map(|i| Bind::Int(*i)).collect::<Vec<_>>(),
     )
     .await?;
+    let mut by_state: BTreeMap<&'static str, Vec<Bind>> = BTreeMap::new();
+    for (id, state) in &b.fact_states {
+        by_state.entry(state).or_default().push(Bind::Int(*id));
+    }
+    for (state, ids) in by_state {
+        execute_in(conn, "UPDATE facts SET state = $1 WHERE id IN", &[t(state)], &ids).await?;
+    }
+    b.fact_states.clear();
+    // One row per name (the last write wins: a name held and then settled in the same batch).
+    let mut variants: BTreeMap<String, Vec<Bind>> = BTreeMap::new();
+    for row in std::mem::take(&mut b.variant_writes) {
+        let key = row.iter().take(3).map(|v| format!("{v:?}")).collect::<Vec<_>>().join("\u{1f}");
+        variants.insert(key, row);
+    }
+    insert_rows(
+        conn,
+        "name_variants",
+        &["id_number", "source", "name", "state", "task_id", "updated_at"],
+        variants.into_values().collect(),
+        "ON CONFLICT (id_number, source, name) DO UPDATE SET state = excluded.state, \
+         task_id = COALESCE(excluded.task_id, name_variants.task_id), updated_at = excluded.updated_at",
+    )
+    .await?;
     let facts: Vec<Vec<Bind>> = b
         .new_facts
         .iter()
@@ -209,15 +232,47 @@ pub(super) async fn flush_derived(conn: &mut Conn<'_>, b: &mut Batch) -> Result<
                 t(&k.detail),
                 t("open"),
                 t(&now),
+                t(super::casework::due_on(&k.kind, k.created_on).to_string()),
+                t(&now),
             ]
         })
         .collect();
     insert_rows(
         conn,
         "review_tasks",
-        &["task_id", "kind", "id_number", "household_id", "region", "created_on", "rule", "detail", "state", "created_at"],
+        &[
+            "task_id",
+            "kind",
+            "id_number",
+            "household_id",
+            "region",
+            "created_on",
+            "rule",
+            "detail",
+            "state",
+            "created_at",
+            "due_on",
+            "updated_at",
+        ],
         tasks,
         "ON CONFLICT (task_id) DO NOTHING",
+    )
+    .await?;
+    for task in std::mem::take(&mut b.task_updates).into_values() {
+        conn.execute(
+            "UPDATE review_tasks SET state = $1, assignee = $2, outcome = $3, resolved_by = $4, resolved_at = $5, updated_at = $6 \
+             WHERE task_id = $7"
+                .into(),
+            vec![t(&task.state), ot(task.assignee), ot(task.outcome), ot(task.resolved_by), ot(task.resolved_at), t(&now), t(&task.task_id)],
+        )
+        .await?;
+    }
+    insert_rows(
+        conn,
+        "review_task_transitions",
+        &["task_id", "from_state", "to_state", "actor", "via", "assignee", "outcome", "reason", "ce_id", "at"],
+        std::mem::take(&mut b.transitions),
+        "",
     )
     .await?;
     insert_rows(

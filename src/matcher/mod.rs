@@ -11,6 +11,7 @@
 mod apply;
 pub mod assemble;
 mod batch;
+pub mod casework;
 pub mod calendar;
 mod context;
 pub mod evaluate;

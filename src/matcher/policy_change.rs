@@ -292,8 +292,9 @@ async fn reevaluate_chunk(
         attempt += 1;
         let mut tx = Tx::begin(db).await.map_err(DbError::Query)?;
         let done = reevaluate(&mut tx.conn(), ctx, chunk, on, trigger, reviews, by_range).await;
-        if done.is_ok() {
+        if let Ok(outcome) = &done {
             tx.commit().await.map_err(DbError::Query)?;
+            crate::audit::logged(&outcome.audit);
         }
         match done {
             Ok(outcome) => return Ok(outcome),

@@ -1,5 +1,6 @@
 //! The review tasks as a caseworker's queue: listed oldest first, filtered by kind and state, each
-//! with its person masked. Read-only: resolving tasks is issue #32's next step.
+//! with its person masked; shown with their history; and acted on through the same path as the
+//! caseworkers' topic ([`act`]).
 
 use serde::Serialize;
 use sqlx::Row;
@@ -59,4 +60,201 @@ pub async fn list(db: &Database, filter: &TaskFilter, today: chrono::NaiveDate) 
             }
         })
         .collect())
+}
+
+/// Why an action on a task was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("no review task {0}")]
+    NotFound(String),
+    /// The action does not fit the task or the schema (no personal data).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Apply(#[from] super::ApplyError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<crate::db::DbError> for TaskError {
+    fn from(e: crate::db::DbError) -> Self {
+        TaskError::Apply(super::ApplyError::Db(e))
+    }
+}
+
+/// One stored transition of a task.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransitionLine {
+    pub from: String,
+    pub to: String,
+    pub actor: String,
+    pub via: String,
+    pub assignee: Option<String>,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    pub at: String,
+}
+
+/// A held fact as a caseworker sees it: where it came from, never its value.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeldLine {
+    pub source: String,
+    pub field: String,
+    pub effective_date: Option<String>,
+    pub source_file: Option<String>,
+    pub source_row: Option<String>,
+}
+
+/// A task with its history, what is held for it and what may resolve it (`doudi tasks show`).
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskDetail {
+    #[serde(flatten)]
+    pub line: TaskLine,
+    pub detail: String,
+    pub assignee: Option<String>,
+    pub outcome: Option<String>,
+    pub resolved_by: Option<String>,
+    pub resolved_at: Option<String>,
+    pub due_on: Option<String>,
+    pub overdue: bool,
+    /// The outcomes a resolution may give.
+    pub outcomes: Vec<String>,
+    pub transitions: Vec<TransitionLine>,
+    /// identity_conflict: the facts held until it is resolved.
+    pub held_facts: Vec<HeldLine>,
+}
+
+/// The stored task `task_id`.
+pub async fn find(db: &Database, task_id: &str) -> Result<Option<super::casework::TaskRow>, TaskError> {
+    let sql = format!("SELECT {} FROM review_tasks WHERE task_id = $1", super::casework::TASK_COLUMNS);
+    let mut conn = crate::db::sql::Pooled::acquire(db).await?;
+    let rows = conn.conn().fetch(sql, vec![crate::db::sql::t(task_id)]).await?;
+    Ok(match rows.first() {
+        Some(r) => Some(super::casework::task_row(r)?),
+        None => None,
+    })
+}
+
+/// The task with its transitions and held facts, the person masked.
+pub async fn show(db: &Database, task_id: &str, today: chrono::NaiveDate) -> Result<TaskDetail, TaskError> {
+    let task = find(db, task_id).await?.ok_or_else(|| TaskError::NotFound(task_id.to_string()))?;
+    let transitions = sqlx::query(
+        "SELECT from_state, to_state, actor, via, assignee, outcome, reason, at FROM review_task_transitions WHERE task_id = $1 ORDER BY id",
+    )
+    .bind(task_id)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(|r| TransitionLine {
+        from: r.get("from_state"),
+        to: r.get("to_state"),
+        actor: r.get("actor"),
+        via: r.get("via"),
+        assignee: r.get("assignee"),
+        outcome: r.get("outcome"),
+        reason: r.get("reason"),
+        at: r.get("at"),
+    })
+    .collect();
+    let mut held_facts = Vec::new();
+    if task.kind == "identity_conflict"
+        && let Some(id) = &task.id_number
+    {
+        for r in sqlx::query(
+            "SELECT source, field, effective_date, source_file, source_row FROM facts WHERE id_number = $1 AND state = 'held' ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(db.pool())
+        .await?
+        {
+            held_facts.push(HeldLine {
+                source: r.get("source"),
+                field: r.get("field"),
+                effective_date: r.get("effective_date"),
+                source_file: r.get("source_file"),
+                source_row: r.get("source_row"),
+            });
+        }
+    }
+    let created = chrono::NaiveDate::parse_from_str(&task.created_on, "%Y-%m-%d").ok();
+    let open = matches!(task.state.as_str(), "open" | "in_progress");
+    let overdue = open && task.due_on.as_deref().and_then(crate::dates::ymd).is_some_and(|d| d < today);
+    Ok(TaskDetail {
+        line: TaskLine {
+            id: task.task_id.clone(),
+            kind: task.kind.clone(),
+            state: task.state.clone(),
+            household_id: task.household_id.clone(),
+            person: task.id_number.as_deref().map(crate::idnum::mask),
+            region: task.region.clone(),
+            created_on: task.created_on.clone(),
+            age_days: created.map(|d| (today - d).num_days()).unwrap_or(0),
+            rule: task.rule.clone(),
+        },
+        detail: task.detail.clone(),
+        assignee: task.assignee.clone(),
+        outcome: task.outcome.clone(),
+        resolved_by: task.resolved_by.clone(),
+        resolved_at: task.resolved_at.clone(),
+        due_on: task.due_on.clone(),
+        overdue,
+        outcomes: if open { super::casework::outcomes(&task.kind).iter().map(|s| s.to_string()).collect() } else { Vec::new() },
+        transitions,
+        held_facts,
+    })
+}
+
+/// Takes a caseworker's action (a `dept.civil.review-resolution.v1` payload) that came through
+/// `via` (`cli` or `workbench`): checked against the schema and the task, then applied through
+/// [`super::apply_batch`], the path of the topic's events, in a transaction of its own (tried again
+/// when a matcher instance decided the same household meanwhile). Returns the task as it now is.
+pub async fn act(db: &Database, ctx: &super::Context, via: &str, payload: serde_json::Value) -> Result<super::casework::TaskRow, TaskError> {
+    use super::facts::{Extracted, Feed, extract};
+    let schema = ctx.registry.for_topic(Feed::Resolution.topic()).map_err(|e| TaskError::Refused(e.to_string()))?;
+    if let Some(v) = schema.violations(&payload).first() {
+        return Err(TaskError::Refused(format!("the action does not match {}: {} at {}", Feed::Resolution.topic(), v.message, v.pointer)));
+    }
+    let Ok(Extracted::Resolution(resolution)) = extract(Feed::Resolution, &payload, ctx.today) else {
+        return Err(TaskError::Refused("the action could not be read".into()));
+    };
+    let task = find(db, &resolution.task_id).await?.ok_or_else(|| TaskError::NotFound(resolution.task_id.clone()))?;
+    super::casework::check(&task, &resolution.action).map_err(TaskError::Refused)?;
+    if let super::facts::ResolutionAction::Resolve { household: Some((sent, _)), .. } = &resolution.action {
+        super::casework::corrected_household(&ctx.registry, sent).map_err(TaskError::Refused)?;
+    }
+    let now = crate::db::now_rfc3339();
+    let ce_id = crate::envelope::event_id(&format!("doudi://{via}"), &format!("{}/{now}", resolution.task_id), &payload);
+    let event = super::Inbound {
+        topic: via.to_string(),
+        feed: Feed::Resolution,
+        partition: 0,
+        offset: 0,
+        ce_id,
+        recorded_at: now,
+        source_file: None,
+        source_row: None,
+        payload,
+    };
+    let mut attempt = 0;
+    let outcome = loop {
+        attempt += 1;
+        let mut tx = crate::db::sql::Tx::begin(db).await?;
+        match super::apply_batch(&mut tx.conn(), ctx, std::slice::from_ref(&event)).await {
+            Ok(outcome) if outcome.invalid > 0 => {
+                tx.rollback().await?;
+                return Err(TaskError::Refused("the task changed meanwhile; look at it again with `doudi tasks show`".into()));
+            }
+            Ok(outcome) => {
+                tx.commit().await?;
+                break outcome;
+            }
+            Err(e) if attempt < 3 => {
+                tracing::warn!("A caseworker's action is tried again: {e}");
+                let _ = tx.rollback().await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    crate::audit::logged(&outcome.audit);
+    find(db, &resolution.task_id).await?.ok_or_else(|| TaskError::NotFound(resolution.task_id.clone()))
 }

@@ -460,6 +460,7 @@ async fn apply(
         crate::kafka::send_dead_letter(producer, m.topic(), m.key(), m.payload().unwrap_or_default(), &headers).await?;
     }
     tx.commit().await?;
+    crate::audit::logged(&outcome.audit);
     // Only now may Kafka's committed offsets move, and only to what the database holds.
     let mut commit = TopicPartitionList::new();
     let mut known = positions.lock().unwrap_or_else(|p| p.into_inner());
@@ -672,8 +673,19 @@ pub async fn relay(db: &Database, producer: &FutureProducer) -> Result<u64, Matc
             let schema: &str = r.try_get("dataschema")?;
             let payload: &str = r.try_get("payload")?;
             let created: &str = r.try_get("created_at")?;
-            let headers = binary_mode_headers(ce_id, MATCHER_SOURCE, ce_type, created, schema, std::iter::empty());
-            let record = FutureRecord::to(&topic).key(key).payload(payload).headers(headers);
+            // A dead letter a caseworker's rejection sends back goes out as a connector's would: the
+            // original as the value, the reason and the source in headers.
+            let dead_letter = if ce_type == super::casework::DEAD_LETTER_TYPE { super::casework::dead_letter_parts(payload) } else { None };
+            let record = match &dead_letter {
+                Some((pairs, original)) => {
+                    let pairs = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain([("ce_id", ce_id)]);
+                    FutureRecord::to(&topic).key(key).payload(original.as_str()).headers(crate::envelope::headers(pairs))
+                }
+                None => {
+                    let headers = binary_mode_headers(ce_id, MATCHER_SOURCE, ce_type, created, schema, std::iter::empty());
+                    FutureRecord::to(&topic).key(key).payload(payload).headers(headers)
+                }
+            };
             let delivery = producer.send_result(record).map_err(|(e, _)| MatchError::Kafka(e))?;
             after = id;
             current.push((id, topic, r.try_get("source_time")?, delivery));

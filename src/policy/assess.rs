@@ -627,6 +627,27 @@ fn evaluate(params: &Params, household: &CheckedHousehold, date: NaiveDate, expl
             }
         }
     };
+    // J1 confirmed (item 8): a caseworker confirmed a member's refusals within the window; 低保 is
+    // cancelled from the finding's date for as long as the window holds it.
+    let referral_since = date.checked_sub_months(Months::new(rules.referral.window_months)).unwrap_or(NaiveDate::MIN);
+    let confirmed = remaining.iter().find_map(|&i| {
+        let on = h.members[i].referral_reviews.iter().filter(|r| r.confirmed && r.on > referral_since && r.on <= date).map(|r| r.on).max()?;
+        Some((i, on))
+    });
+    let (category, basis) = match confirmed {
+        Some((i, on)) if category == Category::Dibao => {
+            fired.add("J1");
+            steps.add(|| {
+                format!(
+                    "成员 {} 在劳动年龄内有劳动能力，半年内无正当理由两次以上拒绝职业介绍，经民政于 {} 核实确认，依第8条取消低保（J1）。",
+                    members[i].person.masked(),
+                    on
+                )
+            });
+            (Category::None, None)
+        }
+        _ => (category, basis),
+    };
     for &i in &remaining {
         members[i].status = category;
     }
@@ -684,7 +705,14 @@ fn evaluate(params: &Params, household: &CheckedHousehold, date: NaiveDate, expl
         let since = date.checked_sub_months(Months::new(rules.referral.window_months)).unwrap_or(NaiveDate::MIN);
         for &i in &remaining {
             let (m, s) = (&h.members[i], &members[i]);
-            let refusals = m.referral_refusals.iter().filter_map(|r| r.counting_date()).filter(|d| *d > since && *d <= date).count();
+            // Refusals up to a caseworker's finding were reviewed: they no longer count.
+            let reviewed_until = m.referral_reviews.iter().map(|r| r.on).filter(|on| *on <= date).max().unwrap_or(NaiveDate::MIN);
+            let refusals = m
+                .referral_refusals
+                .iter()
+                .filter_map(|r| r.counting_date())
+                .filter(|d| *d > since && *d <= date && *d > reviewed_until)
+                .count();
             if s.working_age && s.able_to_work && !m.employed && refusals >= rules.referral.refusals {
                 fired.add("J1");
                 review_tasks.push(ReviewTask { kind: "cancel_dibao_refused_referrals", person: s.person.clone(), rule: "J1" });

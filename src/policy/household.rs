@@ -66,6 +66,10 @@ pub struct Member {
     pub union_roster: bool,
     #[serde(default)]
     pub referral_refusals: Vec<Refusal>,
+    /// A caseworker's findings on the member's refused referrals (J1): confirmed ends 低保;
+    /// not confirmed means the refusals up to that day were justified and no longer count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub referral_reviews: Vec<ReferralReview>,
     #[serde(default)]
     pub death_date: Option<NaiveDate>,
     #[serde(default)]
@@ -215,6 +219,14 @@ impl Refusal {
             Refusal::Detailed { date, reason } => reason.as_deref().map(str::trim).is_none_or(str::is_empty).then_some(*date),
         }
     }
+}
+
+/// A caseworker's finding on a member's refused referrals (J1), dated.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReferralReview {
+    pub on: NaiveDate,
+    pub confirmed: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

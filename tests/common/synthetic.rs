@@ -120,6 +120,7 @@ pub async fn clean_reference_on(kafka: &doudi::config::KafkaSettings, suffix: &s
         ),
         outbound: doudi::matcher::Outbound::with_affixes("test.", &format!(".{reference_suffix}")),
         today: chrono::Local::now().date_naive(),
+        auditor: doudi::audit::Auditor::new(doudi::config::DEVELOPMENT_AUDIT_KEY.as_bytes()),
     };
     outbound_topics_on(kafka, &reference_suffix).await;
     let options = doudi::matcher::MatchOptions {

@@ -291,7 +291,7 @@ pub(crate) enum TasksCommand {
         /// Only this kind, e.g. identity_conflict, cancel_dibao_refused_referrals, deceased_member.
         #[arg(long)]
         kind: Option<String>,
-        /// Only this state (open, cleared, closed).
+        /// Only this state (open, in_progress, resolved, cancelled).
         #[arg(long)]
         state: Option<String>,
         #[arg(long, default_value_t = 1000)]
@@ -299,6 +299,59 @@ pub(crate) enum TasksCommand {
         #[arg(long)]
         json: bool,
     },
+    /// One task: what to check, its deadline, its history, the facts held for it (sources, never
+    /// values) and the outcomes that resolve it. The person is masked.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Assign a task to a caseworker (open or in progress → in progress). Stored, published and
+    /// audited with the actor.
+    Assign {
+        id: String,
+        /// The caseworker it goes to.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        audit: AuditArgs,
+        #[command(flatten)]
+        apply: TaskApplyArgs,
+    },
+    /// Resolve a task with an outcome of its kind: identity_conflict same_person | different_person;
+    /// cancel_dibao_refused_referrals confirmed | not_confirmed; deceased_member and
+    /// periodic_review_due reviewed. The household is re-assessed and the deltas published.
+    Resolve {
+        id: String,
+        #[arg(long)]
+        outcome: String,
+        /// The finding, in the caseworker's words (stored with the task and sent to the case
+        /// systems; never logged).
+        #[arg(long)]
+        reason: String,
+        /// The date the finding holds from (default: today).
+        #[arg(long)]
+        decided_on: Option<chrono::NaiveDate>,
+        /// reviewed: the household as corrected, a dept.civil.household.v1 record in a JSON file.
+        #[arg(long)]
+        household: Option<PathBuf>,
+        #[command(flatten)]
+        audit: AuditArgs,
+        #[command(flatten)]
+        apply: TaskApplyArgs,
+    },
+}
+
+/// What acting on a task needs besides the task.
+#[derive(clap::Args)]
+pub(crate) struct TaskApplyArgs {
+    #[arg(long, default_value = "schemas")]
+    pub(crate) schemas: PathBuf,
+    /// Leave the deltas in the outbox for the running matcher's relay instead of publishing them.
+    #[arg(long)]
+    pub(crate) no_publish: bool,
+    #[command(flatten)]
+    pub(crate) topics: TopicAffixes,
 }
 
 #[derive(Subcommand)]

@@ -73,6 +73,21 @@ async fn dispatch(command: Command, settings: Settings) -> Outcome {
             matching::recipients_show(&id_number, unmasked, json, policy.as_deref(), &audit, &settings).await
         }
         Command::Tasks(TasksCommand::List { kind, state, limit, json }) => matching::tasks_list(kind, state, limit, json, &settings).await,
+        Command::Tasks(TasksCommand::Show { id, json }) => matching::tasks_show(&id, json, &settings).await,
+        Command::Tasks(TasksCommand::Assign { id, to, audit, apply }) => {
+            let payload = serde_json::json!({"task_id": id, "action": "assign", "assignee": to});
+            matching::tasks_act(payload, &audit, &apply, &settings).await
+        }
+        Command::Tasks(TasksCommand::Resolve { id, outcome, reason, decided_on, household, audit, apply }) => {
+            let mut payload = serde_json::json!({"task_id": id, "action": "resolve", "outcome": outcome, "reason": reason});
+            if let Some(d) = decided_on {
+                payload["decided_on"] = serde_json::json!(d.to_string());
+            }
+            if let Some(path) = household {
+                payload["household"] = matching::read_json_file(&path).map_err(|f| f.context("--household"))?;
+            }
+            matching::tasks_act(payload, &audit, &apply, &settings).await
+        }
         // Deliver: agencies' entitlements out, acknowledgements in.
         Command::Deliver(args) => deliver::deliver(&args, &settings).await,
         Command::Acks(args) => deliver::acks(&args, &settings).await,

@@ -38,6 +38,7 @@ pub(crate) async fn run(args: MatchArgs, settings: &Settings) -> Outcome {
         registry,
         outbound: Outbound::with_affixes(&affixes.prefix, &affixes.suffix),
         today: chrono::Local::now().date_naive(),
+        auditor: doudi::audit::Auditor::new(settings.keys.audit_key.as_bytes()),
     };
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let options = MatchOptions {
@@ -75,6 +76,122 @@ pub(crate) async fn run(args: MatchArgs, settings: &Settings) -> Outcome {
     }
 }
 
+/// `doudi tasks show`.
+pub(crate) async fn tasks_show(id: &str, json: bool, settings: &Settings) -> Outcome {
+    let db = open_database(settings).await?;
+    let today = chrono::Local::now().date_naive();
+    let task = doudi::matcher::tasks::show(&db, id, today).await.map_err(task_failure)?;
+    if json {
+        outln!("{}", serde_json::to_string(&task).unwrap_or_default());
+        return Ok(());
+    }
+    outln!("task      {}", task.line.id);
+    outln!("kind      {} ({})", task.line.kind, task.line.rule.as_deref().unwrap_or("-"));
+    outln!("state     {}{}", task.line.state, task.assignee.as_deref().map(|a| format!(", assigned to {a}")).unwrap_or_default());
+    outln!("household {}  person {}  region {}", task.line.household_id.as_deref().unwrap_or("-"), task.line.person.as_deref().unwrap_or("-"), task.line.region);
+    outln!(
+        "raised    {} ({} days ago), due {}{}",
+        task.line.created_on,
+        task.line.age_days,
+        task.due_on.as_deref().unwrap_or("-"),
+        if task.overdue { "  OVERDUE" } else { "" }
+    );
+    outln!("detail    {}", task.detail);
+    if let Some(o) = &task.outcome {
+        outln!("outcome   {o} by {} at {}", task.resolved_by.as_deref().unwrap_or("-"), task.resolved_at.as_deref().unwrap_or("-"));
+    }
+    if !task.held_facts.is_empty() {
+        outln!("held facts (applied or rejected when the identity is resolved):");
+        for f in &task.held_facts {
+            outln!(
+                "  {:<28} {:<28} {:<10} {} {}",
+                f.source,
+                f.field,
+                f.effective_date.as_deref().unwrap_or("-"),
+                f.source_file.as_deref().unwrap_or(""),
+                f.source_row.as_deref().map(|r| format!("row {r}")).unwrap_or_default()
+            );
+        }
+    }
+    outln!("history:");
+    for t in &task.transitions {
+        outln!(
+            "  {} {} → {} by {} via {}{}{}",
+            t.at,
+            t.from,
+            t.to,
+            t.actor,
+            t.via,
+            t.assignee.as_deref().map(|a| format!(", to {a}")).unwrap_or_default(),
+            t.outcome.as_deref().map(|o| format!(", {o}")).unwrap_or_default()
+        );
+    }
+    if !task.outcomes.is_empty() {
+        outln!("resolve with: doudi tasks resolve {} --outcome {} --reason TEXT", task.line.id, task.outcomes.join("|"));
+    }
+    Ok(())
+}
+
+/// A task error as the CLI reports it.
+fn task_failure(e: doudi::matcher::tasks::TaskError) -> Failure {
+    use doudi::matcher::tasks::TaskError;
+    match e {
+        TaskError::NotFound(_) | TaskError::Refused(_) => Failure::data(e.to_string()),
+        TaskError::Apply(e) => Failure::from(e),
+        TaskError::Database(e) => Failure::infrastructure(format!("review tasks: {e}")),
+    }
+}
+
+/// A JSON file's content.
+pub(crate) fn read_json_file(path: &Path) -> Result<serde_json::Value, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| Failure::usage(format!("{} is not JSON: line {}, column {}", path.display(), e.line(), e.column())))
+}
+
+/// `doudi tasks assign|resolve`: the action goes through the caseworkers' path, with the actor
+/// from --actor or the settings; the deltas are published unless --no-publish.
+pub(crate) async fn tasks_act(
+    mut payload: serde_json::Value,
+    audit: &crate::cli::AuditArgs,
+    args: &crate::cli::TaskApplyArgs,
+    settings: &Settings,
+) -> Outcome {
+    let who = crate::daemon::audited(audit, settings, "acting on a review task", Some("review task"))?;
+    payload["actor"] = serde_json::json!(who.actor);
+    let registry = load_registry(&args.schemas).map_err(|f| f.context("--schemas"))?;
+    let db = open_database(settings).await?;
+    let params = match doudi::matcher::policy_change::in_force(&db).await.map_err(Failure::from)? {
+        Some((_, params)) => params,
+        None => load_policy(None)?,
+    };
+    let affixes = args.topics.affixes();
+    let ctx = Context {
+        params: Arc::new(params),
+        keys: doudi::envelope::KeyDeriver::new(&settings.keys),
+        registry,
+        outbound: Outbound::with_affixes(&affixes.prefix, &affixes.suffix),
+        today: chrono::Local::now().date_naive(),
+        auditor: doudi::audit::Auditor::new(settings.keys.audit_key.as_bytes()),
+    };
+    let acting = doudi::matcher::tasks::act(&db, &ctx, doudi::matcher::casework::VIA_CLI, payload);
+    let (task, published) = if args.no_publish {
+        (acting.await, Ok(0))
+    } else {
+        let producer = doudi::kafka::idempotent_producer(&settings.kafka).map_err(Failure::from)?;
+        let (task, published) = doudi::matcher::relay_during(&db, &producer, acting).await;
+        (task, published.map_err(|e| Failure::from(e).context("publishing the outbox")))
+    };
+    let task = task.map_err(task_failure)?;
+    // The action is committed: a failure to publish leaves its events to the matcher's relay.
+    let published = published.map_err(|e| tracing::warn!("The task's events stay in the outbox for the matcher's relay: {e}")).ok();
+    outln!(
+        "{}",
+        serde_json::json!({"id": task.task_id, "kind": task.kind, "state": task.state, "assignee": task.assignee,
+                           "outcome": task.outcome, "published": published})
+    );
+    Ok(())
+}
+
 /// The matcher's context for re-evaluations outside `doudi match`.
 fn reevaluation_context(params: doudi::policy::Params, args: &ReevaluateArgs, settings: &Settings) -> Result<Context, Failure> {
     let registry = load_registry(&args.schemas).map_err(|f| f.context("--schemas"))?;
@@ -88,6 +205,7 @@ fn reevaluation_context(params: doudi::policy::Params, args: &ReevaluateArgs, se
         registry,
         outbound: Outbound::with_affixes(&affixes.prefix, &affixes.suffix),
         today: chrono::Local::now().date_naive(),
+        auditor: doudi::audit::Auditor::new(settings.keys.audit_key.as_bytes()),
     })
 }
 
