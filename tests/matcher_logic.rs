@@ -5,121 +5,13 @@
 
 mod common;
 
-use std::sync::Arc;
 
 use doudi::config::DatabaseSettings;
 use doudi::db::Database;
-use doudi::matcher::{BatchOutcome, Context, Feed, Inbound, Outbound, Tx, apply_batch};
+use common::matching::*;
+use doudi::matcher::{Context, Feed, Inbound};
 use serde_json::{Value, json};
 use sqlx::Row;
-
-fn context() -> Context {
-    context_with(doudi::policy::Params::shipped().unwrap())
-}
-
-fn context_with(params: doudi::policy::Params) -> Context {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    Context {
-        params: Arc::new(params),
-        keys: doudi::envelope::KeyDeriver::from_secret(b"test-secret-0123456789"),
-        registry: Arc::new(doudi::schema::Registry::load(&root.join("schemas")).unwrap()),
-        outbound: Outbound::with_affixes("", ""),
-        today: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
-        auditor: doudi::audit::Auditor::new(doudi::config::DEVELOPMENT_AUDIT_KEY.as_bytes()),
-    }
-}
-
-/// The canonical record of a fixture (what the connector produced from the sample feed).
-fn fixture(feed: &str, pick: impl Fn(&Value) -> bool) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors/fixtures").join(feed).join("expected.jsonl");
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|v| pick(v)).expect("fixture record")
-}
-
-fn household(id: &str) -> Value {
-    fixture("civil-household", |v| v["household_id"] == id)
-}
-
-struct Feeder {
-    offset: i64,
-}
-
-impl Feeder {
-    fn event(&mut self, feed: Feed, payload: Value) -> Inbound {
-        self.offset += 1;
-        Inbound {
-            topic: feed.topic().to_string(),
-            feed,
-            partition: 0,
-            offset: self.offset,
-            ce_id: uuid::Uuid::new_v4().to_string(),
-            recorded_at: format!("2020-01-01T00:00:{:02}.000Z", self.offset % 60),
-            source_file: Some("test.jsonl".into()),
-            source_row: Some(self.offset.to_string()),
-            payload,
-        }
-    }
-}
-
-async fn apply(db: &Database, ctx: &Context, events: &[Inbound]) -> BatchOutcome {
-    let mut tx = Tx::begin(db).await.unwrap();
-    let outcome = apply_batch(&mut tx.conn(), ctx, events).await.unwrap();
-    tx.commit().await.unwrap();
-    outcome
-}
-
-/// Outbox rows after id `after`: (topic, change or kind, masked person, payload).
-async fn outbox_since(db: &Database, after: i64) -> Vec<(String, String, String, Value)> {
-    let rows = sqlx::query("SELECT topic, payload FROM outbox WHERE id > $1 ORDER BY id").bind(after).fetch_all(db.pool()).await.unwrap();
-    rows.iter()
-        .map(|r| {
-            let payload: Value = serde_json::from_str(&r.get::<String, _>("payload")).unwrap();
-            let what = payload.get("change").or_else(|| payload.get("kind")).and_then(Value::as_str).unwrap_or("status").to_string();
-            let label = match payload.get("kind").and_then(Value::as_str) {
-                Some(kind) if payload.get("change").is_some() => format!("{what} {kind}"),
-                _ => what,
-            };
-            let person = payload["id_number"].as_str().map(doudi::idnum::mask).unwrap_or_default();
-            (r.get::<String, _>("topic"), label, person, payload)
-        })
-        .collect()
-}
-
-async fn last_outbox_id(db: &Database) -> i64 {
-    sqlx::query("SELECT COALESCE(MAX(id), 0) AS n FROM outbox").fetch_one(db.pool()).await.unwrap().get::<i64, _>("n")
-}
-
-fn labels(rows: &[(String, String, String, Value)]) -> Vec<String> {
-    let mut v: Vec<String> = rows.iter().map(|(t, l, p, _)| format!("{t} {l} {p}")).collect();
-    v.sort();
-    v
-}
-
-fn sorted(expected: Vec<&str>) -> Vec<String> {
-    let mut v: Vec<String> = expected.into_iter().map(String::from).collect();
-    v.sort();
-    v
-}
-
-async fn both_backends<F, Fut>(scenario: F)
-where
-    F: Fn(Database) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let (settings, _dir) = common::sqlite();
-    scenario(Database::connect(&settings).await.unwrap()).await;
-    let pg = common::fresh_postgres().await;
-    scenario(Database::connect(&pg.settings).await.unwrap()).await;
-}
-
-async fn category(db: &Database, household_id: &str) -> (String, String) {
-    let r = sqlx::query("SELECT d.category, d.monthly_payment FROM decisions d JOIN households h ON h.household_id = d.household_id AND h.decision_version = d.version WHERE d.household_id = $1")
-        .bind(household_id)
-        .fetch_one(db.pool())
-        .await
-        .unwrap();
-    (r.get("category"), r.get("monthly_payment"))
-}
 
 #[tokio::test]
 async fn facts_wait_for_their_household_and_employment_moves_it_between_categories() {
@@ -245,18 +137,22 @@ async fn a_death_ends_entitlements_and_its_revocation_restores_them() {
         let mark = last_outbox_id(&db).await;
         let revoked = json!({"id_number": "220102195003070015", "event": "death_revoked", "date": "2019-12-28", "source": "公安"});
         apply(&db, &ctx, &[f.event(Feed::Vital, revoked)]).await;
+        let restored = outbox_since(&db, mark).await;
         assert_eq!(
-            labels(&outbox_since(&db, mark).await),
+            labels(&restored),
             sorted(vec![
                 "exchange.entitlement.medical.v1 granted medical_assistance_class1 2201**********0015",
                 "exchange.entitlement.medical.v1 granted premium_subsidy_full 2201**********0015",
                 "exchange.recipient.status.v1 status ",
+                "exchange.review-task.v1 deceased_member 2201**********0015",
             ])
         );
+        let cancelled = &restored.iter().find(|r| r.0.contains("review")).unwrap().3;
+        assert_eq!((cancelled["state"].as_str(), cancelled["transition"]["via"].as_str()), (Some("cancelled"), Some("matcher")));
         assert_eq!(category(&db, HH).await.0, "tekun");
         let task_state: String =
             sqlx::query("SELECT state FROM review_tasks WHERE kind = 'deceased_member'").fetch_one(db.pool()).await.unwrap().get("state");
-        assert_eq!(task_state, "cleared", "the revocation clears the task the death raised");
+        assert_eq!(task_state, "cancelled", "the revocation cancels the task the death raised");
         let history: i64 = sqlx::query("SELECT COUNT(*) AS n FROM entitlements WHERE household_id = $1")
             .bind(HH)
             .fetch_one(db.pool())
@@ -579,7 +475,7 @@ async fn review_catches_a_refusal_leaving_its_window_and_a_residence_permit_comi
         // 2020-04-01: the 2019-10-01 refusal leaves the six months; one refusal is left.
         let due = review("2020-04-01").await;
         assert_eq!(due.households.get("JL-220802-2019-000507"), Some(&[Boundary::RefusalWindow].into_iter().collect()));
-        assert_eq!(open(db.clone()).await, 0, "the data no longer raises the task: cleared");
+        assert_eq!(open(db.clone()).await, 0, "the data no longer raises the task: cancelled");
         // 2020-05-15: the permit is 12 months old; the household is assessed as local (R1).
         let mark = last_outbox_id(&db).await;
         let due = review("2020-05-15").await;

@@ -2,6 +2,7 @@
 //! Every test gets its own random topic, consumer group and job names.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod matching;
 pub mod postgres;
 pub mod proxy;
 pub mod secure;
