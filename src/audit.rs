@@ -158,7 +158,12 @@ pub async fn append(conn: &mut Conn<'_>, auditor: &Auditor, pending: &[Pending])
     if conn.backend().has_advisory_locks() {
         conn.fetch("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock($1)) l".into(), vec![Bind::Int(APPEND_LOCK)]).await?;
     }
-    let last = conn.fetch("SELECT seq, at, actor, action, person, purpose, detail, prev_hash, mac FROM audit_log ORDER BY seq DESC LIMIT 1".into(), Vec::new()).await?;
+    let last = conn
+        .fetch(
+            "SELECT seq, at, actor, action, person, purpose, detail, prev_hash, mac FROM audit_log ORDER BY seq DESC LIMIT 1".into(),
+            Vec::new(),
+        )
+        .await?;
     let (mut seq, mut prev_hash) = match last.first() {
         Some(row) => {
             let last = Entry {

@@ -1018,3 +1018,122 @@ async fn an_event_whose_outbound_event_its_schema_refuses_is_set_aside() {
     let others: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM households").fetch_one(&pool).await.unwrap();
     assert_eq!((refused, others > 0), (0, true));
 }
+
+/// A caseworker's action as civil affairs' case system publishes it: CloudEvents headers, keyed by
+/// the task.
+async fn publish_action(suffix: &str, action: &Value) {
+    let topic = format!("test.dept.civil.review-resolution.v1.{suffix}");
+    let envelope = doudi::envelope::Envelope::new(
+        "jl-civil-case-system",
+        "dept.civil.review-resolution.v1",
+        "https://schemas.doudi.jl.gov.cn/dept.civil.review-resolution.v1.json",
+        &uuid::Uuid::new_v4().to_string(),
+        action,
+        chrono::Utc::now(),
+    );
+    let producer = doudi::kafka::idempotent_producer(&common::kafka()).unwrap();
+    let payload = action.to_string();
+    let key = action["task_id"].as_str().unwrap_or("none").to_string();
+    let record = rdkafka::producer::FutureRecord::to(&topic).key(&key).payload(&payload).headers(envelope.to_headers(&[]));
+    producer.send(record, Duration::from_secs(30)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caseworkers_resolve_identity_conflicts_from_their_case_system_and_from_the_cli() {
+    let x = Exchange::new().await;
+    doudi::kafka::ensure_topic(&common::kafka(), &format!("dlq.test.dept.civil.review-resolution.v1.{}", x.suffix), 1, 1).await.unwrap();
+    let samples = root().join("connectors/samples");
+    x.feed("civil-household", &samples.join("civil-household.jsonl")).await;
+    x.run_matcher("m1");
+    x.deltas().await;
+    // 人社 reports two people of 000124 under names the registry does not know: both held.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = jsonl(
+        dir.path(),
+        "hrss-2020-01.jsonl",
+        &[
+            json!({"证件号码": "220102198506150029", "姓名": "黎某", "事件类型": "就业登记", "发生日期": "2020-01-05", "单位名称": "某公司", "月工资": "1,800.00"}),
+            json!({"证件号码": "220102198302110113", "姓名": "章某", "事件类型": "就业登记", "发生日期": "2020-01-06", "单位名称": "某公司", "月工资": "2,500.00"}),
+        ],
+    );
+    x.feed("hrss-employment", &wrong).await;
+    let summary = x.run_matcher("m1");
+    assert_eq!(summary["held"].as_u64(), Some(2), "{summary}");
+    let (lines, _) = x.deltas().await;
+    assert_eq!(lines.iter().filter(|l| l.starts_with("task identity_conflict")).count(), 2, "{lines:?}");
+    let env = x.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (_, listed, _) = common::run_doudi_env(&["tasks", "list", "--json", "--kind", "identity_conflict"], &env);
+    let tasks: Vec<Value> = listed.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let task_of = |masked: &str| tasks.iter().find(|t| t["person"] == masked).unwrap()["id"].as_str().unwrap().to_string();
+    let (head, spouse) = (task_of("2201**********0029"), task_of("2201**********0113"));
+
+    // Door 1, the case system's topic: an action without a reason is refused to the topic's dead
+    // letters; "same person" for the head releases the employment, and the household moves.
+    publish_action(&x.suffix, &json!({"task_id": head, "action": "resolve", "actor": "cs-caseworker-12", "outcome": "same_person"})).await;
+    publish_action(
+        &x.suffix,
+        &json!({"task_id": head, "action": "resolve", "actor": "cs-caseworker-12", "outcome": "same_person", "reason": "同音字误写，系同一人。"}),
+    )
+    .await;
+    let summary = x.run_matcher("m1");
+    assert_eq!((summary["unusable"].as_u64(), summary["applied"].as_u64()), (Some(1), Some(1)), "{summary}");
+    let (lines, records) = x.deltas().await;
+    assert!(lines.iter().any(|l| l.starts_with("status JL-220102-2019-000124")), "the released fact re-assessed the household: {lines:?}");
+    let resolved = records.iter().find(|r| r.topic.contains("review-task")).unwrap();
+    assert_eq!((resolved.payload["state"].as_str(), resolved.payload["transition"]["via"].as_str()), (Some("resolved"), Some("topic")));
+    let schemas = root().join("schemas").display().to_string();
+    let refused_topic = format!("test.dept.civil.review-resolution.v1.{}", x.suffix);
+    let (_, refused, stderr) = common::run_doudi_env(&["dlq", "list", "--topic", &refused_topic, "--json"], &env);
+    assert!(
+        refused.contains("unusable") && refused.contains(r#"\"reason\" is a required property"#),
+        "the refused action is a dead letter naming the field: {refused} {stderr}"
+    );
+
+    // Door 2, the CLI: "different person" for the spouse goes back to 人社 as a dead letter.
+    let suffix = format!(".{}", x.suffix);
+    let (code, out, err) = common::run_doudi_env(
+        &[
+            "tasks",
+            "resolve",
+            &spouse,
+            "--outcome",
+            "different_person",
+            "--reason",
+            "身份证号属于另一人。",
+            "--actor",
+            "caseworker-07",
+            "--topic-prefix",
+            "test.",
+            "--topic-suffix",
+            &suffix,
+            "--schemas",
+            &schemas,
+        ],
+        &[env[0], ("DOUDI_KAFKA_BOOTSTRAP_SERVERS", &common::kafka().bootstrap_servers)],
+    );
+    assert_eq!(code, 0, "{err}");
+    let done: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((done["state"].as_str(), done["outcome"].as_str()), (Some("resolved"), Some("different_person")));
+    assert!(done["published"].as_u64().unwrap() >= 2, "the task event and the dead letter: {done}");
+    let hrss_topic = format!("test.dept.hrss.employment.v1.{}", x.suffix);
+    let (_, dead, _) = common::run_doudi_env(&["dlq", "list", "--topic", &hrss_topic, "--json"], &env);
+    let dead: Vec<Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rejected = dead.iter().find(|d| d["error_code"] == "identity_rejected").unwrap_or_else(|| panic!("{dead:?}"));
+    assert_eq!((rejected["stage"].as_str(), rejected["source"]["file"].as_str()), (Some("review"), Some("hrss-2020-01.jsonl")));
+    assert!(rejected["reason"].as_str().unwrap().contains("2201**********0113"));
+    assert!(!serde_json::to_string(&dead).unwrap().contains("220102198302110113"), "dead letters are listed masked");
+
+    let (_, shown, _) = common::run_doudi_env(&["tasks", "show", &spouse, "--json"], &env);
+    let shown: Value = serde_json::from_str(shown.trim()).unwrap();
+    assert_eq!(shown["transitions"][0]["via"], "cli");
+    assert_eq!(shown["transitions"][0]["actor"], "caseworker-07");
+    let (_, audited, _) = common::run_doudi_env(&["audit", "list", "--json"], &env);
+    let actions: Vec<(String, String)> = audited
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|e| (e["actor"].as_str().unwrap().to_string(), e["action"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(actions.contains(&("cs-caseworker-12".into(), "task.resolve".into())), "{actions:?}");
+    assert!(actions.contains(&("caseworker-07".into(), "task.resolve".into())), "{actions:?}");
+}

@@ -5,10 +5,9 @@
 
 mod common;
 
-
+use common::matching::*;
 use doudi::config::DatabaseSettings;
 use doudi::db::Database;
-use common::matching::*;
 use doudi::matcher::{Context, Feed, Inbound};
 use serde_json::{Value, json};
 use sqlx::Row;

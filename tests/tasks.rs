@@ -122,7 +122,10 @@ async fn same_person_releases_the_held_facts_and_keeps_the_name_as_a_known_varia
         assert!(matches!(unknown, TaskError::NotFound(_)));
 
         let done = act(&db, &ctx, "cli", resolve(&task, "same_person")).await.unwrap();
-        assert_eq!((done.state.as_str(), done.outcome.as_deref(), done.resolved_by.as_deref()), ("resolved", Some("same_person"), Some("caseworker-07")));
+        assert_eq!(
+            (done.state.as_str(), done.outcome.as_deref(), done.resolved_by.as_deref()),
+            ("resolved", Some("same_person"), Some("caseworker-07"))
+        );
         assert_eq!(fact_states(&db, "student_level").await, ["current"], "the held fact is applied");
         let rows = outbox_since(&db, mark).await;
         assert_eq!(
@@ -153,7 +156,8 @@ async fn same_person_releases_the_held_facts_and_keeps_the_name_as_a_known_varia
         assert!(again.to_string().contains("resolved already"), "{again}");
 
         // The department's name is now a known variant: its next record is applied, not held.
-        let student = json!({"id_number": CHILD, "name": "刘某某", "student_level": "senior", "status": "enrolled", "changed_on": "2020-09-01"});
+        let student =
+            json!({"id_number": CHILD, "name": "刘某某", "student_level": "senior", "status": "enrolled", "changed_on": "2020-09-01"});
         let o = apply(&db, &ctx, &[f.event(Feed::Student, student)]).await;
         assert_eq!((o.applied, o.held, o.review_tasks), (1, 0, 0));
         let transitions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM review_task_transitions WHERE task_id = $1")
@@ -177,20 +181,33 @@ async fn different_person_rejects_the_held_facts_and_tells_the_department_with_a
         let mark = last_outbox_id(&db).await;
         act(&db, &ctx, "cli", resolve(&task, "different_person")).await.unwrap();
         assert_eq!(fact_states(&db, "student_level").await, ["rejected"]);
-        let rows = sqlx::query("SELECT topic, ce_type, payload FROM outbox WHERE id > $1 ORDER BY id").bind(mark).fetch_all(db.pool()).await.unwrap();
+        let rows = sqlx::query("SELECT topic, ce_type, payload FROM outbox WHERE id > $1 ORDER BY id")
+            .bind(mark)
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
         let topics: Vec<String> = rows.iter().map(|r| r.get::<String, _>("topic")).collect();
         assert_eq!(topics, ["dlq.dept.edu.student.v1", "exchange.review-task.v1"], "no entitlement moves");
         assert_eq!(rows[0].get::<String, _>("ce_type"), doudi::matcher::casework::DEAD_LETTER_TYPE);
         let (headers, original) = doudi::matcher::casework::dead_letter_parts(&rows[0].get::<String, _>("payload")).unwrap();
         let h = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
-        assert_eq!((h("error_code").as_str(), h("stage").as_str(), h("topic").as_str()), ("identity_rejected", "review", "dept.edu.student.v1"));
+        assert_eq!(
+            (h("error_code").as_str(), h("stage").as_str(), h("topic").as_str()),
+            ("identity_rejected", "review", "dept.edu.student.v1")
+        );
         assert_eq!((h("source_file").as_str(), h("task_id").as_str()), ("test.jsonl", task.as_str()));
         assert!(h("reason").contains("2201**********003X") && !h("reason").contains(CHILD), "{}", h("reason"));
         assert!(original.contains("student_level"));
-        let variant: String = sqlx::query("SELECT state FROM name_variants WHERE id_number = $1").bind(CHILD).fetch_one(db.pool()).await.unwrap().get("state");
+        let variant: String = sqlx::query("SELECT state FROM name_variants WHERE id_number = $1")
+            .bind(CHILD)
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .get("state");
         assert_eq!(variant, "rejected");
         // The same name again is held again, with a new task: the rejection is not a known name.
-        let student = json!({"id_number": CHILD, "name": "刘某某", "student_level": "senior", "status": "enrolled", "changed_on": "2020-09-01"});
+        let student =
+            json!({"id_number": CHILD, "name": "刘某某", "student_level": "senior", "status": "enrolled", "changed_on": "2020-09-01"});
         let o = apply(&db, &ctx, &[f.event(Feed::Student, student)]).await;
         assert_eq!((o.held, o.review_tasks), (1, 1));
     })
@@ -219,9 +236,14 @@ async fn a_confirmed_refusal_ends_dibao_and_a_justified_one_stops_counting() {
 
         // Assigned first: in progress, stored and published.
         let mark = last_outbox_id(&db).await;
-        let assigned = act(&db, &ctx, "workbench", json!({"task_id": task, "action": "assign", "actor": "supervisor-01", "assignee": "caseworker-07"}))
-            .await
-            .unwrap();
+        let assigned = act(
+            &db,
+            &ctx,
+            "workbench",
+            json!({"task_id": task, "action": "assign", "actor": "supervisor-01", "assignee": "caseworker-07"}),
+        )
+        .await
+        .unwrap();
         assert_eq!((assigned.state.as_str(), assigned.assignee.as_deref()), ("in_progress", Some("caseworker-07")));
         let rows = outbox_since(&db, mark).await;
         assert_eq!(rows.len(), 1);
@@ -239,8 +261,13 @@ async fn a_confirmed_refusal_ends_dibao_and_a_justified_one_stops_counting() {
         let status = &rows.iter().find(|r| r.0.contains("status")).unwrap().3;
         assert_eq!((status["previous_category"].as_str(), status["effective_date"].as_str()), (Some("dibao"), Some("2020-01-20")));
         assert!(rows.iter().any(|r| r.1.starts_with("ended")), "{:?}", labels(&rows));
-        let review = sqlx::query("SELECT source, topic, ce_id FROM facts WHERE field LIKE 'referral_review:%'").fetch_one(db.pool()).await.unwrap();
-        assert_eq!((review.get::<String, _>("source").as_str(), review.get::<String, _>("topic").as_str()), ("dept.civil.review-resolution.v1", "cli"), "the finding keeps its provenance");
+        let review =
+            sqlx::query("SELECT source, topic, ce_id FROM facts WHERE field LIKE 'referral_review:%'").fetch_one(db.pool()).await.unwrap();
+        assert_eq!(
+            (review.get::<String, _>("source").as_str(), review.get::<String, _>("topic").as_str()),
+            ("dept.civil.review-resolution.v1", "cli"),
+            "the finding keeps its provenance"
+        );
 
         // The same household elsewhere, found justified: the refusals no longer count, 低保 stays,
         // and the re-assessment raises no new task.
@@ -252,15 +279,21 @@ async fn a_confirmed_refusal_ends_dibao_and_a_justified_one_stops_counting() {
             m["id_number"] = json!(doudi::idnum::complete(&format!("{}9{}", &id[..14], &id[15..17])).unwrap());
         }
         apply(&db, &ctx, &[f.event(Feed::Household, other)]).await;
-        let second = sqlx::query("SELECT task_id FROM review_tasks WHERE household_id = 'JL-220802-2019-000508'").fetch_one(db.pool()).await.unwrap().get::<String, _>("task_id");
+        let second = sqlx::query("SELECT task_id FROM review_tasks WHERE household_id = 'JL-220802-2019-000508'")
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .get::<String, _>("task_id");
         let mut justified = resolve(&second, "not_confirmed");
         justified["decided_on"] = json!("2020-01-20");
         act(&db, &ctx, "cli", justified).await.unwrap();
         assert_eq!(decision(&db, "JL-220802-2019-000508").await.0, "dibao");
-        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM review_tasks WHERE household_id = 'JL-220802-2019-000508' AND state IN ('open', 'in_progress')")
-            .fetch_one(db.pool())
-            .await
-            .unwrap();
+        let open: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM review_tasks WHERE household_id = 'JL-220802-2019-000508' AND state IN ('open', 'in_progress')",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
         assert_eq!(open, 0);
     })
     .await;

@@ -331,7 +331,9 @@ pub(super) async fn load_for_events(
             source_row: r.try_get("source_row")?,
         });
     }
-    for r in select_in(conn, "SELECT id_number, source, name FROM name_variants WHERE state = 'held' AND id_number IN", "", &conflicted).await? {
+    for r in
+        select_in(conn, "SELECT id_number, source, name FROM name_variants WHERE state = 'held' AND id_number IN", "", &conflicted).await?
+    {
         b.held_names.push((r.try_get("id_number")?, r.try_get("source")?, r.try_get("name")?));
     }
     let ids = sorted_unique(ids);
@@ -371,7 +373,7 @@ pub(super) async fn load_for_events(
         "",
         &ids,
     )
-            .await?
+    .await?
     {
         b.open_conflicts.insert(r.try_get("id_number")?);
     }

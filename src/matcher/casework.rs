@@ -24,8 +24,8 @@ use chrono::NaiveDate;
 use serde_json::{Value, json};
 
 use super::apply::{apply_fact, apply_household, write_outbox};
-pub use super::batch::{TASK_COLUMNS, TaskRow, task_row};
 use super::batch::{Batch, Current, HeldFact};
+pub use super::batch::{TASK_COLUMNS, TaskRow, task_row};
 use super::context::{ApplyError, BatchOutcome, Context, Inbound, MATCHER_SOURCE};
 use super::facts::{Feed, PersonFact, Resolution, ResolutionAction};
 use crate::audit::{Pending, Who};
@@ -315,7 +315,10 @@ fn release_held(b: &mut Batch, person: &IdNumber, task_id: &str) {
             }
         }
         b.fact_states.push((h.id, "current"));
-        b.current.insert(key, Current { effective: h.effective, recorded_at: h.recorded_at, offset: h.offset, db_id: Some(h.id), new_index: None });
+        b.current.insert(
+            key,
+            Current { effective: h.effective, recorded_at: h.recorded_at, offset: h.offset, db_id: Some(h.id), new_index: None },
+        );
     }
     settle_variants(b, person, task_id, "known");
 }
@@ -398,7 +401,9 @@ fn settle_variants(b: &mut Batch, person: &IdNumber, task_id: &str, state: &'sta
 pub fn corrected_household(registry: &crate::schema::Registry, household: &Value) -> Result<(), String> {
     let schema = registry.for_topic(Feed::Household.topic()).map_err(|e| e.to_string())?;
     match schema.violations(household).first() {
-        Some(v) => Err(format!("the corrected household does not match {}: {} at household{}", Feed::Household.topic(), v.message, v.pointer)),
+        Some(v) => {
+            Err(format!("the corrected household does not match {}: {} at household{}", Feed::Household.topic(), v.message, v.pointer))
+        }
         None => Ok(()),
     }
 }

@@ -263,7 +263,15 @@ pub(super) async fn flush_derived(conn: &mut Conn<'_>, b: &mut Batch) -> Result<
             "UPDATE review_tasks SET state = $1, assignee = $2, outcome = $3, resolved_by = $4, resolved_at = $5, updated_at = $6 \
              WHERE task_id = $7"
                 .into(),
-            vec![t(&task.state), ot(task.assignee), ot(task.outcome), ot(task.resolved_by), ot(task.resolved_at), t(&now), t(&task.task_id)],
+            vec![
+                t(&task.state),
+                ot(task.assignee),
+                ot(task.outcome),
+                ot(task.resolved_by),
+                ot(task.resolved_at),
+                t(&now),
+                t(&task.task_id),
+            ],
         )
         .await?;
     }

@@ -11,8 +11,8 @@
 mod apply;
 pub mod assemble;
 mod batch;
-pub mod casework;
 pub mod calendar;
+pub mod casework;
 mod context;
 pub mod evaluate;
 pub mod facts;

@@ -208,11 +208,21 @@ pub async fn show(db: &Database, task_id: &str, today: chrono::NaiveDate) -> Res
 /// `via` (`cli` or `workbench`): checked against the schema and the task, then applied through
 /// [`super::apply_batch`], the path of the topic's events, in a transaction of its own (tried again
 /// when a matcher instance decided the same household meanwhile). Returns the task as it now is.
-pub async fn act(db: &Database, ctx: &super::Context, via: &str, payload: serde_json::Value) -> Result<super::casework::TaskRow, TaskError> {
+pub async fn act(
+    db: &Database,
+    ctx: &super::Context,
+    via: &str,
+    payload: serde_json::Value,
+) -> Result<super::casework::TaskRow, TaskError> {
     use super::facts::{Extracted, Feed, extract};
     let schema = ctx.registry.for_topic(Feed::Resolution.topic()).map_err(|e| TaskError::Refused(e.to_string()))?;
     if let Some(v) = schema.violations(&payload).first() {
-        return Err(TaskError::Refused(format!("the action does not match {}: {} at {}", Feed::Resolution.topic(), v.message, v.pointer)));
+        return Err(TaskError::Refused(format!(
+            "the action does not match {}: {} at {}",
+            Feed::Resolution.topic(),
+            v.message,
+            if v.pointer.is_empty() { "/" } else { v.pointer.as_str() }
+        )));
     }
     let Ok(Extracted::Resolution(resolution)) = extract(Feed::Resolution, &payload, ctx.today) else {
         return Err(TaskError::Refused("the action could not be read".into()));

@@ -367,14 +367,14 @@ async fn apply(
             continue; // applied before: its effects are in the database already
         }
         next.insert(tp.clone(), m.offset() + 1);
-        match inbound(m, options) {
+        match inbound(m, options).map_err(str::to_string).and_then(|e| checked(e, ctx)) {
             Ok(e) => {
                 events.push(e);
                 messages.push(m);
             }
             Err(reason) => {
                 tracing::warn!(topic = %tp.0, partition = tp.1, offset = m.offset(), "An inbound message cannot be used and goes to the feed's dead-letter topic: {reason}.");
-                unusable.push((m, reason.to_string()));
+                unusable.push((m, reason));
             }
         }
     }
@@ -528,6 +528,25 @@ fn refusal(e: &ApplyError) -> Option<String> {
 fn header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
     let headers = m.headers()?;
     headers.iter().find(|h| h.key == name).and_then(|h| h.value).and_then(|v| String::from_utf8(v.to_vec()).ok())
+}
+
+/// The event, if its payload is valid. Caseworkers' actions come straight from civil affairs' case
+/// system, not through a connector that validated them: they are checked against their schema here
+/// (the reason names the field, never the value).
+fn checked(event: Inbound, ctx: &Context) -> Result<Inbound, String> {
+    if event.feed != Feed::Resolution {
+        return Ok(event);
+    }
+    let schema = ctx.registry.for_topic(Feed::Resolution.topic()).map_err(|e| e.to_string())?;
+    match schema.violations(&event.payload).first() {
+        Some(v) => Err(format!(
+            "it does not match {}: {} at {}",
+            Feed::Resolution.topic(),
+            v.message,
+            if v.pointer.is_empty() { "/" } else { v.pointer.as_str() }
+        )),
+        None => Ok(event),
+    }
 }
 
 /// The inbound event a message carries, or why it carries none.

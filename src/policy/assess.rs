@@ -631,7 +631,8 @@ fn evaluate(params: &Params, household: &CheckedHousehold, date: NaiveDate, expl
     // cancelled from the finding's date for as long as the window holds it.
     let referral_since = date.checked_sub_months(Months::new(rules.referral.window_months)).unwrap_or(NaiveDate::MIN);
     let confirmed = remaining.iter().find_map(|&i| {
-        let on = h.members[i].referral_reviews.iter().filter(|r| r.confirmed && r.on > referral_since && r.on <= date).map(|r| r.on).max()?;
+        let on =
+            h.members[i].referral_reviews.iter().filter(|r| r.confirmed && r.on > referral_since && r.on <= date).map(|r| r.on).max()?;
         Some((i, on))
     });
     let (category, basis) = match confirmed {

@@ -116,4 +116,3 @@ pub async fn category(db: &Database, household_id: &str) -> (String, String) {
         .unwrap();
     (r.get("category"), r.get("monthly_payment"))
 }
-

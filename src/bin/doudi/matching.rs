@@ -88,7 +88,12 @@ pub(crate) async fn tasks_show(id: &str, json: bool, settings: &Settings) -> Out
     outln!("task      {}", task.line.id);
     outln!("kind      {} ({})", task.line.kind, task.line.rule.as_deref().unwrap_or("-"));
     outln!("state     {}{}", task.line.state, task.assignee.as_deref().map(|a| format!(", assigned to {a}")).unwrap_or_default());
-    outln!("household {}  person {}  region {}", task.line.household_id.as_deref().unwrap_or("-"), task.line.person.as_deref().unwrap_or("-"), task.line.region);
+    outln!(
+        "household {}  person {}  region {}",
+        task.line.household_id.as_deref().unwrap_or("-"),
+        task.line.person.as_deref().unwrap_or("-"),
+        task.line.region
+    );
     outln!(
         "raised    {} ({} days ago), due {}{}",
         task.line.created_on,
@@ -145,7 +150,8 @@ fn task_failure(e: doudi::matcher::tasks::TaskError) -> Failure {
 /// A JSON file's content.
 pub(crate) fn read_json_file(path: &Path) -> Result<serde_json::Value, Failure> {
     let text = std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
-    serde_json::from_str(&text).map_err(|e| Failure::usage(format!("{} is not JSON: line {}, column {}", path.display(), e.line(), e.column())))
+    serde_json::from_str(&text)
+        .map_err(|e| Failure::usage(format!("{} is not JSON: line {}, column {}", path.display(), e.line(), e.column())))
 }
 
 /// `doudi tasks assign|resolve`: the action goes through the caseworkers' path, with the actor
