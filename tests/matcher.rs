@@ -574,13 +574,19 @@ async fn the_running_matcher_serves_its_metrics() {
             continue;
         }
         metrics = common::http_get(&addr, "/metrics").await.1;
-        if metrics.contains("doudi_matcher_end_to_end_seconds") {
+        if metrics.contains("doudi_matcher_end_to_end_seconds")
+            && metrics.contains("doudi_review_tasks_overdue{kind=\"cancel_dibao_refused_referrals\"} 1")
+        {
             break;
         }
     }
     daemon.kill().unwrap();
     daemon.wait().unwrap();
     assert!(metrics.contains("doudi_matcher_events_total{outcome=\"applied\"} 6"), "{metrics}");
+    // The caseworkers' queue: 000507's J1 task of 2019-12-05 is long past its deadline.
+    assert!(metrics.contains("doudi_review_tasks_open{kind=\"cancel_dibao_refused_referrals\"} 1"), "{metrics}");
+    assert!(metrics.contains("doudi_review_tasks_overdue{kind=\"cancel_dibao_refused_referrals\"} 1"), "{metrics}");
+    assert!(metrics.contains("doudi_review_tasks_overdue{kind=\"identity_conflict\"} 0"), "{metrics}");
     assert!(metrics.contains("doudi_matcher_batch_seconds_count"), "{metrics}");
     assert!(metrics.contains("doudi_matcher_entitlement_changes_total{agency=\"medical\",change=\"granted\"}"), "{metrics}");
     assert!(metrics.contains("doudi_matcher_end_to_end_seconds_count{topic="), "{metrics}");

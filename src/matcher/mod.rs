@@ -51,4 +51,8 @@ pub(crate) fn describe_metrics() {
         "Partitions this instance stopped applying because another instance claimed them (when: batch_start, or batch_end with the batch rolled back)."
     );
     describe_counter!("doudi_matcher_outbox_pruned_total", "Sent outbox rows deleted after their retention.");
+    describe_counter!("doudi_review_task_transitions_total", "Review-task transitions, by kind and the state reached.");
+    metrics::describe_gauge!("doudi_review_tasks_open", "Review tasks open or in progress, by kind.");
+    metrics::describe_gauge!("doudi_review_tasks_oldest_open_seconds", "Age of the oldest review task open or in progress, by kind.");
+    metrics::describe_gauge!("doudi_review_tasks_overdue", "Review tasks open or in progress past their deadline (due_on), by kind.");
 }

@@ -268,3 +268,49 @@ pub async fn act(
     crate::audit::logged(&outcome.audit);
     find(db, &resolution.task_id).await?.ok_or_else(|| TaskError::NotFound(resolution.task_id.clone()))
 }
+
+/// The kinds of task the matcher raises.
+pub const KINDS: [&str; 4] = ["identity_conflict", "cancel_dibao_refused_referrals", "deceased_member", "periodic_review_due"];
+
+/// Sets the queue gauges per kind: open tasks (open or in progress), the age of the oldest, and how
+/// many are past their deadline (`due_on` before `today`, China time). One statement over the open
+/// tasks only, through their partial index.
+pub async fn refresh_gauges(db: &Database, today: chrono::NaiveDate) -> Result<(), sqlx::Error> {
+    let mut open: std::collections::BTreeMap<String, (i64, Option<String>, i64)> = std::collections::BTreeMap::new();
+    for r in sqlx::query(
+        "SELECT kind, COUNT(*) AS n, MIN(created_at) AS oldest, SUM(CASE WHEN due_on < $1 THEN 1 ELSE 0 END) AS overdue \
+         FROM review_tasks WHERE state IN ('open', 'in_progress') GROUP BY kind",
+    )
+    .bind(today.to_string())
+    .fetch_all(db.pool())
+    .await?
+    {
+        open.insert(r.try_get("kind")?, (r.try_get("n")?, r.try_get("oldest")?, r.try_get::<Option<i64>, _>("overdue")?.unwrap_or(0)));
+    }
+    let now = chrono::Utc::now();
+    for kind in KINDS {
+        let (n, oldest, overdue) = open.get(kind).cloned().unwrap_or((0, None, 0));
+        let age = oldest
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map_or(0.0, |t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds().max(0) as f64 / 1000.0);
+        metrics::gauge!("doudi_review_tasks_open", "kind" => kind).set(n as f64);
+        metrics::gauge!("doudi_review_tasks_oldest_open_seconds", "kind" => kind).set(age);
+        metrics::gauge!("doudi_review_tasks_overdue", "kind" => kind).set(overdue as f64);
+    }
+    Ok(())
+}
+
+/// Refreshes the queue gauges every `interval` until `shutdown`; a failure (the database is away)
+/// is logged and tried again at the next interval.
+pub async fn refresh_gauges_every(db: Database, interval: std::time::Duration, shutdown: crate::lifecycle::Shutdown) {
+    let mut stop = std::pin::pin!(shutdown.requested());
+    loop {
+        if let Err(e) = refresh_gauges(&db, crate::db::china_date(chrono::Utc::now())).await {
+            tracing::warn!("Refreshing the review-task gauges failed: {e}");
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}

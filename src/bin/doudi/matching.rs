@@ -52,6 +52,11 @@ pub(crate) async fn run(args: MatchArgs, settings: &Settings) -> Outcome {
         owner: format!("{host}/{}/{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         outbox_retention: Some(args.outbox_retention),
     };
+    if daemon {
+        // The caseworkers' queue, for the overdue alert (docs/runbook.md, Review tasks).
+        let every = std::time::Duration::from_secs(5);
+        tokio::spawn(doudi::matcher::tasks::refresh_gauges_every(db.clone(), every, shutdown.clone()));
+    }
     let job = db.start_job("matcher", &args.group).await.ok();
     let matching = || doudi::matcher::run(&db, &settings.kafka, &ctx, &options, shutdown.clone().requested());
     let result = attempt(daemon, &health, &shutdown, matching).await;
