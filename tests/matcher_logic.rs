@@ -8,7 +8,7 @@ mod common;
 use common::matching::*;
 use doudi::config::DatabaseSettings;
 use doudi::db::Database;
-use doudi::matcher::{Context, Feed, Inbound};
+use doudi::matcher::{Feed, Inbound};
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -374,11 +374,6 @@ fn summary_backfill(db: &Database) -> String {
 }
 
 /// What `doudi review --date D` does: the households due on D, re-evaluated as of D.
-async fn review_on(db: Database, ctx: Context, date: &str) -> doudi::matcher::calendar::Due {
-    let date: chrono::NaiveDate = date.parse().unwrap();
-    doudi::matcher::calendar::review(&db, &ctx, date, 100).await.unwrap().0
-}
-
 #[tokio::test]
 async fn review_re_evaluates_the_households_that_cross_a_date_and_raises_periodic_reviews() {
     use doudi::matcher::calendar::Boundary;

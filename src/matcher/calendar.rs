@@ -3,7 +3,7 @@
 //! Guarantees: [`due_on`] finds exactly the households with a current member who reaches an age
 //! the rules use (the working-age bounds, the 特困 minor age, 18 and 70) on the date, a dated
 //! parameter of their region taking effect (every household on 1 January), a residence
-//! permit reaching the months the residence rule asks, a counted refusal or a medical settlement
+//! permit reaching the months the residence rule asks, a counted refusal, a caseworker's J1 finding or a medical settlement
 //! leaving its window, or whose periodic review falls due (national rules: every 12 months, every 6
 //! for a household with an able-bodied member of working age). A review date is kept per household
 //! (`households.next_review_on`), first set from the decision's effective date. A 29 February
@@ -179,6 +179,10 @@ pub async fn due_on(db: &Database, params: &Params, date: NaiveDate) -> Result<D
     for months in refusal_windows {
         let Some(day) = months_before(date, months) else { continue };
         for r in facts_dated(db, "referral_refusal:%", day).await? {
+            due.add(r, Boundary::RefusalWindow);
+        }
+        // A caseworker's confirmation (J1) ends 低保 for the same window.
+        for r in facts_dated(db, "referral_review:%", day).await? {
             due.add(r, Boundary::RefusalWindow);
         }
         // Refusals registered by civil affairs with the household (a superset: another field with

@@ -116,3 +116,9 @@ pub async fn category(db: &Database, household_id: &str) -> (String, String) {
         .unwrap();
     (r.get("category"), r.get("monthly_payment"))
 }
+
+/// `doudi review --date` on `db`: what was due.
+pub async fn review_on(db: Database, ctx: Context, date: &str) -> doudi::matcher::calendar::Due {
+    let date: chrono::NaiveDate = date.parse().unwrap();
+    doudi::matcher::calendar::review(&db, &ctx, date, 100).await.unwrap().0
+}
