@@ -25,3 +25,4 @@ pub mod status;
 pub mod tap;
 pub mod telemetry;
 pub mod topics;
+pub mod workbench;

@@ -181,7 +181,7 @@ pub async fn read(
     limit: usize,
     follow: bool,
     view: View,
-    emit: &mut dyn FnMut(Tapped),
+    emit: &mut (dyn FnMut(Tapped) + Send),
 ) -> Result<usize, KafkaError> {
     let consumer: StreamConsumer<crate::kafka::compacted::EndAware> =
         crate::kafka::reader_config(settings, &format!("doudi-tap-{}", uuid::Uuid::new_v4().simple()))

@@ -21,6 +21,10 @@ pub struct TaskLine {
     /// Days since the task was raised, as of `today`.
     pub age_days: i64,
     pub rule: Option<String>,
+    /// The date by which it should be resolved.
+    pub due_on: Option<String>,
+    /// Open or in progress past `due_on`.
+    pub overdue: bool,
 }
 
 /// What to list.
@@ -34,7 +38,7 @@ pub struct TaskFilter {
 /// The tasks that pass `filter`, oldest first (then by id, so the order is stable).
 pub async fn list(db: &Database, filter: &TaskFilter, today: chrono::NaiveDate) -> Result<Vec<TaskLine>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT task_id, kind, state, household_id, id_number, region, created_on, rule FROM review_tasks \
+        "SELECT task_id, kind, state, household_id, id_number, region, created_on, rule, due_on FROM review_tasks \
          WHERE ($1 = '' OR kind = $1) AND ($2 = '' OR state = $2) ORDER BY created_on, task_id LIMIT $3",
     )
     .bind(filter.kind.clone().unwrap_or_default())
@@ -47,16 +51,22 @@ pub async fn list(db: &Database, filter: &TaskFilter, today: chrono::NaiveDate) 
         .map(|r| {
             let created_on: String = r.get("created_on");
             let age_days = chrono::NaiveDate::parse_from_str(&created_on, "%Y-%m-%d").map(|d| (today - d).num_days()).unwrap_or(0);
+            let state: String = r.get("state");
+            let due_on: Option<String> = r.get("due_on");
+            let overdue = matches!(state.as_str(), "open" | "in_progress")
+                && due_on.as_deref().and_then(crate::dates::ymd).is_some_and(|d| d < today);
             TaskLine {
                 id: r.get("task_id"),
                 kind: r.get("kind"),
-                state: r.get("state"),
+                state,
                 household_id: r.get("household_id"),
                 person: r.get::<Option<String>, _>("id_number").map(|id| crate::idnum::mask(&id)),
                 region: r.get("region"),
                 created_on,
                 age_days,
                 rule: r.get("rule"),
+                due_on,
+                overdue,
             }
         })
         .collect())
@@ -190,6 +200,8 @@ pub async fn show(db: &Database, task_id: &str, today: chrono::NaiveDate) -> Res
             created_on: task.created_on.clone(),
             age_days: created.map(|d| (today - d).num_days()).unwrap_or(0),
             rule: task.rule.clone(),
+            due_on: task.due_on.clone(),
+            overdue,
         },
         detail: task.detail.clone(),
         assignee: task.assignee.clone(),

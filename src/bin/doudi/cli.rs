@@ -76,6 +76,9 @@ pub(crate) enum Command {
     /// periodic reviews), oldest first, the person masked.
     #[command(subcommand)]
     Tasks(TasksCommand),
+    /// The caseworkers' workbench: a web application in Chinese (task queue, task pages with the
+    /// resolution form, recipient lookup, dead letters, deliveries, audit log), local accounts.
+    Workbench(WorkbenchArgs),
     /// Deliver an agency's entitlement events to a sink (`connectors/<agency>-out.toml`): an HTTP
     /// webhook or a table (a daemon), or the daily file of --date (a batch run).
     Deliver(DeliverArgs),
@@ -340,6 +343,33 @@ pub(crate) enum TasksCommand {
         #[command(flatten)]
         apply: TaskApplyArgs,
     },
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct WorkbenchArgs {
+    #[command(subcommand)]
+    pub(crate) action: Option<WorkbenchAction>,
+    /// Serve the workbench here.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// The local accounts (TOML: [[account]] user, password (an Argon2id hash), role
+    /// caseworker|supervisor|auditor, counties). docs/security.md, Workbench.
+    #[arg(long, env = "DOUDI_WORKBENCH_ACCOUNTS")]
+    pub(crate) accounts: Option<PathBuf>,
+    /// Minutes of inactivity after which a session ends.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) idle_minutes: u64,
+    #[arg(long, default_value = "schemas")]
+    pub(crate) schemas: PathBuf,
+    #[command(flatten)]
+    pub(crate) topics: TopicAffixes,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum WorkbenchAction {
+    /// Print the Argon2id hash of the password read from standard input, for the accounts file.
+    HashPassword,
 }
 
 /// What acting on a task needs besides the task.

@@ -74,6 +74,7 @@ async fn dispatch(command: Command, settings: Settings) -> Outcome {
         }
         Command::Tasks(TasksCommand::List { kind, state, limit, json }) => matching::tasks_list(kind, state, limit, json, &settings).await,
         Command::Tasks(TasksCommand::Show { id, json }) => matching::tasks_show(&id, json, &settings).await,
+        Command::Workbench(args) => matching::workbench(&args, &settings).await,
         Command::Tasks(TasksCommand::Assign { id, to, audit, apply }) => {
             let payload = serde_json::json!({"task_id": id, "action": "assign", "assignee": to});
             matching::tasks_act(payload, &audit, &apply, &settings).await

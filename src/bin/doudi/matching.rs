@@ -203,6 +203,60 @@ pub(crate) async fn tasks_act(
     Ok(())
 }
 
+/// `doudi workbench`: serves the caseworkers' web application until SIGTERM; or hashes a password.
+pub(crate) async fn workbench(args: &crate::cli::WorkbenchArgs, settings: &Settings) -> Outcome {
+    if let Some(crate::cli::WorkbenchAction::HashPassword) = args.action {
+        let mut password = String::new();
+        std::io::stdin().read_line(&mut password).map_err(|e| Failure::usage(format!("reading the password: {e}")))?;
+        let password = password.trim_end_matches(['\r', '\n']);
+        if password.chars().count() < 12 {
+            return Err(Failure::usage("a workbench password has at least 12 characters"));
+        }
+        outln!("{}", doudi::workbench::auth::hash_password(password).map_err(Failure::usage)?);
+        return Ok(());
+    }
+    let path = args.accounts.as_ref().ok_or_else(|| Failure::usage("--accounts (DOUDI_WORKBENCH_ACCOUNTS) names the accounts file"))?;
+    let accounts = doudi::workbench::auth::Accounts::load(path).map_err(|m| Failure::usage(m).context("--accounts"))?;
+    if args.idle_minutes == 0 {
+        return Err(Failure::usage("--idle-minutes must be at least 1"));
+    }
+    let registry = load_registry(&args.schemas).map_err(|f| f.context("--schemas"))?;
+    let tls = settings.http.data_tls()?;
+    let https = tls.is_some();
+    let shutdown = Shutdown::on_signals();
+    let health = Health::new("workbench");
+    let dependencies = Dependencies { database: Some(&settings.database), kafka: None, work: Some(&health) };
+    start_ops_endpoint(settings, dependencies, &shutdown).await?;
+    let Some(db) = attempt(true, &health, &shutdown, || open_database(settings)).await? else { return Ok(()) };
+    let affixes = args.topics.affixes();
+    let ctx = Context {
+        params: Arc::new(load_policy(None)?),
+        keys: doudi::envelope::KeyDeriver::new(&settings.keys),
+        registry,
+        outbound: Outbound::with_affixes(&affixes.prefix, &affixes.suffix),
+        today: chrono::Local::now().date_naive(),
+        auditor: doudi::audit::Auditor::new(settings.keys.audit_key.as_bytes()),
+    };
+    let state = doudi::workbench::WorkbenchState {
+        db,
+        ctx,
+        accounts: Arc::new(accounts),
+        sessions: doudi::workbench::auth::Sessions::new(doudi::workbench::auth::Expiry {
+            idle: std::time::Duration::from_secs(args.idle_minutes * 60),
+            ..Default::default()
+        }),
+        kafka: settings.kafka.clone(),
+        auditor: doudi::audit::Auditor::new(settings.keys.audit_key.as_bytes()),
+        https,
+        affixes,
+    };
+    let served = doudi::http::serve_maybe_tls(args.listen, doudi::workbench::router(state), tls, shutdown.clone().requested()).await;
+    let (bound, task) = served.map_err(|e| Failure::infrastructure(format!("--listen {}: {e}", args.listen)))?;
+    tracing::info!(address = %bound, scheme = if https { "https" } else { "http" }, "Serving the workbench.");
+    let _ = task.await;
+    Ok(())
+}
+
 /// The matcher's context for re-evaluations outside `doudi match`.
 fn reevaluation_context(params: doudi::policy::Params, args: &ReevaluateArgs, settings: &Settings) -> Result<Context, Failure> {
     let registry = load_registry(&args.schemas).map_err(|f| f.context("--schemas"))?;
