@@ -12,7 +12,7 @@
 //! | `doudi-deliver-<agency>` | groups `doudi-deliver-<agency>…` and `doudi-read-…` (a day's file) |
 //! | `doudi-acks` | groups `doudi-acks…` |
 //! | `agency-<agency>` | groups `agency-<agency>…` |
-//! | `dept-<department>`, `doudi-ops` | groups `doudi-tap-…` (`doudi dlq list`, `doudi tap`) |
+//! | `dept-<department>`, `doudi-ops`, `doudi-workbench` | groups `doudi-tap-…` (`doudi dlq list`, `doudi tap`, the workbench's dead letters) |
 //! | `doudi-lag` | DESCRIBE on every topic and group; READ on `__consumer_offsets` and on the topics doudi's own groups consume (for the timestamps of unconsumed records); groups `doudi-lag-…`, `doudi-status-…` |
 //!
 //! Nothing else is allowed: the broker runs with `allow.everyone.if.no.acl.found=false`, so a
@@ -164,7 +164,7 @@ impl BrokerAcl {
 pub fn check_principal_name(name: &str) -> Result<(), String> {
     let body_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     let ok = match name {
-        "doudi-matcher" | "doudi-acks" | "doudi-lag" | "doudi-ops" | "doudi-connect-*" => true,
+        "doudi-matcher" | "doudi-acks" | "doudi-lag" | "doudi-ops" | "doudi-workbench" | "doudi-connect-*" => true,
         _ => {
             if let Some(connector) = name.strip_prefix("doudi-connect-") {
                 body_ok(connector)
@@ -183,7 +183,7 @@ pub fn check_principal_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "does not follow the naming convention (doudi-connect-<connector>, doudi-matcher, doudi-deliver-<agency>, doudi-acks, doudi-lag, doudi-ops, agency-<{}|civil>, dept-<department>)",
+            "does not follow the naming convention (doudi-connect-<connector>, doudi-matcher, doudi-deliver-<agency>, doudi-acks, doudi-lag, doudi-ops, doudi-workbench, agency-<{}|civil>, dept-<department>)",
             AGENCIES.join("|")
         ))
     }
@@ -225,7 +225,7 @@ fn role_groups(principal: &str) -> Vec<&'static str> {
     match principal {
         p if p.starts_with("doudi-connect-") => vec!["doudi-reader-"],
         p if p.starts_with("doudi-deliver-") => vec!["doudi-read-"],
-        p if p.starts_with("dept-") || p == "doudi-ops" => vec!["doudi-tap-"],
+        p if p.starts_with("dept-") || p == "doudi-ops" || p == "doudi-workbench" => vec!["doudi-tap-"],
         "doudi-lag" => vec!["doudi-lag-", "doudi-status-"],
         _ => vec![],
     }
@@ -295,7 +295,10 @@ pub fn plan(catalogue: &Catalogue, connectors: &[Connector], affixes: &Affixes) 
     }
     for p in &principals {
         // Connectors read their progress back with a group of their own; the others consume.
-        if !p.starts_with("doudi-connect-") && !p.starts_with("dept-") && p != "doudi-ops" && p != "doudi-lag" {
+        if !p.starts_with("doudi-connect-")
+            && !p.starts_with("dept-")
+            && !matches!(p.as_str(), "doudi-ops" | "doudi-lag" | "doudi-workbench")
+        {
             add(p, Operation::Read, ResourceType::Group, p, Pattern::Prefixed);
         }
         for g in role_groups(p) {

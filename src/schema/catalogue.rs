@@ -130,9 +130,10 @@ impl Catalogue {
                 writer: format!("{}; the matcher for events it cannot apply", t.writer),
                 writers: t.writers.iter().cloned().chain(["doudi-matcher".to_string()]).collect(),
                 readers: vec![Reader {
-                    who: "the feed's department IT staff and doudi operators".into(),
-                    principals: vec!["doudi-ops".into(), department_principal(&t.name)],
-                    purpose: "correct and resubmit rejected records (`doudi dlq list`, `doudi dlq replay`)".into(),
+                    who: "the feed's department IT staff, doudi operators, and the workbench (masked)".into(),
+                    principals: vec!["doudi-ops".into(), "doudi-workbench".into(), department_principal(&t.name)],
+                    purpose: "correct and resubmit rejected records (`doudi dlq list`, `doudi dlq replay`, the workbench's 退回记录)"
+                        .into(),
                     legal_basis: "吉民发〔2019〕38号 第5条 (shared database: complete and correct data)".into(),
                 }],
                 restricted: true,
