@@ -62,6 +62,7 @@ fn synthetic(rng: &mut Rng, n: u64) -> Household {
                 student_level: (rng.below(5) == 0).then_some(StudentLevel::Primary),
                 union_roster: rng.below(15) == 0,
                 referral_refusals: vec![],
+                referral_reviews: Vec::new(),
                 death_date: None,
                 residence_permit: None,
                 pension_months: 0,

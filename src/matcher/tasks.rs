@@ -302,9 +302,10 @@ pub async fn refresh_gauges(db: &Database, today: chrono::NaiveDate) -> Result<(
     let now = chrono::Utc::now();
     for kind in KINDS {
         let (n, oldest, overdue) = open.get(kind).cloned().unwrap_or((0, None, 0));
-        let age = oldest
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-            .map_or(0.0, |t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds().max(0) as f64 / 1000.0);
+        let age = oldest.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()).map_or(0.0, |t| {
+            let ms = (now - t.with_timezone(&chrono::Utc)).num_milliseconds();
+            std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)).as_secs_f64()
+        });
         metrics::gauge!("doudi_review_tasks_open", "kind" => kind).set(n as f64);
         metrics::gauge!("doudi_review_tasks_oldest_open_seconds", "kind" => kind).set(age);
         metrics::gauge!("doudi_review_tasks_overdue", "kind" => kind).set(overdue as f64);
