@@ -19,7 +19,6 @@ use hmac::{KeyInit, Mac};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 
 use crate::db::sql::{Bind, Conn, Tx, ot, t};
 use crate::db::{Database, now_rfc3339};
@@ -119,7 +118,7 @@ impl Entry {
     }
 }
 
-fn entry(row: &sqlx::any::AnyRow) -> Result<Entry, sqlx::Error> {
+fn entry(row: &crate::db::sql::Record) -> Result<Entry, sqlx::Error> {
     Ok(Entry {
         seq: row.try_get("seq")?,
         at: row.try_get("at")?,
@@ -166,17 +165,7 @@ pub async fn append(conn: &mut Conn<'_>, auditor: &Auditor, pending: &[Pending])
         .await?;
     let (mut seq, mut prev_hash) = match last.first() {
         Some(row) => {
-            let last = Entry {
-                seq: row.try_get("seq")?,
-                at: row.try_get("at")?,
-                actor: row.try_get("actor")?,
-                action: row.try_get("action")?,
-                person: row.try_get("person")?,
-                purpose: row.try_get("purpose")?,
-                detail: row.try_get("detail")?,
-                prev_hash: row.try_get("prev_hash")?,
-                mac: row.try_get("mac")?,
-            };
+            let last = entry(row)?;
             (last.seq, last.hash())
         }
         None => (0, GENESIS.to_string()),
@@ -271,8 +260,8 @@ pub async fn verify(db: &Database, auditor: &Auditor) -> Result<Result<u64, Brok
         .await?;
     let mut prev = GENESIS.to_string();
     let mut count = 0;
-    for (i, row) in rows.iter().enumerate() {
-        let e = entry(row)?;
+    for (i, row) in rows.into_iter().enumerate() {
+        let e = entry(&crate::db::sql::Record::Any(row))?;
         let expected_seq = i64::try_from(i).unwrap_or(i64::MAX).saturating_add(1);
         if e.seq != expected_seq {
             return Ok(Err(Broken { seq: e.seq, reason: format!("entry {expected_seq} is missing (deleted?): the next is {}", e.seq) }));
@@ -305,5 +294,5 @@ pub async fn list(db: &Database, since: Option<&str>, actor: Option<&str>, perso
     .bind(person)
     .fetch_all(db.pool())
     .await?;
-    rows.iter().map(entry).collect::<Result<_, _>>().map_err(Into::into)
+    rows.into_iter().map(|r| entry(&crate::db::sql::Record::Any(r))).collect::<Result<_, _>>().map_err(Into::into)
 }

@@ -114,7 +114,9 @@ fn describe(r: &common::Record) -> String {
             p["monthly_payment"].as_str().unwrap_or_default()
         )
     } else if r.topic.contains("review-task") {
-        format!("task {} {person} {household}", p["kind"].as_str().unwrap_or_default())
+        // A task's later events say what happened to it (the first one raises it).
+        let state = p["state"].as_str().filter(|s| *s != "open").map(|s| format!(" {s}")).unwrap_or_default();
+        format!("task {} {person} {household}{state}", p["kind"].as_str().unwrap_or_default())
     } else {
         let extra = ["category", "student_level", "yearly_amount"].iter().filter_map(|k| p[*k].as_str()).collect::<Vec<_>>().join(" ");
         format!(
@@ -225,6 +227,7 @@ async fn sample_feeds_reach_each_agency_and_later_events_change_them() {
             "medical granted medical_assistance_class1 2201**********0015 JL-220102-2019-000123",
             "medical granted premium_subsidy_full 2201**********0015 JL-220102-2019-000123",
             "status JL-220102-2019-000123 none→tekun 1084.00",
+            "task deceased_member 2201**********0015 JL-220102-2019-000123 cancelled",
         ]
     );
 
@@ -286,8 +289,10 @@ async fn sample_feeds_reach_each_agency_and_later_events_change_them() {
     let (code, out, _) = common::run_doudi_env(&["audit", "list", "--person", "220102195003070015", "--json"], &env);
     assert_eq!(code, 0);
     let entries: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(entries.len(), 1, "{out}");
-    assert_eq!((entries[0]["actor"].as_str(), entries[0]["purpose"].as_str()), (Some("caseworker-17"), Some("复核 periodic review")));
+    // The person's entries: the death's task cancelled by the revocation, then the caseworker's look.
+    let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["task.cancel", "recipients show --unmasked"], "{out}");
+    assert_eq!((entries[1]["actor"].as_str(), entries[1]["purpose"].as_str()), (Some("caseworker-17"), Some("复核 periodic review")));
     assert!(!out.contains("220102195003070015") && !out.contains("19500307"), "the log holds no ID number");
     let (code, _, _) = common::run_doudi_env(&["audit", "verify"], &env);
     assert_eq!(code, 0);

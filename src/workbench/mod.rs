@@ -287,6 +287,25 @@ async fn household_decision(db: &Database, household_id: &str) -> Result<Option<
     }))
 }
 
+/// The session of a form that acts on task `id`: signed in, with the session's CSRF token, in a role
+/// that `may`, on a task of the session's counties.
+#[allow(clippy::result_large_err)]
+async fn acting(
+    state: &WorkbenchState,
+    headers: &HeaderMap,
+    id: &str,
+    csrf: &str,
+    may: fn(auth::Role) -> bool,
+) -> Result<Session, Response> {
+    let (_, s) = session(state, headers)?;
+    csrf_ok(&s, csrf)?;
+    if !may(s.role) {
+        return Err(forbidden());
+    }
+    scoped_task(state, &s, id).await?;
+    Ok(s)
+}
+
 #[derive(Deserialize)]
 struct ResolveForm {
     csrf: String,
@@ -302,19 +321,10 @@ async fn resolve(
     Path(id): Path<String>,
     Form(form): Form<ResolveForm>,
 ) -> Response {
-    let s = match session(&state, &headers) {
-        Ok((_, s)) => s,
+    let s = match acting(&state, &headers, &id, &form.csrf, auth::Role::may_resolve).await {
+        Ok(s) => s,
         Err(r) => return r,
     };
-    if let Err(r) = csrf_ok(&s, &form.csrf) {
-        return r;
-    }
-    if !s.role.may_resolve() {
-        return forbidden();
-    }
-    if let Err(r) = scoped_task(&state, &s, &id).await {
-        return r;
-    }
     let mut payload =
         serde_json::json!({"task_id": id, "action": "resolve", "actor": s.user, "outcome": form.outcome, "reason": form.reason.trim()});
     if !form.decided_on.trim().is_empty() {
@@ -330,19 +340,10 @@ struct AssignForm {
 }
 
 async fn assign(State(state): State<WorkbenchState>, headers: HeaderMap, Path(id): Path<String>, Form(form): Form<AssignForm>) -> Response {
-    let s = match session(&state, &headers) {
-        Ok((_, s)) => s,
+    let s = match acting(&state, &headers, &id, &form.csrf, auth::Role::may_assign).await {
+        Ok(s) => s,
         Err(r) => return r,
     };
-    if let Err(r) = csrf_ok(&s, &form.csrf) {
-        return r;
-    }
-    if !s.role.may_assign() {
-        return forbidden();
-    }
-    if let Err(r) = scoped_task(&state, &s, &id).await {
-        return r;
-    }
     let payload = serde_json::json!({"task_id": id, "action": "assign", "actor": s.user, "assignee": form.assignee.trim()});
     act(&state, &s, &id, payload, "已分派").await
 }

@@ -32,14 +32,7 @@ pub(crate) async fn run(args: MatchArgs, settings: &Settings) -> Outcome {
     let establish = || doudi::matcher::policy_change::establish(&db, params.clone());
     let Some(params) = attempt(daemon, &health, &shutdown, establish).await? else { return Ok(()) };
     let affixes = args.topics.affixes();
-    let ctx = Context {
-        params: Arc::new(params),
-        keys: doudi::envelope::KeyDeriver::new(&settings.keys),
-        registry,
-        outbound: Outbound::with_affixes(&affixes.prefix, &affixes.suffix),
-        today: chrono::Local::now().date_naive(),
-        auditor: doudi::audit::Auditor::new(settings.keys.audit_key.as_bytes()),
-    };
+    let ctx = matcher_context(params, registry, &affixes, settings);
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let options = MatchOptions {
         group: args.group.clone(),
@@ -176,14 +169,7 @@ pub(crate) async fn tasks_act(
         None => load_policy(None)?,
     };
     let affixes = args.topics.affixes();
-    let ctx = Context {
-        params: Arc::new(params),
-        keys: doudi::envelope::KeyDeriver::new(&settings.keys),
-        registry,
-        outbound: Outbound::with_affixes(&affixes.prefix, &affixes.suffix),
-        today: chrono::Local::now().date_naive(),
-        auditor: doudi::audit::Auditor::new(settings.keys.audit_key.as_bytes()),
-    };
+    let ctx = matcher_context(params, registry, &affixes, settings);
     let acting = doudi::matcher::tasks::act(&db, &ctx, doudi::matcher::casework::VIA_CLI, payload);
     let (task, published) = if args.no_publish {
         (acting.await, Ok(0))
@@ -229,14 +215,7 @@ pub(crate) async fn workbench(args: &crate::cli::WorkbenchArgs, settings: &Setti
     start_ops_endpoint(settings, dependencies, &shutdown).await?;
     let Some(db) = attempt(true, &health, &shutdown, || open_database(settings)).await? else { return Ok(()) };
     let affixes = args.topics.affixes();
-    let ctx = Context {
-        params: Arc::new(load_policy(None)?),
-        keys: doudi::envelope::KeyDeriver::new(&settings.keys),
-        registry,
-        outbound: Outbound::with_affixes(&affixes.prefix, &affixes.suffix),
-        today: chrono::Local::now().date_naive(),
-        auditor: doudi::audit::Auditor::new(settings.keys.audit_key.as_bytes()),
-    };
+    let ctx = matcher_context(load_policy(None)?, registry, &affixes, settings);
     let state = doudi::workbench::WorkbenchState {
         db,
         ctx,
@@ -257,6 +236,23 @@ pub(crate) async fn workbench(args: &crate::cli::WorkbenchArgs, settings: &Setti
     Ok(())
 }
 
+/// The matcher's context: the parameters, the keys of the settings, the schemas and the topic names.
+fn matcher_context(
+    params: doudi::policy::Params,
+    registry: Arc<doudi::schema::Registry>,
+    affixes: &doudi::topics::Affixes,
+    settings: &Settings,
+) -> Context {
+    Context {
+        params: Arc::new(params),
+        keys: doudi::envelope::KeyDeriver::new(&settings.keys),
+        registry,
+        outbound: Outbound::with_affixes(&affixes.prefix, &affixes.suffix),
+        today: chrono::Local::now().date_naive(),
+        auditor: doudi::audit::Auditor::new(settings.keys.audit_key.as_bytes()),
+    }
+}
+
 /// The matcher's context for re-evaluations outside `doudi match`.
 fn reevaluation_context(params: doudi::policy::Params, args: &ReevaluateArgs, settings: &Settings) -> Result<Context, Failure> {
     let registry = load_registry(&args.schemas).map_err(|f| f.context("--schemas"))?;
@@ -264,14 +260,7 @@ fn reevaluation_context(params: doudi::policy::Params, args: &ReevaluateArgs, se
         return Err(Failure::usage("--chunk-size must be at least 1"));
     }
     let affixes = args.topics.affixes();
-    Ok(Context {
-        params: Arc::new(params),
-        keys: doudi::envelope::KeyDeriver::new(&settings.keys),
-        registry,
-        outbound: Outbound::with_affixes(&affixes.prefix, &affixes.suffix),
-        today: chrono::Local::now().date_naive(),
-        auditor: doudi::audit::Auditor::new(settings.keys.audit_key.as_bytes()),
-    })
+    Ok(matcher_context(params, registry, &affixes, settings))
 }
 
 /// Runs `work` (a re-evaluation) while publishing what it writes to the outbox, a round at a time as
