@@ -16,6 +16,8 @@ ALTER TABLE review_tasks
 DROP INDEX IF EXISTS review_tasks_open;
 CREATE INDEX review_tasks_open ON review_tasks (household_id, kind, id_number) WHERE state IN ('open', 'in_progress');
 CREATE INDEX review_tasks_queue ON review_tasks (created_on, task_id) WHERE state IN ('open', 'in_progress');
+-- A reviewed death is not raised again: the re-assessment reads these beside the open tasks.
+CREATE INDEX review_tasks_settled ON review_tasks (household_id) WHERE state = 'resolved' AND kind = 'deceased_member';
 
 -- Every transition: who (an authenticated actor), through which door (cli, workbench, topic,
 -- matcher), the outcome and the caseworker's reason. The reason is free text and may name people:

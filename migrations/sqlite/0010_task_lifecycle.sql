@@ -26,6 +26,8 @@ DROP TABLE review_tasks;
 ALTER TABLE review_tasks_new RENAME TO review_tasks;
 CREATE INDEX review_tasks_open ON review_tasks (household_id, kind, id_number) WHERE state IN ('open', 'in_progress');
 CREATE INDEX review_tasks_queue ON review_tasks (created_on, task_id) WHERE state IN ('open', 'in_progress');
+-- A reviewed death is not raised again: the re-assessment reads these beside the open tasks.
+CREATE INDEX review_tasks_settled ON review_tasks (household_id) WHERE state = 'resolved' AND kind = 'deceased_member';
 
 CREATE TABLE review_task_transitions (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,

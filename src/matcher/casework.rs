@@ -250,8 +250,14 @@ pub(super) fn apply_resolution(
             }
             let person = task.id_number.as_deref().and_then(|p| IdNumber::parse(p).ok());
             match (task.kind.as_str(), result.as_str(), person.as_ref()) {
-                ("identity_conflict", "same_person", Some(p)) => release_held(b, p, &task.task_id),
-                ("identity_conflict", "different_person", Some(p)) => reject_held(b, ctx, p, &task.task_id, &event.recorded_at)?,
+                ("identity_conflict", "same_person", Some(p)) => {
+                    release_held(b, p, &task.task_id);
+                    b.open_conflicts.remove(p.as_str());
+                }
+                ("identity_conflict", "different_person", Some(p)) => {
+                    reject_held(b, ctx, p, &task.task_id, &event.recorded_at)?;
+                    b.open_conflicts.remove(p.as_str());
+                }
                 ("cancel_dibao_refused_referrals", finding, Some(p)) => {
                     let fact = PersonFact {
                         field: format!("referral_review:{}", task.task_id),
