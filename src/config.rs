@@ -30,6 +30,8 @@ const NON_FIELD_VARS: &[&str] = &[
     "DOUDI_PG_PORT",
     "DOUDI_TEST_DATABASE_URL",
     "DOUDI_BENCH_ROWS",
+    // `doudi workbench --accounts` (a command-line option that may come from the environment).
+    "DOUDI_WORKBENCH_ACCOUNTS",
 ];
 
 /// Why the configuration was refused. Each variant names the field or variable at fault.
