@@ -131,23 +131,36 @@ pub(super) fn push_fact(b: &mut Batch, event: usize, id_number: &str, fact: &Per
     b.new_facts.len() - 1
 }
 
-/// Makes a fact current unless the one held for the same person, source and field is newer.
-pub(super) fn apply_fact(b: &mut Batch, index: usize, event: &Inbound, id_number: &str, fact: &PersonFact) -> bool {
-    let key = (id_number.to_string(), event.feed.topic(), fact.field.clone());
-    if let Some(held) = b.current.get(&key) {
-        let newer = match (fact.effective, held.effective) {
-            (Some(new), Some(old)) if new != old => new > old,
-            _ => (event.recorded_at.as_str(), event.offset) >= (held.recorded_at.as_str(), held.offset),
-        };
-        if !newer {
-            push_fact(b, index, id_number, fact, "stale");
-            return false;
-        }
-        match (held.db_id, held.new_index) {
+/// Whether a fact (its effective date, then its arrival) is at least as new as the current one for
+/// `key`; if so, that current fact is superseded and the caller makes its own current.
+pub(super) fn supersede_older(
+    b: &mut Batch,
+    key: &(String, &'static str, String),
+    effective: Option<NaiveDate>,
+    recorded_at: &str,
+    offset: i64,
+) -> bool {
+    let Some(current) = b.current.get(key) else { return true };
+    let newer = match (effective, current.effective) {
+        (Some(new), Some(old)) if new != old => new > old,
+        _ => (recorded_at, offset) >= (current.recorded_at.as_str(), current.offset),
+    };
+    if newer {
+        match (current.db_id, current.new_index) {
             (Some(id), _) => b.superseded.push(id),
             (None, Some(i)) => b.new_facts[i].state = "superseded",
             _ => {}
         }
+    }
+    newer
+}
+
+/// Makes a fact current unless the one held for the same person, source and field is newer.
+pub(super) fn apply_fact(b: &mut Batch, index: usize, event: &Inbound, id_number: &str, fact: &PersonFact) -> bool {
+    let key = (id_number.to_string(), event.feed.topic(), fact.field.clone());
+    if !supersede_older(b, &key, fact.effective, &event.recorded_at, event.offset) {
+        push_fact(b, index, id_number, fact, "stale");
+        return false;
     }
     let i = push_fact(b, index, id_number, fact, "current");
     b.current.insert(

@@ -23,7 +23,7 @@
 use chrono::NaiveDate;
 use serde_json::{Value, json};
 
-use super::apply::{apply_fact, apply_household, write_outbox};
+use super::apply::{apply_fact, apply_household, supersede_older, write_outbox};
 use super::batch::{Batch, Current, HeldFact};
 pub use super::batch::{TASK_COLUMNS, TaskRow, task_row};
 use super::context::{ApplyError, BatchOutcome, Context, Inbound, MATCHER_SOURCE};
@@ -302,23 +302,9 @@ fn release_held(b: &mut Batch, person: &IdNumber, task_id: &str) {
     for h in held {
         let Some(feed) = Feed::ALL.iter().copied().find(|f| f.topic() == h.source) else { continue };
         let key = (h.id_number.clone(), feed.topic(), h.field.clone());
-        let newer = match b.current.get(&key) {
-            None => true,
-            Some(cur) => match (h.effective, cur.effective) {
-                (Some(new), Some(old)) if new != old => new > old,
-                _ => (h.recorded_at.as_str(), h.offset) >= (cur.recorded_at.as_str(), cur.offset),
-            },
-        };
-        if !newer {
+        if !supersede_older(b, &key, h.effective, &h.recorded_at, h.offset) {
             b.fact_states.push((h.id, "stale"));
             continue;
-        }
-        if let Some(cur) = b.current.get(&key) {
-            match (cur.db_id, cur.new_index) {
-                (Some(id), _) => b.superseded.push(id),
-                (None, Some(i)) => b.new_facts[i].state = "superseded",
-                _ => {}
-            }
         }
         b.fact_states.push((h.id, "current"));
         b.current.insert(
